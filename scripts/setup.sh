@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs everything recsys mesh needs on a fresh Debian machine (root):
+# system packages (Redis, Prometheus), the Python virtual environment at .venv/
+# (torch CPU first, then the project with every extra), and buf from npm.
+# Idempotent: re-running only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+need_apt=()
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v promtool >/dev/null || need_apt+=(prometheus)
+command -v wrk >/dev/null || need_apt+=(wrk)
+command -v curl >/dev/null || need_apt+=(curl)
+if ((${#need_apt[@]})); then
+  log "apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # The Debian packages start system-wide daemons; the project runs its own copies.
+  for svc in redis-server prometheus prometheus-node-exporter; do
+    (systemctl disable --now "$svc" 2>/dev/null || service "$svc" stop 2>/dev/null) >/dev/null || true
+  done
+  pkill -x redis-server 2>/dev/null || true
+  pkill -x prometheus 2>/dev/null || true
+  pkill -f prometheus-node-exporter 2>/dev/null || true
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+  log "creating .venv"
+  python3 -m venv .venv
+fi
+py=.venv/bin/python
+$py -m pip install -q --upgrade pip
+# torch first, pinned: a looser spec pulls a multi-gigabyte CUDA build (DESIGN.md).
+$py -c 'import torch' 2>/dev/null || { log "pip install torch==2.13.0"; $py -m pip install -q torch==2.13.0; }
+log "pip install -e .[all] (services, tools, dev, bench)"
+$py -m pip install -q -e '.[all]'
+
+if [[ ! -x node_modules/.bin/buf ]]; then
+  log "npm install (buf)"
+  npm ci --silent --no-audit --no-fund 2>/dev/null || npm install --silent --no-audit --no-fund
+fi
+log "done: activate with 'source .venv/bin/activate'"

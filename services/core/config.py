@@ -1,0 +1,27 @@
+"""Settings every server shares: where it listens, logging, shutdown grace."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from services.core.settings import env, port, positive
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerSettings:
+    """The part of each service's settings that the shared runtime uses."""
+
+    host: str = env("RECSYS_GRPC_HOST", "127.0.0.1", "Address the gRPC server binds.")
+    grpc_port: int = env("RECSYS_GRPC_PORT", 0, "gRPC port; 0 picks a free one.",
+                         check=port, rule="0 to 65535")
+    metrics_port: int = env("RECSYS_METRICS_PORT", 0,
+                            "Prometheus /metrics HTTP port; 0 picks a free one.",
+                            check=port, rule="0 to 65535")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = env(
+        "RECSYS_LOG_LEVEL", "INFO", "Log level.")
+    log_format: Literal["auto", "json", "text"] = env(
+        "RECSYS_LOG_FORMAT", "auto", "json, text, or auto (text on a terminal, else json).")
+    shutdown_grace_s: float = env("RECSYS_SHUTDOWN_GRACE_S", 10.0,
+                                  "Seconds in-flight RPCs get to finish on SIGTERM.",
+                                  check=positive, rule="> 0")

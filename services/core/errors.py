@@ -1,0 +1,55 @@
+"""The project's exceptions. Each knows its gRPC status; one interceptor maps them.
+
+Core modules raise these (they never import grpc); the error interceptor turns them into
+statuses, so a servicer never maps errors by hand.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.message import Message
+from grpc import StatusCode
+
+
+class RecsysError(Exception):
+    """Base of every expected failure; `code` is the gRPC status it maps to."""
+
+    code: StatusCode = StatusCode.INTERNAL
+
+    def __init__(self, message: str, *, details: Message | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        #: Optional protobuf message sent as a google.rpc.Status detail.
+        self.details = details
+
+
+class InvalidArgument(RecsysError):
+    """Bad input; the message names the field."""
+
+    code = StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, reason: str, *, details: Message | None = None) -> None:
+        super().__init__(f"{field}: {reason}", details=details)
+        self.field = field
+        self.reason = reason
+
+
+class NotFound(RecsysError):
+    code = StatusCode.NOT_FOUND
+
+
+class AlreadyExists(RecsysError):
+    code = StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(RecsysError):
+    code = StatusCode.FAILED_PRECONDITION
+
+
+class Unavailable(RecsysError):
+    """A dependency is down; the call is safe to retry."""
+
+    code = StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(RecsysError):
+    code = StatusCode.DEADLINE_EXCEEDED
