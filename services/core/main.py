@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+from prometheus_client import CollectorRegistry
+
 from services.core import logging as recsys_logging
 from services.core import server
 from services.core.config import ServerSettings
@@ -15,8 +17,11 @@ from services.core.settings import SettingsError, load
 S = TypeVar("S", bound=ServerSettings)
 
 
-def run(settings_cls: type[S], prefix: str, make_app: Callable[[S], server.App]) -> None:
-    """Load settings (a bad one exits 2 with a one-line reason), then serve until signalled."""
+def run(settings_cls: type[S], prefix: str, make_app: Callable[[S, CollectorRegistry], server.App]) -> None:
+    """Load settings (a bad one exits 2 with a one-line reason), then serve until signalled.
+
+    `make_app` gets the settings and the registry to put the service's domain metrics on.
+    """
     try:
         settings = load(settings_cls, prefix=prefix)
     except SettingsError as exc:
@@ -25,6 +30,7 @@ def run(settings_cls: type[S], prefix: str, make_app: Callable[[S], server.App])
     recsys_logging.configure(settings.log_level, settings.log_format)
 
     async def main() -> None:
-        await server.serve(make_app(settings), settings)
+        registry = CollectorRegistry()
+        await server.serve(make_app(settings, registry), settings, registry)
 
     asyncio.run(main())

@@ -95,11 +95,8 @@ def build_server(
     return server
 
 
-async def start(
-    app: App, settings: ServerSettings, registry: CollectorRegistry | None = None
-) -> RunningServer:
+async def start(app: App, settings: ServerSettings, registry: CollectorRegistry) -> RunningServer:
     """Build, bind and start the server and its metrics endpoint; then start the app."""
-    registry = registry or CollectorRegistry()
     health = HealthReporter(b.name for b in app.bindings)
     await health.initialise()
     server = build_server(app, health, registry)
@@ -116,9 +113,9 @@ async def start(
     return running
 
 
-async def serve(app: App, settings: ServerSettings) -> None:
+async def serve(app: App, settings: ServerSettings, registry: CollectorRegistry) -> None:
     """Run until SIGTERM or SIGINT, then shut down in order within the grace period."""
-    running = await start(app, settings)
+    running = await start(app, settings, registry)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,0 +1,144 @@
+"""The offline quality protocol shared by the trainer's quality gate, MLflow and the benchmarks.
+
+Every interaction is an implicit positive. Each user's distinct items are shuffled and split
+75% train / 25% test (seed 42); models rank all items except the user's training items, and
+Precision, Recall, NDCG and MAP at 10 are averaged over the users that have test items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from services.trainer.model import Interactions
+
+ScoreFn = Callable[[np.ndarray], "torch.Tensor | np.ndarray"]
+
+
+class Scorer(Protocol):
+    """Anything that scores all items for a batch of user indices (e.g. ``FactorModel``)."""
+
+    def score(self, users: np.ndarray) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class RankingMetrics:
+    precision: float
+    recall: float
+    ndcg: float
+    map: float
+    users_evaluated: int
+    k: int = 10
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            f"precision_at_{self.k}": self.precision,
+            f"recall_at_{self.k}": self.recall,
+            f"ndcg_at_{self.k}": self.ndcg,
+            f"map_at_{self.k}": self.map,
+        }
+
+
+def stratified_split(
+    users: np.ndarray,
+    items: np.ndarray,
+    weights: np.ndarray | None = None,
+    *,
+    ratio: float = 0.75,
+    seed: int = 42,
+    n_users: int | None = None,
+    n_items: int | None = None,
+) -> tuple[Interactions, Interactions]:
+    """Split each user's distinct items at random: ``round(ratio * n)`` (at least 1) go to train.
+
+    One ``numpy.random.Generator(seed)`` draws a random permutation of all distinct pairs; a
+    stable sort by user then yields an independent uniform shuffle of each user's items, without
+    a Python loop over users. Repeated pairs are merged first (weights summed).
+    """
+    if not 0 < ratio <= 1:
+        raise ValueError(f"ratio: must be in (0, 1], got {ratio!r}")
+    data = Interactions.from_arrays(users, items, weights, n_users=n_users, n_items=n_items)
+    keys = np.random.default_rng(seed).permutation(len(data))
+    order = np.lexsort((keys, data.users))
+    indptr = data.indptr()
+    counts = np.diff(indptr)
+    n_train = np.maximum(np.round(ratio * counts), 1).astype(np.int64)
+    rank = np.arange(len(data)) - np.repeat(indptr[:-1], counts)
+    in_train = np.zeros(len(data), bool)
+    in_train[order] = rank < np.repeat(n_train, counts)
+    return _subset(data, in_train), _subset(data, ~in_train)
+
+
+def _subset(data: Interactions, mask: np.ndarray) -> Interactions:
+    return Interactions(
+        data.users[mask], data.items[mask], data.weights[mask], data.n_users, data.n_items
+    )
+
+
+def _as_score_fn(scorer: Scorer | ScoreFn) -> ScoreFn:
+    return scorer.score if hasattr(scorer, "score") else scorer  # type: ignore[return-value]
+
+
+def evaluate(
+    scorer: Scorer | ScoreFn,
+    train: Interactions,
+    test: Interactions,
+    *,
+    k: int = 10,
+    batch_users: int = 1024,
+) -> RankingMetrics:
+    """Rank all items but each user's training items; average the metrics over test users.
+
+    ``scorer`` returns a (len(users), n_items) score matrix for an array of user indices.
+    Precision divides hits by k, recall by the number of test items; NDCG uses binary gains and
+    an ideal DCG over ``min(k, |test|)`` items; AP@k is normalised by ``min(k, |test|)``.
+    """
+    if k < 1:
+        raise ValueError(f"k: must be >= 1, got {k!r}")
+    score_fn = _as_score_fn(scorer)
+    n_items = test.n_items
+    test_users = np.unique(test.users)
+    test_ptr, train_ptr = test.indptr(), train.indptr()
+    top = min(k, n_items)
+    discount = 1.0 / torch.log2(torch.arange(2, top + 2, dtype=torch.float64))
+    ideal = torch.cat((torch.zeros(1, dtype=torch.float64), discount.cumsum(0)))
+    ranks = torch.arange(1, top + 1, dtype=torch.float64)
+    sums = torch.zeros(4, dtype=torch.float64)
+    for start in range(0, len(test_users), batch_users):
+        batch = test_users[start : start + batch_users]
+        scores = torch.as_tensor(score_fn(batch), dtype=torch.float32).clone()
+        seen_rows, seen_cols = _rows_cols(batch, train_ptr, train.items)
+        scores[seen_rows, seen_cols] = -torch.inf
+        relevant = torch.zeros(len(batch), n_items, dtype=torch.bool)
+        relevant[_rows_cols(batch, test_ptr, test.items)] = True
+        n_relevant = relevant.sum(1).double()
+        hits = relevant.gather(1, scores.topk(top, dim=1).indices).double()
+        n_hits = hits.sum(1)
+        capped = n_relevant.clamp(max=top).long()
+        precision_at = hits.cumsum(1) / ranks
+        sums += torch.stack(
+            (
+                (n_hits / k).sum(),
+                (n_hits / n_relevant).sum(),
+                ((hits @ discount) / ideal[capped]).sum(),
+                ((precision_at * hits).sum(1) / capped).sum(),
+            )
+        )
+    count = len(test_users)
+    p, r, n, m = (float(v) / count if count else 0.0 for v in sums)
+    return RankingMetrics(precision=p, recall=r, ndcg=n, map=m, users_evaluated=count, k=k)
+
+
+def _rows_cols(
+    batch: np.ndarray, indptr: np.ndarray, cols: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch row, column) pairs of the CSR rows ``batch``, for fancy indexing."""
+    starts, ends = indptr[batch], indptr[batch + 1]
+    lengths = ends - starts
+    rows = np.repeat(np.arange(len(batch)), lengths)
+    pos = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return torch.from_numpy(rows), torch.from_numpy(cols[np.repeat(starts, lengths) + pos])
