@@ -32,10 +32,14 @@ def env(
     """A settings field bound to environment variable `name`.
 
     `check` validates the converted value; `rule` describes the valid range in errors.
+    A dict default becomes a read-only mapping.
     """
-    return dataclasses.field(
-        default=default, metadata={"env": name, "doc": doc, "check": check, "rule": rule}
-    )
+    metadata = {"env": name, "doc": doc, "check": check, "rule": rule, "default": default}
+    if isinstance(default, dict):
+        frozen = types.MappingProxyType(dict(default))
+        metadata["default"] = frozen
+        return dataclasses.field(default_factory=lambda: frozen, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def _convert(raw: str, kind: Any) -> Any:
@@ -81,7 +85,7 @@ def load(cls: type[T], environ: Mapping[str, str] | None = None, *, prefix: str 
             except ValueError as exc:
                 raise SettingsError(f"{name}={environ[name]!r}: {exc}") from None
         check = field.metadata["check"]
-        value = values.get(field.name, field.default)
+        value = values.get(field.name, field.metadata["default"])
         if check is not None and not check(value):
             raise SettingsError(f"{name}={value!r}: must be {field.metadata['rule']}")
     if prefix:
@@ -94,7 +98,7 @@ def load(cls: type[T], environ: Mapping[str, str] | None = None, *, prefix: str 
 def describe(cls: type) -> list[tuple[str, str, str]]:
     """(variable, default, description) for every field: the README's settings tables."""
     return [
-        (f.metadata["env"], repr(f.default), f.metadata["doc"])
+        (f.metadata["env"], repr(f.metadata["default"]), f.metadata["doc"])
         for f in dataclasses.fields(cls)
     ]
 
