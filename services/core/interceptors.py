@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import grpc
@@ -17,25 +19,44 @@ from services.core.metrics import GrpcServerMetrics
 log = logging.getLogger(__name__)
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+Guard = Callable[[grpc.aio.ServicerContext], AbstractAsyncContextManager[None]]
+
+_BEHAVIOUR_FIELDS = {
+    (False, False): ("unary", "unary_unary"),
+    (False, True): ("server_stream", "unary_stream"),
+    (True, False): ("client_stream", "stream_unary"),
+    (True, True): ("bidi_stream", "stream_stream"),
+}
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
-def _kind(handler: grpc.RpcMethodHandler) -> str:
-    if handler.request_streaming and handler.response_streaming:
-        return "bidi_stream"
-    if handler.request_streaming:
-        return "client_stream"
-    return "server_stream" if handler.response_streaming else "unary"
+def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
+    return _BEHAVIOUR_FIELDS[handler.request_streaming, handler.response_streaming][0]
 
 
-def _wrap(handler: grpc.RpcMethodHandler, around: Callable[[Any], Any]) -> grpc.RpcMethodHandler:
-    """Return `handler` with its behaviour replaced by `around(behaviour)`."""
-    field = {
-        "unary": "unary_unary",
-        "server_stream": "unary_stream",
-        "client_stream": "stream_unary",
-        "bidi_stream": "stream_stream",
-    }[_kind(handler)]
-    return handler._replace(**{field: around(getattr(handler, field))})  # type: ignore[attr-defined]
+def _guarded(handler: grpc.RpcMethodHandler, guard: Guard) -> grpc.RpcMethodHandler:
+    """`handler` with its behaviour run inside `guard(context)`.
+
+    A streaming response is either an async generator or a coroutine that calls
+    context.write() (as grpcio-health-checking's Watch does); both are wrapped.
+    """
+    field = _BEHAVIOUR_FIELDS[handler.request_streaming, handler.response_streaming][1]
+    behaviour = getattr(handler, field)
+
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async with guard(context):
+                async for response in behaviour(request, context):
+                    yield response
+
+        return handler._replace(**{field: stream})  # type: ignore[attr-defined]
+
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async with guard(context):
+            return await behaviour(request, context)
+
+    return handler._replace(**{field: call})  # type: ignore[attr-defined]
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -47,43 +68,28 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return None
-        method = details.method
-        if handler.response_streaming:
 
-            def around(behaviour: Any) -> Any:
-                async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                    try:
-                        async for response in behaviour(request, context):
-                            yield response
-                    except Exception as exc:  # noqa: BLE001 - mapped, never swallowed
-                        await _abort(context, exc, method)
+        @asynccontextmanager
+        async def mapped_errors(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+            try:
+                yield
+            except grpc.aio.AbortError:
+                raise
+            except RecsysError as exc:
+                await _abort_with(context, exc)
+            except Exception:
+                log.exception("unhandled error", extra={"grpc_method": details.method})
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
-                return wrapper
-        else:
-
-            def around(behaviour: Any) -> Any:
-                async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                    try:
-                        return await behaviour(request, context)
-                    except Exception as exc:  # noqa: BLE001 - mapped, never swallowed
-                        await _abort(context, exc, method)
-
-                return wrapper
-
-        return _wrap(handler, around)
+        return _guarded(handler, mapped_errors)
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
-    if isinstance(exc, grpc.aio.AbortError):
-        raise exc
-    if isinstance(exc, RecsysError):
-        if exc.details is None:
-            await context.abort(exc.code, exc.message)
-        status = status_pb2.Status(code=getattr(code_pb2, exc.code.name), message=exc.message)
-        status.details.add().Pack(exc.details)
-        await context.abort_with_status(rpc_status.to_status(status))
-    log.exception("unhandled error in %s", method, exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+async def _abort_with(context: grpc.aio.ServicerContext, exc: RecsysError) -> None:
+    if exc.details is None:
+        await context.abort(exc.code, exc.message)
+    status = status_pb2.Status(code=getattr(code_pb2, exc.code.name), message=exc.message)
+    status.details.add().Pack(exc.details)
+    await context.abort_with_status(rpc_status.to_status(status))
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -98,49 +104,24 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return None
-        service, _, name = details.method.lstrip("/").rpartition("/")
-        labels = (_kind(handler), service, name)
+        service, _, method = details.method.lstrip("/").rpartition("/")
+        labels = (_rpc_type(handler), service, method)
         metrics = self._metrics
 
-        def finish(context: grpc.aio.ServicerContext, start: float, failed: bool) -> None:
-            code = context.code()
-            if code is None:
-                code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
-            elif isinstance(code, int):
-                code = _CODES.get(code, grpc.StatusCode.UNKNOWN)
-            metrics.handled.labels(*labels, code.name).inc()
-            metrics.handling_seconds.labels(*labels).observe(time.perf_counter() - start)
+        @asynccontextmanager
+        async def measured(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+            metrics.started.labels(*labels).inc()
+            start, failed = time.perf_counter(), True
+            try:
+                yield
+                failed = False
+            finally:
+                code = context.code()
+                if isinstance(code, int):
+                    code = _CODES.get(code, grpc.StatusCode.UNKNOWN)
+                if code is None:
+                    code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+                metrics.handled.labels(*labels, code.name).inc()
+                metrics.handling_seconds.labels(*labels).observe(time.perf_counter() - start)
 
-        if handler.response_streaming:
-
-            def around(behaviour: Any) -> Any:
-                async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                    metrics.started.labels(*labels).inc()
-                    start, failed = time.perf_counter(), True
-                    try:
-                        async for response in behaviour(request, context):
-                            yield response
-                        failed = False
-                    finally:
-                        finish(context, start, failed)
-
-                return wrapper
-        else:
-
-            def around(behaviour: Any) -> Any:
-                async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                    metrics.started.labels(*labels).inc()
-                    start, failed = time.perf_counter(), True
-                    try:
-                        response = await behaviour(request, context)
-                        failed = False
-                        return response
-                    finally:
-                        finish(context, start, failed)
-
-                return wrapper
-
-        return _wrap(handler, around)
-
-
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
+        return _guarded(handler, measured)

@@ -17,7 +17,9 @@ from services.core.settings import SettingsError, load
 S = TypeVar("S", bound=ServerSettings)
 
 
-def run(settings_cls: type[S], prefix: str, make_app: Callable[[S, CollectorRegistry], server.App]) -> None:
+def run(
+    settings_cls: type[S], prefix: str, make_app: Callable[[S, CollectorRegistry], server.App]
+) -> None:
     """Load settings (a bad one exits 2 with a one-line reason), then serve until signalled.
 
     `make_app` gets the settings and the registry to put the service's domain metrics on.

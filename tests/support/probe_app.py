@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import grpc
 from prometheus_client import CollectorRegistry
-from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
 
+from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
 from services.core import errors, main
 from services.core.config import ServerSettings
 from services.core.health import HealthReporter

