@@ -1,0 +1,1 @@
+"""Real infrastructure as local processes: test fixtures and the honcho-run local stack."""

@@ -1,0 +1,99 @@
+"""Real infrastructure for integration tests, on free loopback ports in a temporary directory.
+
+Each fixture starts its component, waits until it answers, and stops it (process group and
+all) when its scope ends, even if a test failed; `pytest_sessionfinish` sweeps whatever is
+left, and an atexit hook in `components` is the last resort.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from scripts.localstack.components import (
+    Component,
+    MlflowServer,
+    RedisServer,
+    SeaweedS3,
+    TansuBroker,
+    stop_all,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+C = TypeVar("C", bound=Component)
+
+_startups: list[tuple[str, float]] = []
+_buckets = itertools.count()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The MLflow client in this process reports telemetry unless told not to.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    stop_all()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _startups:
+        terminalreporter.write_sep("-", "component start-up (start to ready)")
+        for name, seconds in _startups:
+            terminalreporter.write_line(f"{name:<12} {seconds:6.2f} s")
+
+
+def running(component: C, timeout: float) -> Iterator[C]:
+    """Start `component`, yield it once ready, always stop it."""
+    try:
+        component.start().wait_ready(timeout)
+        assert component.startup_s is not None
+        _startups.append((component.name, component.startup_s))
+        yield component
+    finally:
+        component.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """SeaweedFS S3 (weed mini); tests create their own buckets."""
+    yield from running(SeaweedS3(tmp_path_factory.mktemp("seaweed")), timeout=60)
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
+    """Tansu on memory:// storage: fast, lost on stop. Use unique topic names per test."""
+    yield from running(TansuBroker(tmp_path_factory.mktemp("tansu")), timeout=30)
+
+
+@pytest.fixture
+def durable_kafka(seaweed: SeaweedS3, tmp_path: Path) -> Iterator[TansuBroker]:
+    """Tansu on its own S3 bucket, per test, since tests kill and restart it."""
+    broker = TansuBroker(tmp_path / "tansu", storage=seaweed, bucket=f"tansu-{next(_buckets)}")
+    yield from running(broker, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    yield from running(RedisServer(tmp_path_factory.mktemp("redis")), timeout=20)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """MLflow tracking server; artifacts go through it over HTTP (mlflow-artifacts:/)."""
+    yield from running(MlflowServer(tmp_path_factory.mktemp("mlflow")), timeout=90)
+
+
+@pytest.fixture(scope="session")
+def ml100k_path() -> Path:
+    """MovieLens-100k (never committed): RECSYS_ML100K or ../shared/datasets/ml-100k."""
+    path = Path(os.environ.get("RECSYS_ML100K") or REPO.parent / "shared/datasets/ml-100k")
+    if not (path / "u.data").is_file():
+        pytest.skip(f"MovieLens-100k not found at {path} (set RECSYS_ML100K)")
+    return path

@@ -1,0 +1,286 @@
+"""Each real component through its real client, the Kafka durability case, and the Procfile."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from scripts.localstack import procfile
+from scripts.localstack.components import (
+    HOST,
+    Component,
+    ComponentError,
+    MlflowServer,
+    Prometheus,
+    RedisServer,
+    SeaweedPorts,
+    SeaweedS3,
+    TansuBroker,
+    free_ports,
+    group_pids,
+    http_ok,
+    minimal_prometheus_config,
+    tcp_open,
+)
+from services.core.kafka import consumer_config, producer_config
+
+pytestmark = pytest.mark.integration
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    """Send with acks=all and idempotence; fail unless every send was acknowledged."""
+    producer = KafkaProducer(**producer_config(bootstrap, client_id="test"))
+    try:
+        futures = [producer.send(topic, key=v, value=v) for v in values]
+        producer.flush(timeout=30)
+        for future in futures:
+            future.get(timeout=10)
+    finally:
+        producer.close(timeout=5)
+
+
+def consume(consumer: KafkaConsumer, expected: int, timeout: float = 30.0) -> list[bytes]:
+    """Poll until `expected` records arrived, then 1 s more to catch any extra ones."""
+    values: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    settle_until: float | None = None
+    while time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=250).values():
+            values += [r.value for r in records]
+        if len(values) >= expected:
+            settle_until = settle_until or time.monotonic() + 1.0
+            if time.monotonic() > settle_until:
+                break
+    return values
+
+
+def test_kafka_produce_and_consume_in_a_group(kafka: TansuBroker) -> None:
+    topic = f"t-{uuid.uuid4().hex[:8]}"
+    sent = [f"event-{i}".encode() for i in range(50)]
+    produce(kafka.bootstrap, topic, sent)
+
+    consumer = KafkaConsumer(topic, **consumer_config(kafka.bootstrap, group_id=topic,
+                                                      client_id="test"))
+    try:
+        got = consume(consumer, len(sent))
+    finally:
+        consumer.close()
+    assert sorted(got) == sorted(sent)
+
+
+def test_durable_kafka_keeps_acknowledged_events_across_kill_9(
+    durable_kafka: TansuBroker, seaweed: SeaweedS3,
+) -> None:
+    topic, n = "durable", 1000
+    sent = [f"event-{i}".encode() for i in range(n)]
+    produce(durable_kafka.bootstrap, topic, sent)
+    assert seaweed.client().list_objects_v2(Bucket=durable_kafka.bucket)["KeyCount"] > 0
+
+    durable_kafka.kill()
+    assert not tcp_open(durable_kafka.port)
+    durable_kafka.start().wait_ready(30)  # same port, same bucket
+
+    # No group, from earliest: never end_offsets()/seek_to_end() on Tansu (DESIGN.md).
+    consumer = KafkaConsumer(topic, bootstrap_servers=durable_kafka.bootstrap,
+                             auto_offset_reset="earliest", enable_auto_commit=False)
+    try:
+        got = consume(consumer, n)
+    finally:
+        consumer.close()
+    assert len(got) == n
+    assert set(got) == set(sent)
+
+
+def test_redis_set_get(redis_server: RedisServer) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=2)
+    try:
+        client.set("greeting", b"hello", ex=60)
+        assert client.get("greeting") == b"hello"
+    finally:
+        client.close()
+
+
+def test_redis_password(tmp_path: Path) -> None:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    no_retry = Retry(NoBackoff(), 0)  # redis-py 8 retries 3 times with backoff by default
+    with RedisServer(tmp_path, password="local-only") as server:
+        assert ":local-only@" in server.url
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host=HOST, port=server.port, socket_timeout=2, retry=no_retry).ping()
+        client = redis.Redis.from_url(server.url, socket_timeout=2, retry=no_retry)
+        assert client.ping()
+        client.close()
+
+
+def test_mlflow_experiment_metric_and_artifact(mlflow_server: MlflowServer,
+                                               tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server.tracking_uri)
+    experiment_id = client.create_experiment(f"components-{uuid.uuid4().hex[:8]}")
+    run = client.create_run(experiment_id)
+    client.log_metric(run.info.run_id, "ndcg_at_10", 0.25, step=1)
+    client.log_text(run.info.run_id, "hello", "notes/hello.txt")
+    client.set_terminated(run.info.run_id)
+
+    fetched = client.get_run(run.info.run_id)
+    assert fetched.data.metrics == {"ndcg_at_10": 0.25}
+    # Artifacts go through the server (HTTP), not a path the client must share.
+    assert fetched.info.artifact_uri.startswith("mlflow-artifacts:")
+    local = client.download_artifacts(run.info.run_id, "notes/hello.txt", dst_path=str(tmp_path))
+    assert Path(local).read_text() == "hello"
+    assert list((mlflow_server.data_dir / "artifacts").rglob("hello.txt"))
+
+
+def test_seaweed_put_get(seaweed: SeaweedS3) -> None:
+    seaweed.create_bucket("objects")
+    seaweed.create_bucket("objects")  # idempotent
+    s3 = seaweed.client()
+    s3.put_object(Bucket="objects", Key="models/a.npz", Body=b"\x00\x01payload")
+    assert s3.get_object(Bucket="objects", Key="models/a.npz")["Body"].read() == b"\x00\x01payload"
+
+
+def test_prometheus_scrapes_itself(tmp_path: Path) -> None:
+    config = tmp_path / "prometheus.yml"
+    prometheus = Prometheus(tmp_path / "data", config_file=config)
+    config.write_text(minimal_prometheus_config({"self": [f"{HOST}:{prometheus.port}"]}))
+    with prometheus:
+        deadline = time.monotonic() + 15
+        health = ""
+        while health != "up" and time.monotonic() < deadline:
+            conn = http.client.HTTPConnection(HOST, prometheus.port, timeout=5)
+            conn.request("GET", "/api/v1/targets")
+            targets = json.loads(conn.getresponse().read())["data"]["activeTargets"]
+            conn.close()
+            health = targets[0]["health"] if targets else ""
+            time.sleep(0.2)
+        assert health == "up"
+
+
+def test_failed_start_raises_with_log_tail_and_leaves_nothing(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yml"
+    config.write_text("scrape_configs: [this is not a scrape config")
+    prometheus = Prometheus(tmp_path / "data", config_file=config).start()
+    pid = prometheus.pid
+    assert pid is not None
+    with pytest.raises(ComponentError, match="exited with code") as error:
+        prometheus.wait_ready(15)
+    assert "bad.yml" in str(error.value)  # the log tail names the config it rejected
+    prometheus.stop()
+    assert group_pids(pid) == []
+
+
+def test_stop_is_idempotent_and_restart_reuses_the_port(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    server.stop()  # never started: no-op
+    server.start().wait_ready(10)
+    pid, port = server.pid, server.port
+    assert pid is not None
+    server.restart(hard=True)
+    assert server.pid != pid and server.port == port and server.running
+    new_pid = server.pid
+    assert new_pid is not None
+    server.stop()
+    server.stop()
+    server.kill()
+    assert not server.running
+    assert group_pids(pid) == [] and group_pids(new_pid) == []
+    assert not tcp_open(port)
+
+
+def _sockets(pids: list[int]) -> list[tuple[str, str]]:
+    """(local, peer) addresses of every TCP/UDP socket these processes hold."""
+    out = subprocess.run(["ss", "-tuanpH"], capture_output=True, text=True, check=True).stdout
+    sockets = []
+    for line in out.splitlines():
+        if any(f"pid={pid}," in line for pid in pids):
+            columns = line.split()
+            sockets.append((columns[4], columns[5]))
+    return sockets
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+def test_every_socket_stays_on_loopback(
+    kafka: TansuBroker, durable_kafka: TansuBroker, redis_server: RedisServer,
+    mlflow_server: MlflowServer,
+) -> None:
+    pids = [p for c in (kafka, durable_kafka, redis_server, mlflow_server)
+            for p in group_pids(c.pid or -1)]
+    sockets = _sockets(pids)
+    assert sockets, "expected listening sockets"
+    for local, peer in sockets:
+        assert local.rsplit(":", 1)[0] == HOST, (local, peer)
+        assert peer.rsplit(":", 1)[0] in {HOST, "0.0.0.0", "*"}, (local, peer)
+
+
+def _pids_mentioning(*needles: str) -> list[int]:
+    """Processes whose command line contains one of `needles` (unique paths and ports)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if any(needle in cmdline for needle in needles):
+                pids.append(int(entry.name))
+    return pids
+
+
+def _wait_until_ready(components: tuple[Component, ...], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(components)
+    while pending and time.monotonic() < deadline:
+        for component in list(pending):
+            try:
+                if component.probe():
+                    pending.remove(component)
+            except Exception:  # not up yet
+                continue
+        time.sleep(0.2)
+    assert not pending, f"not ready under honcho: {[c.name for c in pending]}"
+
+
+def test_procfile_runs_the_same_components_under_honcho(tmp_path: Path) -> None:
+    kafka, redis, mlflow, s3, prometheus = free_ports(5)
+    stack = procfile.local_stack(
+        tmp_path / "state",
+        procfile.LocalPorts(kafka=kafka, redis=redis, mlflow=mlflow, s3=s3,
+                            prometheus=prometheus),
+        seaweed_ports=SeaweedPorts.free(),
+    )
+    procfile.write_procfile(stack)
+    honcho = subprocess.Popen(procfile.honcho_argv(stack), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_until_ready(stack.components, timeout=90)
+        produce(stack.kafka.bootstrap, "procfile", [b"through-honcho"])
+        assert http_ok(mlflow, "/health")
+    finally:
+        honcho.send_signal(signal.SIGTERM)
+        try:
+            output, _ = honcho.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            honcho.kill()
+            output, _ = honcho.communicate()
+        needles = (str(stack.state_dir), f"tcp://{stack.kafka.bootstrap}")
+        leftovers = _pids_mentioning(*needles)
+        for pid in leftovers:  # only ours: the path and the port are unique to this test
+            os.kill(pid, signal.SIGKILL)
+    assert not leftovers, output.decode(errors="replace")[-3000:]
+    assert not any(tcp_open(port) for port in (kafka, redis, mlflow, s3, prometheus))
