@@ -9,16 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from services.trainer.model import Interactions
 
-ScoreFn = Callable[[np.ndarray], "torch.Tensor | np.ndarray"]
+ScoreFn = Callable[[np.ndarray], torch.Tensor | np.ndarray]
+# Score-matrix elements per batch of users (64 MiB of float32), whatever the catalogue size.
+_SCORE_BUDGET = 1 << 24
 
 
+@runtime_checkable
 class Scorer(Protocol):
     """Anything that scores all items for a batch of user indices (e.g. ``FactorModel``)."""
 
@@ -55,21 +58,20 @@ def stratified_split(
 ) -> tuple[Interactions, Interactions]:
     """Split each user's distinct items at random: ``round(ratio * n)`` (at least 1) go to train.
 
-    One ``numpy.random.Generator(seed)`` draws a random permutation of all distinct pairs; a
-    stable sort by user then yields an independent uniform shuffle of each user's items, without
-    a Python loop over users. Repeated pairs are merged first (weights summed).
+    Users are visited in index order and each one's sorted distinct items are shuffled with one
+    ``numpy.random.Generator(seed)``, so the split is reproducible from the protocol's wording
+    alone. Repeated pairs are merged first (weights summed).
     """
     if not 0 < ratio <= 1:
         raise ValueError(f"ratio: must be in (0, 1], got {ratio!r}")
     data = Interactions.from_arrays(users, items, weights, n_users=n_users, n_items=n_items)
-    keys = np.random.default_rng(seed).permutation(len(data))
-    order = np.lexsort((keys, data.users))
+    rng = np.random.default_rng(seed)
     indptr = data.indptr()
-    counts = np.diff(indptr)
-    n_train = np.maximum(np.round(ratio * counts), 1).astype(np.int64)
-    rank = np.arange(len(data)) - np.repeat(indptr[:-1], counts)
     in_train = np.zeros(len(data), bool)
-    in_train[order] = rank < np.repeat(n_train, counts)
+    for start, end in zip(indptr[:-1].tolist(), indptr[1:].tolist(), strict=True):
+        if end > start:
+            n_train = max(1, round(ratio * (end - start)))
+            in_train[start + rng.permutation(end - start)[:n_train]] = True
     return _subset(data, in_train), _subset(data, ~in_train)
 
 
@@ -77,10 +79,6 @@ def _subset(data: Interactions, mask: np.ndarray) -> Interactions:
     return Interactions(
         data.users[mask], data.items[mask], data.weights[mask], data.n_users, data.n_items
     )
-
-
-def _as_score_fn(scorer: Scorer | ScoreFn) -> ScoreFn:
-    return scorer.score if hasattr(scorer, "score") else scorer  # type: ignore[return-value]
 
 
 def evaluate(
@@ -99,7 +97,7 @@ def evaluate(
     """
     if k < 1:
         raise ValueError(f"k: must be >= 1, got {k!r}")
-    score_fn = _as_score_fn(scorer)
+    score_fn = scorer.score if isinstance(scorer, Scorer) else scorer
     n_items = test.n_items
     test_users = np.unique(test.users)
     test_ptr, train_ptr = test.indptr(), train.indptr()
@@ -108,8 +106,9 @@ def evaluate(
     ideal = torch.cat((torch.zeros(1, dtype=torch.float64), discount.cumsum(0)))
     ranks = torch.arange(1, top + 1, dtype=torch.float64)
     sums = torch.zeros(4, dtype=torch.float64)
-    for start in range(0, len(test_users), batch_users):
-        batch = test_users[start : start + batch_users]
+    step = max(1, min(batch_users, _SCORE_BUDGET // max(n_items, 1)))
+    for start in range(0, len(test_users), step):
+        batch = test_users[start : start + step]
         scores = torch.as_tensor(score_fn(batch), dtype=torch.float32).clone()
         seen_rows, seen_cols = _rows_cols(batch, train_ptr, train.items)
         scores[seen_rows, seen_cols] = -torch.inf

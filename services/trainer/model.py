@@ -7,7 +7,7 @@ the Performance of iALS on Item Recommendation Benchmarks"): a row's penalty gro
 total confidence of its loss terms, so heavy users and popular items are not under-regularised.
 
 Each half-epoch solves every row exactly with a batched Cholesky factorisation, using the Gram
-trick ``YᵀY + Yᵤᵀ(Cᵤ − I)Yᵤ`` so that the cost is linear in the number of interactions.
+trick ``YᵀY + Yᵤᵀ(Cᵤ - I)Yᵤ`` so that the cost is linear in the number of interactions.
 Items are solved before users, so the final user factors are the exact solution for the final
 item factors: folding a known user's items back in (see ``artifact.fold_in``) reproduces them.
 """
@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -26,6 +28,7 @@ import torch
 ProgressCallback = Callable[[int, int, float], None]
 CancelCheck = Callable[[], bool]
 
+_FIT_LOCK = threading.Lock()
 # Elements (rows x padded length x factors) gathered at once; bounds memory per solve batch.
 _GATHER_BUDGET = 1 << 22
 _MAX_BATCH_ROWS = 1024
@@ -37,17 +40,19 @@ class TrainingCancelled(Exception):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters; the defaults are the shipped, benchmarked ones.
+    """Hyper-parameters; the defaults are the shipped, benchmarked ones (see scripts/bench).
 
-    ``regularization`` multiplies ``(n_other + alpha * Σ weight) ** reg_exponent`` per row,
-    where ``n_other`` is the number of columns (items for a user, users for an item).
+    A row's penalty is ``regularization * (n_other + alpha * Σ weight) ** reg_exponent``, where
+    ``n_other`` is the number of columns (items for a user, users for an item): the total
+    confidence of its loss terms, so one value suits data sets of different sizes.
+    ``num_threads`` is the number of batches solved at once (None: torch's thread count).
     """
 
-    factors: int = 128
-    epochs: int = 12
-    regularization: float = 0.05
+    factors: int = 64
+    epochs: int = 8
+    regularization: float = 0.02
     reg_exponent: float = 1.0
-    alpha: float = 10.0
+    alpha: float = 2.5
     init_std: float = 0.1
     seed: int = 42
     num_threads: int | None = None
@@ -102,8 +107,8 @@ class Interactions:
             raise ValueError("indices must be non-negative")
         if not np.all(np.isfinite(w)) or np.any(w <= 0):
             raise ValueError("weights must be finite and positive")
-        nu = int(u.max()) + 1 if n_users is None and len(u) else n_users or 0
-        ni = int(i.max()) + 1 if n_items is None and len(i) else n_items or 0
+        nu = (int(u.max()) + 1 if len(u) else 0) if n_users is None else n_users
+        ni = (int(i.max()) + 1 if len(i) else 0) if n_items is None else n_items
         if len(u) and (u.max() >= nu or i.max() >= ni):
             raise ValueError("an index is out of range of n_users / n_items")
         keys, inverse = np.unique(u * ni + i, return_inverse=True)
@@ -119,6 +124,7 @@ class Interactions:
         return np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
 
     def transpose(self) -> Interactions:
+        """The same triples with users and items swapped (rows are items)."""
         order = np.lexsort((self.users, self.items))
         return Interactions(
             self.items[order], self.users[order], self.weights[order], self.n_items, self.n_users
@@ -138,9 +144,7 @@ class FactorModel:
         return self.user_factors[idx] @ self.item_factors.T
 
 
-def row_regularization(
-    total_weight: np.ndarray | float, n_other: int, config: TrainConfig
-) -> np.ndarray:
+def _row_penalty(total_weight: np.ndarray | float, n_other: int, config: TrainConfig) -> np.ndarray:
     """Frequency-scaled penalty: grows with the total confidence of the row's loss terms."""
     base = n_other + config.alpha * np.asarray(total_weight, np.float64)
     return config.regularization * base**config.reg_exponent
@@ -160,15 +164,20 @@ def _batches(data: Interactions, config: TrainConfig) -> list[_Batch]:
     indptr = data.indptr()
     degree = np.diff(indptr)
     total = np.bincount(data.users, weights=data.weights, minlength=data.n_users)
-    reg = row_regularization(total, data.n_items, config)
+    reg = _row_penalty(total, data.n_items, config)
     order = np.argsort(-degree, kind="stable")
+    neg_sorted = -degree[order]
     out: list[_Batch] = []
     start = 0
     while start < len(order):
-        width = max(int(degree[order[start]]), 1)
+        # Rows of similar degree share a batch, so padding wastes at most a quarter of it.
+        longest = int(degree[order[start]])
+        width = max(longest, 1)
         size = min(_MAX_BATCH_ROWS, max(1, _GATHER_BUDGET // (width * config.factors)))
-        rows = order[start : start + size]
-        start += size
+        similar = int(np.searchsorted(neg_sorted, -0.75 * longest, side="right"))
+        end = max(start + 1, min(start + size, similar))
+        rows = order[start:end]
+        start = end
         pos = indptr[rows][:, None] + np.arange(width)[None, :]
         mask = np.arange(width)[None, :] < degree[rows][:, None]
         pos = np.where(mask, pos, 0)
@@ -187,54 +196,70 @@ def _batches(data: Interactions, config: TrainConfig) -> list[_Batch]:
     return out
 
 
-def _solve(target: torch.Tensor, fixed: torch.Tensor, batches: list[_Batch]) -> None:
+def _solve(
+    target: torch.Tensor, fixed: torch.Tensor, batches: list[_Batch], pool: ThreadPoolExecutor
+) -> None:
     """Overwrite ``target`` rows with the exact weighted least-squares solution given ``fixed``."""
     gram = fixed.T @ fixed
     eye = torch.eye(fixed.shape[1], dtype=fixed.dtype)
-    for b in batches:
+
+    def solve(b: _Batch) -> torch.Tensor:
         gathered = fixed[b.cols]  # (B, L, f)
-        lhs = gram + (gathered * b.extra.unsqueeze(-1)).transpose(1, 2) @ gathered
+        lhs = torch.baddbmm(gram, (gathered * b.extra.unsqueeze(-1)).transpose(1, 2), gathered)
         lhs += b.reg[:, None, None] * eye
-        rhs = (gathered * b.conf.unsqueeze(-1)).sum(1, keepdim=True).transpose(1, 2)
-        factor = torch.linalg.cholesky(lhs)
-        target[b.rows] = torch.cholesky_solve(rhs, factor).squeeze(-1)
+        rhs = (gathered * b.conf.unsqueeze(-1)).sum(1).unsqueeze(-1)
+        return torch.cholesky_solve(rhs, torch.linalg.cholesky(lhs)).squeeze(-1)
+
+    for b, solution in zip(batches, pool.map(solve, batches), strict=True):
+        target[b.rows] = solution
 
 
 def _objective(
     data: Interactions,
     users: torch.Tensor,
     items: torch.Tensor,
+    *,
     user_reg: torch.Tensor,
     item_reg: torch.Tensor,
     config: TrainConfig,
 ) -> float:
-    """Full weighted loss over all pairs plus penalties, divided by the total confidence."""
-    u64, i64 = users.double(), items.double()
-    all_pairs = float(((u64.T @ u64) * (i64.T @ i64)).sum())
+    """Full weighted loss over all pairs plus penalties, divided by the total confidence.
+
+    The all-pairs term is ``trace(XᵀX · YᵀY)``; observed pairs then swap their zero target
+    for the weighted one, so the cost is linear in the number of interactions.
+    """
+    all_pairs = float(((users.T @ users).double() * (items.T @ items).double()).sum())
     observed = 0.0
     step = 1 << 18
     for s in range(0, len(data), step):
         u = torch.from_numpy(data.users[s : s + step])
         i = torch.from_numpy(data.items[s : s + step])
         conf = 1 + config.alpha * torch.from_numpy(data.weights[s : s + step]).double()
-        pred = (u64[u] * i64[i]).sum(1)
+        pred = (users[u] * items[i]).sum(1).double()
         observed += float((conf * (1 - pred) ** 2 - pred**2).sum())
-    penalty = float((user_reg.double() * u64.pow(2).sum(1)).sum())
-    penalty += float((item_reg.double() * i64.pow(2).sum(1)).sum())
-    total_conf = data.n_users * data.n_items + config.alpha * float(data.weights.sum(dtype=np.float64))
+    penalty = float(user_reg.double() @ users.pow(2).sum(1).double())
+    penalty += float(item_reg.double() @ items.pow(2).sum(1).double())
+    total_weight = float(data.weights.sum(dtype=np.float64))
+    total_conf = data.n_users * data.n_items + config.alpha * total_weight
     return (all_pairs + observed + penalty) / max(total_conf, 1.0)
 
 
 @contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    """Use ``n`` intra-op threads for the fit only; the process setting is restored after."""
-    previous = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+def _single_threaded_ops() -> Iterator[int]:
+    """Run torch ops on the calling thread only; yields the thread count it replaced.
+
+    Parallelism comes from solving batches on a few Python threads instead: each op here is
+    small, and intra-op thread pools lose seconds to barrier waits on a busy machine (measured
+    3-5x slower than one thread with two cores shared). It also makes results independent of
+    the thread count. The setting is process-wide, so fits in one process take turns.
+    """
+    with _FIT_LOCK:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield previous
+        finally:
+            torch.set_num_threads(previous)
 
 
 def fit(
@@ -247,12 +272,15 @@ def fit(
     """Train iALS; ``on_epoch(epoch, epochs, loss)`` runs after each epoch (1-based).
 
     ``should_cancel`` is polled before every half-epoch; when it returns True,
-    ``TrainingCancelled`` is raised. The result is deterministic for a given seed and thread
-    count.
+    ``TrainingCancelled`` is raised. The result depends only on the data and the seed (every
+    batch is solved single-threaded, whatever ``num_threads`` is).
     """
     config = config or TrainConfig()
     config.validate()
-    with _threads(config.num_threads):
+    with (
+        _single_threaded_ops() as available,
+        ThreadPoolExecutor(config.num_threads or available, "ials") as pool,
+    ):
         user_batches = _batches(data, config)
         item_batches = _batches(data.transpose(), config)
         generator = torch.Generator().manual_seed(config.seed)
@@ -266,11 +294,16 @@ def fit(
         for b in item_batches:
             item_reg[b.rows] = b.reg
         for epoch in range(1, config.epochs + 1):
-            for target, fixed, batches in ((items, users, item_batches), (users, items, user_batches)):
+            for target, fixed, batches in (
+                (items, users, item_batches),
+                (users, items, user_batches),
+            ):
                 if should_cancel is not None and should_cancel():
-                    raise TrainingCancelled(f"cancelled before epoch {epoch}")
-                _solve(target, fixed, batches)
+                    raise TrainingCancelled(f"cancelled in epoch {epoch}")
+                _solve(target, fixed, batches, pool)
             if on_epoch is not None:
-                loss = _objective(data, users, items, user_reg, item_reg, config)
+                loss = _objective(
+                    data, users, items, user_reg=user_reg, item_reg=item_reg, config=config
+                )
                 on_epoch(epoch, config.epochs, loss)
     return FactorModel(users, items, config)

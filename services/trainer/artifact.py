@@ -1,0 +1,157 @@
+"""The served model: factors, id maps and what fold-in needs, as one pickle-free ``.npz`` file.
+
+It depends on numpy only, so the recommender loads a model in milliseconds without torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from services.trainer.model import FactorModel, Interactions
+
+FORMAT_VERSION = 1
+_ARRAYS = (
+    "user_factors",
+    "item_factors",
+    "user_ids",
+    "item_ids",
+    "item_popularity",
+    "seen_indptr",
+    "seen_indices",
+    "item_gram",
+)
+_SCALARS = ("regularization", "reg_exponent", "alpha")
+
+
+@dataclass(frozen=True, eq=False)
+class ModelArtifact:
+    """Everything serving needs; row i of the factors belongs to ``user_ids[i]``/``item_ids[i]``.
+
+    ``item_gram`` (YᵀY), ``regularization``, ``reg_exponent`` and ``alpha`` let ``fold_in``
+    solve the training's user equation for a user the model has not seen.
+    """
+
+    user_factors: np.ndarray  # (n_users, factors) float32
+    item_factors: np.ndarray  # (n_items, factors) float32
+    user_ids: np.ndarray  # (n_users,) unicode
+    item_ids: np.ndarray  # (n_items,) unicode
+    item_popularity: np.ndarray  # (n_items,) int64: distinct training users per item
+    seen_indptr: np.ndarray  # (n_users + 1,) int64: CSR of each user's training items
+    seen_indices: np.ndarray  # (nnz,) int64
+    item_gram: np.ndarray  # (factors, factors) float64
+    regularization: float
+    reg_exponent: float
+    alpha: float
+
+    def __post_init__(self) -> None:
+        if self.user_factors.ndim != 2 or len(self.seen_indptr) == 0:
+            raise ValueError("user_factors and seen_indptr: malformed")
+        n_users, n_items, factors = self.n_users, self.n_items, self.factors
+        expected = {
+            "item_factors": (n_items, factors),
+            "user_ids": (n_users,),
+            "item_ids": (n_items,),
+            "item_popularity": (n_items,),
+            "seen_indptr": (n_users + 1,),
+            "seen_indices": (int(self.seen_indptr[-1]),),
+            "item_gram": (factors, factors),
+        }
+        for name, shape in expected.items():
+            if getattr(self, name).shape != shape:
+                raise ValueError(f"{name}: shape {getattr(self, name).shape}, expected {shape}")
+
+    @property
+    def n_users(self) -> int:
+        return int(self.user_factors.shape[0])
+
+    @property
+    def n_items(self) -> int:
+        return int(self.item_factors.shape[0])
+
+    @property
+    def factors(self) -> int:
+        return int(self.user_factors.shape[1])
+
+    @classmethod
+    def from_model(
+        cls,
+        model: FactorModel,
+        data: Interactions,
+        *,
+        user_ids: Sequence[str],
+        item_ids: Sequence[str],
+    ) -> ModelArtifact:
+        """Package a model with the interactions it was trained on and its index -> id maps."""
+        items = model.item_factors.detach().numpy().astype(np.float32)
+        gram = items.astype(np.float64).T @ items.astype(np.float64)
+        return cls(
+            user_factors=model.user_factors.detach().numpy().astype(np.float32),
+            item_factors=items,
+            user_ids=np.asarray(list(user_ids), dtype=np.str_),
+            item_ids=np.asarray(list(item_ids), dtype=np.str_),
+            item_popularity=np.bincount(data.items, minlength=data.n_items).astype(np.int64),
+            seen_indptr=data.indptr(),
+            seen_indices=data.items.astype(np.int64),
+            item_gram=gram,
+            regularization=model.config.regularization,
+            reg_exponent=model.config.reg_exponent,
+            alpha=model.config.alpha,
+        )
+
+    def seen(self, user: int) -> np.ndarray:
+        """Indices of the items ``user`` interacted with in training (to exclude them)."""
+        return self.seen_indices[self.seen_indptr[user] : self.seen_indptr[user + 1]]
+
+    def fold_in(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """Factor vector for a new user from their items, by the training's exact user solve.
+
+        Repeated items have their weights summed, as in training; no items gives a zero vector.
+        The maths mirrors ``model._solve`` and ``model._row_penalty`` (kept torch-free here);
+        tests check that folding in a trained user's items gives back their trained vector.
+        """
+        idx = np.asarray(item_indices, dtype=np.int64).reshape(-1)
+        w = np.ones(len(idx)) if weights is None else np.asarray(weights, np.float64).reshape(-1)
+        if len(w) != len(idx):
+            raise ValueError("weights: must have one value per item index")
+        if len(idx) and (idx.min() < 0 or idx.max() >= self.n_items):
+            raise ValueError(f"item_indices: out of range [0, {self.n_items})")
+        if not np.all(np.isfinite(w)) or np.any(w <= 0):
+            raise ValueError("weights: must be finite and positive")
+        unique, inverse = np.unique(idx, return_inverse=True)
+        summed = np.bincount(inverse, weights=w, minlength=len(unique))
+        vectors = self.item_factors[unique].astype(np.float64)
+        extra = self.alpha * summed
+        penalty = self.regularization * (self.n_items + extra.sum()) ** self.reg_exponent
+        lhs = self.item_gram + (vectors.T * extra) @ vectors + penalty * np.eye(self.factors)
+        return np.linalg.solve(lhs, vectors.T @ (1 + extra)).astype(np.float32)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write atomically (temporary file + rename), so a reader never sees half a model."""
+        target = Path(path)
+        tmp = target.with_name(f".{target.name}.tmp")
+        contents: dict[str, Any] = {"format_version": np.asarray(FORMAT_VERSION)}
+        contents.update((name, np.asarray(getattr(self, name))) for name in (*_ARRAYS, *_SCALARS))
+        with tmp.open("wb") as f:
+            np.savez(f, **contents)
+        tmp.replace(target)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ModelArtifact:
+        """Read a file written by ``save``; ValueError when it is not one."""
+        with np.load(path, allow_pickle=False) as npz:
+            missing = {"format_version", *_ARRAYS, *_SCALARS} - set(npz.files)
+            if missing:
+                raise ValueError(f"not a model artifact: missing {', '.join(sorted(missing))}")
+            version = int(npz["format_version"])
+            if version != FORMAT_VERSION:
+                raise ValueError(f"artifact format {version} is not {FORMAT_VERSION}")
+            fields: dict[str, Any] = {name: npz[name] for name in _ARRAYS}
+            fields.update((name, float(npz[name])) for name in _SCALARS)
+        return cls(**fields)

@@ -1,0 +1,114 @@
+"""The served model file: exact round trip, no pickle, and fold-in that matches training."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.trainer.artifact import ModelArtifact
+from services.trainer.model import Interactions, TrainConfig, fit
+
+_FIELDS = [field.name for field in dataclasses.fields(ModelArtifact)]
+
+
+@pytest.fixture(scope="module")
+def data() -> Interactions:
+    rng = np.random.default_rng(3)
+    users = np.repeat(np.arange(80), 12)
+    items = (users % 4) * 25 + rng.integers(0, 25, len(users))
+    weights = rng.choice([1.0, 0.4, 2.0], len(users))
+    return Interactions.from_arrays(users, items, weights, n_items=110)
+
+
+@pytest.fixture(scope="module")
+def artifact(data: Interactions) -> ModelArtifact:
+    model = fit(data, TrainConfig(factors=12, epochs=5, alpha=4.0, reg_exponent=0.8))
+    return ModelArtifact.from_model(
+        model,
+        data,
+        user_ids=[f"user-{u}" for u in range(data.n_users)],
+        item_ids=[f"item-é{i}" for i in range(data.n_items)],
+    )
+
+
+def test_round_trip_is_exact(artifact: ModelArtifact, tmp_path: Path) -> None:
+    path = tmp_path / "model.npz"
+    artifact.save(path)
+    loaded = ModelArtifact.load(path)
+    for name in _FIELDS:
+        original, restored = getattr(artifact, name), getattr(loaded, name)
+        if isinstance(original, np.ndarray):
+            assert restored.dtype == original.dtype, name
+            assert np.array_equal(restored, original), name
+        else:
+            assert restored == original, name
+    assert loaded.item_ids[3] == "item-é3"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]
+
+
+def test_file_is_plain_arrays_without_pickle(artifact: ModelArtifact, tmp_path: Path) -> None:
+    path = tmp_path / "model.npz"
+    artifact.save(path)
+    with np.load(path, allow_pickle=False) as npz:
+        assert npz["user_ids"].dtype.kind == "U"
+        assert all(npz[name].dtype != object for name in npz.files)
+
+
+def test_from_model_keeps_the_id_maps_popularity_and_seen_items(
+    artifact: ModelArtifact, data: Interactions
+) -> None:
+    assert (artifact.n_users, artifact.n_items, artifact.factors) == (80, 110, 12)
+    assert artifact.user_ids[5] == "user-5"
+    assert artifact.item_popularity.tolist() == np.bincount(data.items, minlength=110).tolist()
+    assert artifact.item_popularity[100:].sum() == 0
+    for user in (0, 41, 79):
+        assert artifact.seen(user).tolist() == data.items[data.users == user].tolist()
+    items = artifact.item_factors.astype(np.float64)
+    assert np.allclose(artifact.item_gram, items.T @ items)
+
+
+def test_fold_in_of_a_known_user_reproduces_the_trained_vector(
+    artifact: ModelArtifact, data: Interactions
+) -> None:
+    for user in range(0, 80, 7):
+        mine = data.users == user
+        vector = artifact.fold_in(data.items[mine], data.weights[mine])
+        trained = artifact.user_factors[user]
+        assert np.allclose(vector, trained, rtol=1e-3, atol=1e-5 * np.abs(trained).max())
+        top = np.argsort(-(artifact.item_factors @ vector))[:10]
+        assert top.tolist() == np.argsort(-(artifact.item_factors @ trained))[:10].tolist()
+
+
+def test_fold_in_sums_repeated_items_and_handles_no_items(artifact: ModelArtifact) -> None:
+    repeated = artifact.fold_in(np.array([3, 3, 7]), np.array([1.0, 0.5, 2.0]))
+    summed = artifact.fold_in(np.array([7, 3]), np.array([2.0, 1.5]))
+    assert np.allclose(repeated, summed)
+    assert np.array_equal(artifact.fold_in(np.array([], np.int64)), np.zeros(12, np.float32))
+
+
+def test_fold_in_rejects_bad_input(artifact: ModelArtifact) -> None:
+    with pytest.raises(ValueError, match="item_indices"):
+        artifact.fold_in(np.array([110]))
+    with pytest.raises(ValueError, match="weights"):
+        artifact.fold_in(np.array([1, 2]), np.array([1.0]))
+    with pytest.raises(ValueError, match="weights"):
+        artifact.fold_in(np.array([1]), np.array([-1.0]))
+
+
+def test_load_rejects_other_files(artifact: ModelArtifact, tmp_path: Path) -> None:
+    partial = tmp_path / "partial.npz"
+    np.savez(partial, user_factors=artifact.user_factors)
+    with pytest.raises(ValueError, match="missing"):
+        ModelArtifact.load(partial)
+    newer = tmp_path / "newer.npz"
+    np.savez(newer, format_version=99, **{name: getattr(artifact, name) for name in _FIELDS})
+    with pytest.raises(ValueError, match="format 99"):
+        ModelArtifact.load(newer)
+
+
+def test_inconsistent_shapes_are_rejected(artifact: ModelArtifact) -> None:
+    with pytest.raises(ValueError, match="item_ids"):
+        dataclasses.replace(artifact, item_ids=artifact.item_ids[:-1])
