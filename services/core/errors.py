@@ -14,6 +14,9 @@ class RecsysError(Exception):
     """Base of every expected failure; `code` is the gRPC status it maps to."""
 
     code: StatusCode = StatusCode.INTERNAL
+    #: False when resending the same request would repeat work already done; the interceptor
+    #: then tells clients' transparent gRPC retries to stop.
+    retryable: bool = True
 
     def __init__(self, message: str, *, details: Message | None = None) -> None:
         super().__init__(message)
@@ -46,9 +49,15 @@ class FailedPrecondition(RecsysError):
 
 
 class Unavailable(RecsysError):
-    """A dependency is down; the call is safe to retry."""
+    """A dependency is down; the call is safe to retry unless `retryable` is False (part of
+    it was done, e.g. some events were published)."""
 
     code = StatusCode.UNAVAILABLE
+
+    def __init__(self, message: str, *, details: Message | None = None,
+                 retryable: bool = True) -> None:
+        super().__init__(message, details=details)
+        self.retryable = retryable
 
 
 class DeadlineExceeded(RecsysError):

@@ -28,6 +28,8 @@ _BEHAVIOUR_FIELDS = {
     (True, True): ("bidi_stream", "stream_stream"),
 }
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+# A negative server pushback stops clients' transparent gRPC retries (gRFC A6).
+_NO_RETRY = (("grpc-retry-pushback-ms", "-1"),)
 
 
 def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
@@ -85,11 +87,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
 
 async def _abort_with(context: grpc.aio.ServicerContext, exc: RecsysError) -> None:
+    trailing = () if exc.retryable else _NO_RETRY
     if exc.details is None:
-        await context.abort(exc.code, exc.message)
+        await context.abort(exc.code, exc.message, trailing)
     status = status_pb2.Status(code=getattr(code_pb2, exc.code.name), message=exc.message)
     status.details.add().Pack(exc.details)
-    await context.abort_with_status(rpc_status.to_status(status))
+    rich = rpc_status.to_status(status)
+    await context.abort(rich.code, rich.details, (*rich.trailing_metadata, *trailing))
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):

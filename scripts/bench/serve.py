@@ -1,0 +1,462 @@
+"""Recommend throughput: cache hit and cache miss against an echo server, at concurrency 8 and 64.
+
+Starts Redis and MLflow, registers a champion per catalogue and, for each catalogue, starts
+`python -m services.recommender` twice (with the in-process answer tier, and with Redis as the
+only tier) next to an echo server built with the same runtime (services.core: interceptors,
+health, reflection) whose RecommenderService returns a fixed 10-item answer. Catalogues:
+
+- ml100k: MovieLens-100k trained with the model core (943 users, 1,682 items, default
+  hyper-parameters), or random factors of that shape when the data is not there;
+- synthetic-100k: random factors, 20,000 users and 100,000 items, 128 factors.
+
+Each run is a grpc.aio load client in its own process (one channel, `concurrency` requests in
+flight) after a warm-up, on the same machine as the servers; the modes take turns for
+`--rounds` rounds and each figure is the median of its runs:
+
+- echo: the runtime's floor;
+- hit: 500 known users, k=10, cycled; after the warm-up every answer is cached, and with the
+  in-process tier on it answers from process memory;
+- hit-redis: the same with RECSYS_RECOMMENDER_LOCAL_CACHE_SIZE=0, so every hit is one Redis
+  round trip (the path another replica's cached answer takes);
+- miss: as hit, but each request excludes a different random item, so its cache key is new:
+  the Redis lookup misses, the model scores the catalogue, and the answer is written back.
+
+Targets (ratios to echo at concurrency 8): miss QPS >= 0.45, hit QPS >= 0.60, p99 of both
+<= 3x echo's p99.
+
+    .venv/bin/python scripts/bench/serve.py [--duration 4] [--warmup 1] [--rounds 3]
+        [--ml100k PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+# Run as a file (`python scripts/bench/serve.py`): make the repository's `scripts` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
+from scripts.localstack.components import (
+    HOST,
+    Component,
+    MlflowServer,
+    RedisServer,
+    free_port,
+    free_ports,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICE = "recsys.recommender.v1.RecommenderService"
+CONCURRENCIES = (8, 64)
+LOAD_USERS = 500
+TARGETS = {"hit_qps": 0.60, "miss_qps": 0.45, "p99": 3.0}
+
+
+@dataclass(frozen=True)
+class Figures:
+    requests: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def qps(self) -> float:
+        return self.requests / self.seconds
+
+
+# -- servers -------------------------------------------------------------------------------
+
+
+class _GrpcServer(Component):
+    """A gRPC server process on a free port, ready when its health says SERVING."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir)
+        self.port, self.metrics_port = free_ports(2)
+
+    @property
+    def target(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def probe(self) -> bool:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with grpc.insecure_channel(self.target) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=SERVICE), timeout=1)
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    def _env(self) -> dict[str, str]:
+        return {"RECSYS_GRPC_PORT": str(self.port), "RECSYS_METRICS_PORT": str(self.metrics_port),
+                "RECSYS_LOG_LEVEL": "WARNING", "RECSYS_LOG_FORMAT": "json"}
+
+
+class Recommender(_GrpcServer):
+    """`python -m services.recommender`, as deployed, with its settings in env()."""
+
+    name = "recommender"
+
+    def __init__(self, data_dir: Path, *, mlflow: str, redis: str, model: str,
+                 local_cache: bool) -> None:
+        super().__init__(data_dir)
+        self._settings = {
+            "RECSYS_MLFLOW_TRACKING_URI": mlflow, "RECSYS_REDIS_URL": redis,
+            "RECSYS_MODEL_NAME": model,
+            # No broker here: answers use the model and the cache, not recent history.
+            "RECSYS_KAFKA_BOOTSTRAP": f"{HOST}:{free_port()}",
+            "RECSYS_RECOMMENDER_HISTORY_CONSUMER": "false",
+            "RECSYS_RECOMMENDER_LOCAL_CACHE_SIZE": "10000" if local_cache else "0",
+        }
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "services.recommender"]
+
+    def env(self) -> dict[str, str]:
+        return {**self._env(), **self._settings}
+
+
+class Echo(_GrpcServer):
+    """`serve.py echo-server`: the same runtime answering a fixed response."""
+
+    name = "echo"
+
+    def command(self) -> list[str]:
+        return [sys.executable, __file__, "echo-server"]
+
+    def env(self) -> dict[str, str]:
+        return self._env()
+
+
+def echo_server() -> None:
+    """A RecommenderService built with services.core that returns a fixed 10-item answer."""
+    from services.core.config import ServerSettings
+    from services.core.health import HealthReporter
+    from services.core.main import run
+    from services.core.server import ServiceBinding
+
+    answer = recommender_pb2.RecommendResponse(
+        items=[recommender_pb2.ScoredItem(item_id=f"i{n}", score=1.0 / (n + 1))
+               for n in range(10)],
+        model_version="1", strategy=recommender_pb2.STRATEGY_PERSONALIZED)
+
+    class EchoServicer(recommender_pb2_grpc.RecommenderServiceServicer):  # Recommend only
+        async def Recommend(self, request: recommender_pb2.RecommendRequest,
+                            context: grpc.aio.ServicerContext) -> recommender_pb2.RecommendResponse:
+            return answer
+
+    class EchoApp:
+        bindings = (ServiceBinding(SERVICE, lambda server: recommender_pb2_grpc
+                                   .add_RecommenderServiceServicer_to_server(
+                                       EchoServicer(), server)),)  # type: ignore[abstract]
+
+        async def start(self, health: HealthReporter) -> None:
+            await health.set_serving(SERVICE, True)
+
+        async def close(self) -> None:
+            pass
+
+    run(ServerSettings, "RECSYS_ECHO_", lambda settings, registry: EchoApp())
+
+
+# -- catalogues ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    name: str
+    description: str
+    users: list[str]
+    items: list[str]
+
+
+def ml100k_artifact(path: Path | None) -> tuple[object, str]:
+    """MovieLens-100k trained with the model core, or random factors of its shape."""
+    from services.trainer.artifact import ModelArtifact
+    from services.trainer.model import Interactions, TrainConfig, fit
+
+    if path is not None and (path / "u.data").is_file():
+        raw = np.loadtxt(path / "u.data", dtype=np.int64, usecols=(0, 1))
+        user_ids, users = np.unique(raw[:, 0], return_inverse=True)
+        item_ids, items = np.unique(raw[:, 1], return_inverse=True)
+        data = Interactions.from_arrays(users, items)
+        started = time.perf_counter()
+        model = fit(data, TrainConfig())
+        print(f"  trained on {path} in {time.perf_counter() - started:.1f} s", flush=True)
+        artifact = ModelArtifact.from_model(model, data, user_ids=[str(u) for u in user_ids],
+                                            item_ids=[str(i) for i in item_ids])
+        return artifact, "MovieLens-100k, trained (128 factors)"
+    return random_artifact(943, 1682, 128, seen_per_user=100), \
+        "random factors of MovieLens-100k shape (data not found)"
+
+
+def random_artifact(n_users: int, n_items: int, factors: int, *, seen_per_user: int) -> object:
+    from services.trainer.artifact import ModelArtifact
+
+    rng = np.random.default_rng(42)
+    items = rng.normal(scale=0.1, size=(n_items, factors)).astype(np.float32)
+    seen = np.sort(rng.integers(0, n_items, size=(n_users, seen_per_user)), axis=1)
+    return ModelArtifact(
+        user_factors=rng.normal(scale=0.1, size=(n_users, factors)).astype(np.float32),
+        item_factors=items,
+        user_ids=np.asarray([f"u{n}" for n in range(n_users)], dtype=np.str_),
+        item_ids=np.asarray([f"i{n}" for n in range(n_items)], dtype=np.str_),
+        item_popularity=np.bincount(seen.ravel(), minlength=n_items).astype(np.int64),
+        seen_indptr=np.arange(0, seen.size + 1, seen_per_user, dtype=np.int64),
+        seen_indices=seen.ravel().astype(np.int64),
+        item_gram=items.astype(np.float64).T @ items.astype(np.float64),
+        regularization=0.05, reg_exponent=1.0, alpha=10.0,
+    )
+
+
+def register(tracking_uri: str, model: str, artifact: object, workdir: Path) -> None:
+    """Register `artifact` as the champion of `model`, as the trainer does."""
+    from services.trainer.artifact import ModelArtifact
+    from services.trainer.dataset import Lineage
+    from services.trainer.registry import MlflowRegistry
+
+    assert isinstance(artifact, ModelArtifact)
+    path = workdir / model / "model.npz"
+    path.parent.mkdir(parents=True)
+    artifact.save(path)
+    lineage = Lineage(topic="bench", row_count=len(artifact.seen_indices), content_hash="0" * 64,
+                      partition_offsets={0: len(artifact.seen_indices)},
+                      user_count=artifact.n_users, item_count=artifact.n_items)
+    registry = MlflowRegistry(tracking_uri=tracking_uri, model_name=model, experiment="bench")
+    run_id = registry.start_run(job_id=model, params={}, lineage=lineage, tags={})
+    version = registry.register(run_id, metrics={}, lineage=lineage, artifact=path, tags={})
+    registry.end_run(run_id, "FINISHED")
+    registry.set_champion(version.version)
+
+
+def catalogues(tracking_uri: str, workdir: Path, ml100k: Path | None) -> list[Catalogue]:
+    out = []
+    print("building and registering the catalogues ...", flush=True)
+    built = [("ml100k", *ml100k_artifact(ml100k)),
+             ("synthetic-100k", random_artifact(20_000, 100_000, 128, seen_per_user=20),
+              "synthetic: 20,000 users, 100,000 items, random factors (128)")]
+    for name, artifact, description in built:
+        register(tracking_uri, f"bench-{name}", artifact, workdir)
+        users = artifact.user_ids.tolist()  # type: ignore[attr-defined]
+        out.append(Catalogue(name, description, users[:LOAD_USERS],
+                             artifact.item_ids.tolist()))  # type: ignore[attr-defined]
+    return out
+
+
+# -- load ----------------------------------------------------------------------------------
+
+
+def cache_outcomes(server: _GrpcServer) -> Counter[str]:
+    """recsys_recommender_cache_requests_total by "result/tier", scraped from /metrics."""
+    body = urllib.request.urlopen(f"http://{HOST}:{server.metrics_port}/metrics", timeout=5)
+    counts: Counter[str] = Counter()
+    for family in text_string_to_metric_families(body.read().decode()):
+        if family.name == "recsys_recommender_cache_requests":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    counts[f"{sample.labels['result']}/{sample.labels['tier']}"] += int(
+                        sample.value)
+    return counts
+
+
+def describe(outcomes: Counter[str]) -> str:
+    """The share of each cache outcome, e.g. "hit/local 97%, miss/redis 3%"."""
+    total = sum(outcomes.values()) or 1
+    return ", ".join(f"{k} {v / total:.0%}" for k, v in outcomes.most_common())
+
+
+def median(runs: list[Figures]) -> Figures:
+    """Each statistic's median over the rounds (errors: their sum)."""
+    return Figures(
+        requests=int(np.median([r.requests for r in runs])),
+        errors=sum(r.errors for r in runs), seconds=runs[0].seconds,
+        p50_ms=float(np.median([r.p50_ms for r in runs])),
+        p99_ms=float(np.median([r.p99_ms for r in runs])),
+    )
+
+
+def load(target: str, mode: str, catalogue_file: Path, *, concurrency: int, seconds: float,
+         warmup: float) -> Figures:
+    """The load client in its own process, so it does not share the servers' GIL."""
+    out = subprocess.run(
+        [sys.executable, __file__, "load-client", "--target", target, "--mode", mode,
+         "--catalogue", str(catalogue_file), "--concurrency", str(concurrency),
+         "--duration", str(seconds), "--warmup", str(warmup)],
+        capture_output=True, text=True, check=True, timeout=seconds + warmup + 120,
+    ).stdout
+    return Figures(**json.loads(out.splitlines()[-1]))
+
+
+async def _load_client(target: str, mode: str, users: Sequence[str], items: Sequence[str], *,
+                       concurrency: int, seconds: float, warmup: float) -> Figures:
+    latencies: list[float] = []
+    errors = 0
+    rng = random.Random(7)
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
+        if mode == "hit":  # every user's answer cached before the clock starts
+            for n in range(0, len(users), concurrency):
+                await asyncio.gather(*(
+                    stub.Recommend(recommender_pb2.RecommendRequest(user_id=user, k=10),
+                                   timeout=30)
+                    for user in users[n : n + concurrency]))
+        loop = asyncio.get_running_loop()
+        start = loop.time() + warmup
+        end = start + seconds
+
+        async def worker(offset: int) -> None:
+            nonlocal errors
+            n = offset
+            while (now := loop.time()) < end:
+                request = recommender_pb2.RecommendRequest(user_id=users[n % len(users)], k=10)
+                if mode == "miss":
+                    request.exclude_item_ids.append(rng.choice(items))
+                n += concurrency
+                try:
+                    await stub.Recommend(request, timeout=10)
+                except grpc.aio.AioRpcError:
+                    errors += now >= start
+                    continue
+                if now >= start:
+                    latencies.append(loop.time() - now)
+
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    p50, p99 = np.percentile(latencies, [50, 99]) * 1000 if latencies else (0.0, 0.0)
+    return Figures(len(latencies), errors, seconds, float(p50), float(p99))
+
+
+# -- the run -------------------------------------------------------------------------------
+
+MODES = ("echo", "hit", "hit-redis", "miss")
+
+
+def bench(duration: float, warmup: float, rounds: int, ml100k: Path | None) -> None:
+    command = " ".join([Path(sys.executable).name, *sys.argv])
+    rows: dict[tuple[str, str, int], Figures] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        workdir = Path(tmp)
+        with (RedisServer(workdir / "redis") as redis,
+              MlflowServer(workdir / "mlflow") as mlflow,
+              Echo(workdir / "echo") as echo):
+            for catalogue in catalogues(mlflow.tracking_uri, workdir, ml100k):
+                print(f"\n{catalogue.name}: {catalogue.description}", flush=True)
+                catalogue_file = workdir / f"{catalogue.name}.json"
+                catalogue_file.write_text(json.dumps(dataclasses.asdict(catalogue)))
+                common = {"mlflow": mlflow.tracking_uri, "redis": redis.url,
+                          "model": f"bench-{catalogue.name}"}
+                with (Recommender(workdir / f"rec-{catalogue.name}", local_cache=True,
+                                  **common) as tiered,
+                      Recommender(workdir / f"rec-{catalogue.name}-redis", local_cache=False,
+                                  **common) as redis_only):
+                    servers = {"echo": echo, "hit": tiered, "hit-redis": redis_only,
+                               "miss": tiered}
+                    print(f"{'mode':<10} {'conc':>5} {'qps':>8} {'range':>11} {'p50 ms':>8} "
+                          f"{'p99 ms':>8} {'errors':>7}  cache outcomes (server's metrics)",
+                          flush=True)
+                    for c in CONCURRENCIES:
+                        runs: dict[str, list[Figures]] = {mode: [] for mode in MODES}
+                        outcomes: dict[str, Counter[str]] = {mode: Counter() for mode in MODES}
+                        # Rounds interleave the modes, so a change in the machine's load
+                        # (it is shared) touches each mode alike; each figure is a median.
+                        for _ in range(rounds):
+                            for mode in MODES:
+                                server = servers[mode]
+                                before = cache_outcomes(server)
+                                runs[mode].append(load(
+                                    server.target, "miss" if mode == "miss" else "hit",
+                                    catalogue_file, concurrency=c, seconds=duration,
+                                    warmup=warmup))
+                                outcomes[mode] += cache_outcomes(server) - before
+                        for mode in MODES:
+                            f = rows[catalogue.name, mode, c] = median(runs[mode])
+                            qps = sorted(run.qps for run in runs[mode])
+                            print(f"{mode:<10} {c:>5} {f.qps:>8.0f} {qps[0]:>5.0f}-{qps[-1]:<5.0f} "
+                                  f"{f.p50_ms:>8.2f} {f.p99_ms:>8.2f} {f.errors:>7}  "
+                                  f"{describe(outcomes[mode])}", flush=True)
+    report(rows, command, duration, rounds)
+
+
+def report(rows: dict[tuple[str, str, int], Figures], command: str, duration: float,
+           rounds: int) -> None:
+    import torch
+
+    print(f"\nmachine: {platform.platform()}, {os.cpu_count()} CPUs "
+          f"({platform.processor() or platform.machine()}), torch {torch.__version__}; "
+          f"load clients share the machine with the servers; figures are medians of "
+          f"{rounds} runs of {duration:.0f} s")
+    print(f"command: {command}")
+    result: dict[str, str] = {}
+    for name in dict.fromkeys(key[0] for key in rows):
+        for c in CONCURRENCIES:
+            echo = rows[name, "echo", c]
+            for mode in MODES[1:]:
+                f = rows[name, mode, c]
+                prefix = f"{name.replace('-', '_')}_c{c}_{mode.replace('-', '_')}"
+                result[f"{prefix}_qps"] = f"{f.qps:.0f}"
+                result[f"{prefix}_qps_ratio"] = f"{f.qps / echo.qps:.2f}"
+                result[f"{prefix}_p99_ratio"] = f"{f.p99_ms / echo.p99_ms:.2f}"
+            result[f"{name.replace('-', '_')}_c{c}_echo_qps"] = f"{echo.qps:.0f}"
+        echo, hit, miss = (rows[name, mode, 8] for mode in ("echo", "hit", "miss"))
+        met = (hit.qps >= TARGETS["hit_qps"] * echo.qps
+               and miss.qps >= TARGETS["miss_qps"] * echo.qps
+               and max(hit.p99_ms, miss.p99_ms) <= TARGETS["p99"] * echo.p99_ms)
+        print(f"{name} at concurrency 8: hit {hit.qps / echo.qps:.2f}x echo QPS "
+              f"(target {TARGETS['hit_qps']}), miss {miss.qps / echo.qps:.2f}x "
+              f"(target {TARGETS['miss_qps']}), p99 hit {hit.p99_ms / echo.p99_ms:.2f}x / "
+              f"miss {miss.p99_ms / echo.p99_ms:.2f}x echo (target <= {TARGETS['p99']}): "
+              f"{'met' if met else 'NOT met'}")
+        result[f"{name.replace('-', '_')}_targets_met"] = str(met).lower()
+    print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("echo-server", help="(internal) serve the echo RecommenderService")
+    client = sub.add_parser("load-client", help="(internal) the gRPC load client")
+    client.add_argument("--target", required=True)
+    client.add_argument("--mode", choices=("hit", "miss"), required=True)
+    client.add_argument("--catalogue", type=Path, required=True)
+    client.add_argument("--concurrency", type=int, required=True)
+    client.add_argument("--duration", type=float, required=True)
+    client.add_argument("--warmup", type=float, required=True)
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per run")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="runs per figure, interleaved across modes; figures are medians")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before each run")
+    parser.add_argument("--ml100k", type=Path, default=ROOT.parent / "shared/datasets/ml-100k",
+                        help="MovieLens-100k directory (random factors of its shape if absent)")
+    args = parser.parse_args()
+    if args.command == "echo-server":
+        echo_server()
+    elif args.command == "load-client":
+        catalogue = json.loads(args.catalogue.read_text())
+        figures = asyncio.run(_load_client(
+            args.target, args.mode, catalogue["users"], catalogue["items"],
+            concurrency=args.concurrency, seconds=args.duration, warmup=args.warmup))
+        print(json.dumps(dataclasses.asdict(figures)))
+    else:
+        bench(args.duration, args.warmup, args.rounds, args.ml100k)
+
+
+if __name__ == "__main__":
+    main()

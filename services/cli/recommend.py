@@ -1,0 +1,116 @@
+"""`recsys recommend USER`, `recsys similar ITEM` and `recsys model-info`: ask the recommender."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+
+from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
+from services.core.client import DEFAULT_TIMEOUT_S, channel
+
+TARGET_ENV = "RECSYS_RECOMMENDER_TARGET"
+DEFAULT_TARGET = "127.0.0.1:50053"
+
+
+def register(subparsers: Any) -> None:
+    recommend = subparsers.add_parser(
+        "recommend", help="top-k items for a user",
+        description="Ask the recommender for a user's top items, as an application would.")
+    recommend.add_argument("user", help="user id")
+    recommend.add_argument("-k", type=int, default=10, help="number of items (default 10)")
+    recommend.add_argument("--include-seen", action="store_true",
+                           help="keep items the user already interacted with")
+    recommend.add_argument("--exclude", nargs="+", default=[], metavar="ITEM",
+                           help="items to leave out")
+    _add_target(recommend)
+    recommend.set_defaults(func=_guarded(_recommend))
+
+    similar = subparsers.add_parser("similar", help="items nearest to an item (cosine)")
+    similar.add_argument("item", help="item id")
+    similar.add_argument("-k", type=int, default=10, help="number of items (default 10)")
+    _add_target(similar)
+    similar.set_defaults(func=_guarded(_similar))
+
+    info = subparsers.add_parser("model-info", help="the model version being served")
+    _add_target(info)
+    info.set_defaults(func=_guarded(_model_info))
+
+
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default=os.environ.get(TARGET_ENV, DEFAULT_TARGET),
+                        help=f"recommender host:port (default ${TARGET_ENV} or {DEFAULT_TARGET})")
+
+
+def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Print a failed call as one line (`error: CODE: details`) and exit 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except grpc.RpcError as exc:
+            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def _stub(target: str) -> tuple[grpc.Channel, recommender_pb2_grpc.RecommenderServiceStub]:
+    chan = channel(target)
+    return chan, recommender_pb2_grpc.RecommenderServiceStub(chan)
+
+
+def _print_items(items: Sequence[recommender_pb2.ScoredItem]) -> None:
+    print(f"{'RANK':>4}  {'SCORE':>9}  ITEM")
+    for rank, item in enumerate(items, 1):
+        print(f"{rank:>4}  {item.score:>9.4f}  {item.item_id}")
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    request = recommender_pb2.RecommendRequest(
+        user_id=args.user, k=args.k, exclude_seen=not args.include_seen,
+        exclude_item_ids=args.exclude)
+    chan, stub = _stub(args.target)
+    with chan:
+        reply = stub.Recommend(request, timeout=DEFAULT_TIMEOUT_S)
+    strategy = recommender_pb2.Strategy.Name(reply.strategy).removeprefix("STRATEGY_").lower()
+    print(f"user {args.user}: model version {reply.model_version}, strategy {strategy}")
+    _print_items(reply.items)
+    return 0
+
+
+def _similar(args: argparse.Namespace) -> int:
+    chan, stub = _stub(args.target)
+    with chan:
+        reply = stub.SimilarItems(
+            recommender_pb2.SimilarItemsRequest(item_id=args.item, k=args.k),
+            timeout=DEFAULT_TIMEOUT_S)
+    print(f"items like {args.item}: model version {reply.model_version}, score = cosine")
+    _print_items(reply.items)
+    return 0
+
+
+def _model_info(args: argparse.Namespace) -> int:
+    chan, stub = _stub(args.target)
+    with chan:
+        info = stub.GetModelInfo(recommender_pb2.GetModelInfoRequest(),
+                                 timeout=DEFAULT_TIMEOUT_S)
+    m, lineage = info.metrics, info.lineage
+    offsets = ", ".join(f"{p}:{o}" for p, o in sorted(lineage.partition_offsets.items()))
+    rows = (
+        ("model", f"{info.model_name} version {info.model_version} (alias {info.alias})"),
+        ("loaded at", info.loaded_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S UTC")),
+        ("size", f"{info.user_count} users, {info.item_count} items, {info.factors} factors"),
+        ("metrics", f"NDCG@10 {m.ndcg_at_10:.4f}  P@10 {m.precision_at_10:.4f}  "
+                    f"R@10 {m.recall_at_10:.4f}  MAP@10 {m.map_at_10:.4f}  "
+                    f"({m.users_evaluated} users)"),
+        ("trained on", f"{lineage.row_count} events from topic {lineage.topic or '-'} "
+                       f"(offsets {offsets or '-'}), content {lineage.content_hash[:12] or '-'}"),
+    )
+    for name, value in rows:
+        print(f"{name + ':':<12} {value}")
+    return 0

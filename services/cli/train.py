@@ -1,0 +1,167 @@
+"""`recsys train` starts a training job and shows its progress live; `recsys models` lists
+registered versions and promotes one to champion (rollback)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from tqdm import tqdm
+
+from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from services.core.client import DEFAULT_TIMEOUT_S, channel
+
+TARGET_ENV = "RECSYS_TRAINER_TARGET"
+DEFAULT_TARGET = "127.0.0.1:50052"
+_HYPERPARAMETERS: tuple[tuple[str, type, str], ...] = (
+    ("factors", int, "latent dimensions, 1 to 1024"),
+    ("epochs", int, "alternating least-squares sweeps, 1 to 200"),
+    ("regularization", float, "L2 regularisation strength, > 0"),
+    ("alpha", float, "confidence scaling (1 + alpha * weight), > 0"),
+    ("seed", int, "initialisation seed, >= 0"),
+)
+
+
+def register(subparsers: Any) -> None:
+    train = subparsers.add_parser(
+        "train", help="start a training job and show its progress",
+        description="Start a training job on the trainer's dataset and follow it to the end. "
+                    "Unset hyper-parameters take the trainer's defaults.")
+    _add_target(train)
+    for name, kind, text in _HYPERPARAMETERS:
+        train.add_argument(f"--{name}", type=kind, help=text)
+    train.add_argument("--no-wait", action="store_true",
+                       help="print the job id and return at once")
+    train.add_argument("--timeout", type=float, default=3600.0,
+                       help="stop following after this many seconds (default %(default)s); "
+                            "the job keeps running")
+    train.set_defaults(func=_guarded(_train))
+
+    models = subparsers.add_parser("models", help="list registered model versions, promote one")
+    actions = models.add_subparsers(dest="models_command", required=True)
+    listing = actions.add_parser("list", help="registered versions, newest first")
+    _add_target(listing)
+    listing.add_argument("--limit", type=int, default=20, help="1 to 100 (default 20)")
+    listing.set_defaults(func=_guarded(_list_models))
+    promote = actions.add_parser("promote", help="point the champion alias at a version")
+    _add_target(promote)
+    promote.add_argument("version", help="registered version number, e.g. 3")
+    promote.set_defaults(func=_guarded(_promote))
+
+
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default=os.environ.get(TARGET_ENV, DEFAULT_TARGET),
+                        help=f"trainer host:port (default ${TARGET_ENV} or {DEFAULT_TARGET})")
+
+
+def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Print a failed call as one line (`error: CODE: details`) and exit 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except grpc.RpcError as exc:
+            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def _train(args: argparse.Namespace) -> int:
+    overrides = {name: getattr(args, name) for name, _, _ in _HYPERPARAMETERS
+                 if getattr(args, name) is not None}
+    request = trainer_pb2.StartTrainingJobRequest(
+        hyperparameters=trainer_pb2.Hyperparameters(**overrides))
+    with channel(args.target) as chan:
+        stub = trainer_pb2_grpc.TrainerServiceStub(chan)
+        job = stub.StartTrainingJob(request, timeout=DEFAULT_TIMEOUT_S).job
+        print(f"training job {job.job_id} started", file=sys.stderr)
+        if args.no_wait:
+            print(job.job_id)
+            return 0
+        try:
+            job = _follow(stub, job, timeout=args.timeout)
+        except KeyboardInterrupt:
+            print(f"\nstopped following; job {job.job_id} keeps running", file=sys.stderr)
+            return 130
+    print(describe_job(job))
+    return 0 if job.state == trainer_pb2.JOB_STATE_SUCCEEDED else 1
+
+
+def _follow(stub: trainer_pb2_grpc.TrainerServiceStub, job: trainer_pb2.TrainingJob, *,
+            timeout: float) -> trainer_pb2.TrainingJob:
+    """Draw a progress bar from the watch stream until the job ends; return its last state."""
+    stream = stub.WatchTrainingJob(trainer_pb2.WatchTrainingJobRequest(job_id=job.job_id),
+                                   timeout=timeout)
+    with tqdm(total=job.epochs, unit="epoch", file=sys.stderr, dynamic_ncols=True) as bar:
+        for update in stream:
+            job = update.job
+            bar.n = job.epoch
+            bar.set_description(_phase(job.phase))
+            postfix = {"loss": f"{job.loss:.4f}"} if job.epoch else {}
+            if job.eta_seconds:
+                postfix["eta"] = f"{job.eta_seconds:.0f}s"
+            bar.set_postfix(postfix)
+    return job
+
+
+def _phase(phase: trainer_pb2.JobPhase.ValueType) -> str:
+    return trainer_pb2.JobPhase.Name(phase).removeprefix("JOB_PHASE_").lower()
+
+
+def describe_job(job: trainer_pb2.TrainingJob) -> str:
+    """A few readable lines: outcome, held-out metrics, version and the gate's decision."""
+    state = trainer_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
+    lines = [f"job {job.job_id}: {state}"]
+    if job.error:
+        lines.append(f"  error: {job.error}")
+    if job.HasField("metrics"):
+        m = job.metrics
+        lines.append(f"  held-out: NDCG@10 {m.ndcg_at_10:.4f}  P@10 {m.precision_at_10:.4f}  "
+                     f"R@10 {m.recall_at_10:.4f}  MAP@10 {m.map_at_10:.4f}  "
+                     f"({m.users_evaluated} users)")
+    if job.HasField("lineage"):
+        lin = job.lineage
+        lines.append(f"  data: {lin.row_count} events, {lin.user_count} users, "
+                     f"{lin.item_count} items, sha256 {lin.content_hash[:12]}")
+    if job.model_version:
+        verdict = "promoted to champion" if job.promoted else "not promoted"
+        lines.append(f"  model version {job.model_version}: {verdict} ({job.promotion_reason})")
+    if job.mlflow_run_id:
+        lines.append(f"  MLflow run {job.mlflow_run_id}")
+    return "\n".join(lines)
+
+
+def _list_models(args: argparse.Namespace) -> int:
+    with channel(args.target) as chan:
+        stub = trainer_pb2_grpc.TrainerServiceStub(chan)
+        versions = stub.ListModelVersions(
+            trainer_pb2.ListModelVersionsRequest(page_size=args.limit),
+            timeout=DEFAULT_TIMEOUT_S).versions
+    if not versions:
+        print("no registered versions yet")
+        return 0
+    print(f"{'VERSION':>7}  {'ALIASES':<10} {'NDCG@10':>7} {'P@10':>6} {'EVENTS':>9}  "
+          f"{'CREATED (UTC)':<19}  RUN")
+    for v in versions:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v.created_at.seconds))
+        print(f"{v.version:>7}  {','.join(v.aliases) or '-':<10} {v.metrics.ndcg_at_10:>7.4f} "
+              f"{v.metrics.precision_at_10:>6.4f} {v.lineage.row_count:>9}  {created:<19}  "
+              f"{v.mlflow_run_id}")
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    with channel(args.target) as chan:
+        stub = trainer_pb2_grpc.TrainerServiceStub(chan)
+        response = stub.PromoteModelVersion(
+            trainer_pb2.PromoteModelVersionRequest(version=args.version),
+            timeout=DEFAULT_TIMEOUT_S)
+    previous = response.previous_version or "none"
+    print(f"champion is now version {response.model_version.version} (was {previous})")
+    return 0

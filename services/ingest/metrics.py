@@ -1,0 +1,45 @@
+"""IngestService's domain metrics, registered on the server's injected registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from services.core.metrics import LATENCY_BUCKETS
+
+BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+ACCEPTED = "accepted"
+REJECTED = "rejected"
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class IngestMetrics:
+    events: Counter
+    batch_size: Histogram
+    ack_seconds: Histogram
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> IngestMetrics:
+        return cls(
+            events=Counter(
+                "recsys_ingest_events_total",
+                "Events by outcome: accepted (acknowledged by the broker), rejected (invalid; "
+                "reason is the offending field) or failed (valid but not acknowledged; reason "
+                "is unavailable or deadline_exceeded).",
+                ("outcome", "reason"), registry=registry,
+            ),
+            batch_size=Histogram(
+                "recsys_ingest_batch_size",
+                "Events per request (a stream counts each chunk).",
+                buckets=BATCH_SIZE_BUCKETS, registry=registry,
+            ),
+            ack_seconds=Histogram(
+                "recsys_ingest_ack_seconds",
+                "Time from handing a batch to the producer until the broker acknowledged "
+                "all of it, in seconds.",
+                buckets=LATENCY_BUCKETS, registry=registry,
+            ),
+        )

@@ -1,0 +1,1 @@
+"""RecommenderService: serves the MLflow champion model with a Redis cache and fresh history."""

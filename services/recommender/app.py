@@ -1,0 +1,124 @@
+"""The recommender's App: model poller, Redis cache tiers, history consumer, servicer.
+
+Threads: the model poller (MLflow calls, download, load), the history consumer (Kafka to
+Redis) and a small pool that scores large catalogues; everything else runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from prometheus_client import CollectorRegistry
+
+from recsys.recommender.v1 import recommender_pb2_grpc
+from services.core.health import HealthReporter
+from services.core.server import ServiceBinding
+from services.recommender.cache import CircuitBreaker, RedisCache, connect
+from services.recommender.engine import Recommendation, Recommender
+from services.recommender.history import HistoryConsumer, HistoryWriter
+from services.recommender.local_cache import LocalAnswers, follow_invalidations
+from services.recommender.metrics import RecommenderMetrics
+from services.recommender.model_store import (
+    ChampionSource,
+    LoadedModel,
+    MlflowChampion,
+    ModelStore,
+)
+from services.recommender.servicer import SERVICE_NAME, RecommenderServicer
+from services.recommender.settings import RecommenderSettings
+
+
+class RecommenderApp:
+    """NOT_SERVING until the first model is loaded; Redis, Kafka and MLflow outages after that
+    degrade answers (no cache, no fresh history, no new versions) but never health."""
+
+    def __init__(self, settings: RecommenderSettings, registry: CollectorRegistry, *,
+                 source: ChampionSource | None = None) -> None:
+        self._settings = settings
+        self._metrics = RecommenderMetrics.create(registry)
+        self._store = ModelStore(
+            source or MlflowChampion(
+                tracking_uri=settings.mlflow_tracking_uri, model_name=settings.model_name,
+                timeout_s=settings.mlflow_timeout_s, retries=settings.mlflow_retries),
+            model_name=settings.model_name, poll_interval_s=settings.poll_interval_s,
+            metrics=self._metrics, on_swap=self._swapped,
+        )
+        self._local: LocalAnswers[Recommendation] = LocalAnswers(
+            settings.local_cache_size, settings.cache_ttl_s)
+        self._cache = RedisCache(
+            connect(settings.redis_url, timeout_s=settings.redis_timeout_s,
+                    connect_timeout_s=settings.redis_timeout_s),
+            ttl_s=settings.cache_ttl_s, history_size=settings.history_size,
+            breaker=CircuitBreaker(settings.redis_cooldown_s), metrics=self._metrics,
+        )
+        self._executor = ThreadPoolExecutor(settings.scoring_threads,
+                                            thread_name_prefix="recommender-scoring")
+        self.recommender = Recommender(
+            self._store, cache=self._cache, local=self._local, metrics=self._metrics,
+            executor=self._executor, offload_min_items=settings.offload_min_items,
+        )
+        self._history: HistoryConsumer | None = None
+        if settings.history_consumer:
+            self._history = HistoryConsumer(
+                bootstrap=settings.kafka_bootstrap, topic=settings.kafka_topic,
+                writer=HistoryWriter.connect(settings.redis_url,
+                                             history_size=settings.history_size,
+                                             ttl_s=settings.history_ttl_s),
+                metrics=self._metrics,
+            )
+        self._invalidations: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._health: HealthReporter | None = None
+        self._closed = False
+
+    @property
+    def bindings(self) -> Sequence[ServiceBinding]:
+        servicer = RecommenderServicer(self.recommender, max_k=self._settings.max_k)
+        return [ServiceBinding(SERVICE_NAME, lambda server: recommender_pb2_grpc
+                               .add_RecommenderServiceServicer_to_server(servicer, server))]
+
+    async def start(self, health: HealthReporter) -> None:
+        torch.set_num_threads(self._settings.torch_threads)
+        self._loop = asyncio.get_running_loop()
+        self._health = health
+        if self._settings.local_cache_size:
+            self._invalidations = self._loop.create_task(follow_invalidations(
+                self._settings.redis_url, self._local,
+                retry_s=self._settings.redis_cooldown_s, metrics=self._metrics))
+        self._store.start()
+        if self._history is not None:
+            self._history.start()
+
+    def _swapped(self, model: LoadedModel) -> None:
+        """On the poller thread, after a swap: report SERVING, drop the old version's answers."""
+        if self._loop is not None and not self._closed:
+            asyncio.run_coroutine_threadsafe(self._serving(), self._loop)
+
+    async def _serving(self) -> None:
+        self._local.clear()
+        # Everything alive now (imports, the model's id maps) lives as long as the process or
+        # the model: keep it out of the cyclic collector's full passes, which otherwise stall
+        # requests for hundreds of milliseconds scanning it (measured: 670 ms, p99 x4).
+        gc.freeze()
+        if self._health is not None:
+            await self._health.set_serving(SERVICE_NAME, True)
+
+    async def close(self) -> None:
+        """Stop the threads and the invalidation task, flush cache writes, close Redis."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.to_thread(self._store.stop)
+        if self._history is not None:
+            await asyncio.to_thread(self._history.stop)
+        if self._invalidations is not None:
+            self._invalidations.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._invalidations
+        await self._cache.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)

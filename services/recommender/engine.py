@@ -1,0 +1,146 @@
+"""The recommender's core: the served model, the cache tiers and recent history, no gRPC.
+
+A Recommend request reads the model reference once, then tries the in-process tier, then Redis
+(one round trip that also returns the user's recent history on a miss), and only then scores.
+Small catalogues are scored on the event loop, where torch takes tens of microseconds and a
+thread hop would cost more; catalogues of `offload_min_items` or more go to a worker thread so
+that cache hits keep flowing meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Protocol, TypeVar
+
+from recsys.recommender.v1 import recommender_pb2
+from services.core.errors import FailedPrecondition
+from services.recommender.cache import RedisCache, request_key
+from services.recommender.local_cache import LocalAnswers
+from services.recommender.metrics import RecommenderMetrics
+from services.recommender.model_store import LoadedModel
+from services.recommender.scoring import Ranked, Strategy
+
+T = TypeVar("T")
+
+_STRATEGY_TO_PROTO = {
+    Strategy.PERSONALIZED: recommender_pb2.STRATEGY_PERSONALIZED,
+    Strategy.FOLD_IN: recommender_pb2.STRATEGY_FOLD_IN,
+    Strategy.POPULARITY: recommender_pb2.STRATEGY_POPULARITY,
+}
+_STRATEGY_FROM_PROTO = {v: k for k, v in _STRATEGY_TO_PROTO.items()}
+
+
+@dataclass(frozen=True, eq=False)
+class Recommendation:
+    model_version: str
+    strategy: Strategy
+    items: Ranked
+
+    @cached_property
+    def proto(self) -> recommender_pb2.RecommendResponse:
+        """Built once: an answer from the in-process tier is sent again as is (never mutate)."""
+        return recommender_pb2.RecommendResponse(
+            items=[recommender_pb2.ScoredItem(item_id=i, score=s) for i, s in self.items],
+            model_version=self.model_version,
+            strategy=_STRATEGY_TO_PROTO[self.strategy],
+        )
+
+    @classmethod
+    def from_proto(cls, message: recommender_pb2.RecommendResponse) -> Recommendation:
+        return cls(
+            model_version=message.model_version,
+            strategy=_STRATEGY_FROM_PROTO[message.strategy],
+            items=tuple((item.item_id, item.score) for item in message.items),
+        )
+
+
+@dataclass(frozen=True)
+class Similar:
+    model_version: str
+    items: Ranked
+
+
+class ModelSource(Protocol):
+    @property
+    def current(self) -> LoadedModel | None: ...
+
+
+class Recommender:
+    """Answers Recommend and SimilarItems with the model `models` serves at call time."""
+
+    def __init__(self, models: ModelSource, *, cache: RedisCache,
+                 local: LocalAnswers[Recommendation], metrics: RecommenderMetrics,
+                 executor: Executor, offload_min_items: int) -> None:
+        self._models = models
+        self._cache = cache
+        self._local = local
+        self._metrics = metrics
+        self._executor = executor
+        self._offload_min_items = offload_min_items
+        # Bound once: `labels()` costs microseconds on every request otherwise.
+        self._outcomes = {(result, tier): metrics.cache_requests.labels(result, tier)
+                          for result, tier in (("hit", "local"), ("hit", "redis"),
+                                               ("miss", "redis"), ("error", "redis"))}
+        self._strategies = {s: metrics.strategy.labels(s.value) for s in Strategy}
+
+    def model(self) -> LoadedModel:
+        """The model serving now; FailedPrecondition until the first one is loaded."""
+        model = self._models.current
+        if model is None:
+            raise FailedPrecondition("no model loaded yet")
+        return model
+
+    async def recommend(self, user_id: str, *, k: int, exclude_seen: bool,
+                        exclude_item_ids: Sequence[str]) -> Recommendation:
+        model = self.model()
+        request = request_key(model.cache_tag, k, int(exclude_seen), exclude=exclude_item_ids)
+        answer = self._local.get(user_id, request)
+        if answer is not None:
+            return self._served(answer, "hit", "local")
+        epoch = self._local.epoch()
+        lookup = await self._cache.lookup(user_id, request)
+        if lookup is not None and lookup.payload is not None:
+            answer = Recommendation.from_proto(
+                recommender_pb2.RecommendResponse.FromString(lookup.payload))
+            self._local.put(user_id, request, answer, epoch=epoch)
+            return self._served(answer, "hit", "redis")
+        strategy, items = await self._score(
+            model, "recommend", lambda: model.scorer.recommend(
+                user_id, k=k, exclude_seen=exclude_seen, exclude_item_ids=exclude_item_ids,
+                recent_item_ids=lookup.history if lookup is not None else ()))
+        answer = Recommendation(model.version, strategy, items)
+        if lookup is None:
+            return self._served(answer, "error", "redis")
+        self._cache.store(user_id, request, lookup.generation, answer.proto.SerializeToString())
+        self._local.put(user_id, request, answer, epoch=epoch)
+        return self._served(answer, "miss", "redis")
+
+    async def similar(self, item_id: str, *, k: int) -> Similar:
+        model = self.model()
+        items = await self._score(model, "similar",
+                                  lambda: model.scorer.similar(item_id, k=k))
+        return Similar(model.version, items)
+
+    def _served(self, answer: Recommendation, result: str, tier: str) -> Recommendation:
+        self._outcomes[result, tier].inc()
+        self._strategies[answer.strategy].inc()
+        return answer
+
+    async def _score(self, model: LoadedModel, rpc: str, score: Callable[[], T]) -> T:
+        histogram = self._metrics.scoring_seconds.labels(rpc)
+
+        def timed() -> T:
+            start = time.perf_counter()
+            try:
+                return score()
+            finally:
+                histogram.observe(time.perf_counter() - start)
+
+        if model.item_count < self._offload_min_items:
+            return timed()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, timed)

@@ -1,0 +1,160 @@
+"""Follows the registered model's "champion" alias and hot-swaps the served version.
+
+A poller thread looks the alias up every interval; when it names another version, the thread
+downloads that version's `.npz` into a private temporary directory, loads it, builds its
+`Scorer`, and only then swaps it in with one reference assignment. A request reads `current`
+once and keeps that object, so it never mixes two versions, and the old version is freed when
+the last request holding it finishes. MLflow failures leave the current model serving; they
+are logged, counted and retried at the next poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+import mlflow.artifacts
+
+from services.recommender.metrics import RecommenderMetrics
+from services.recommender.scoring import Scorer
+from services.trainer.artifact import ModelArtifact
+from services.trainer.dataset import Lineage
+from services.trainer.registry import (
+    ARTIFACT_DIR,
+    ARTIFACT_FILE,
+    CHAMPION,
+    MlflowRegistry,
+    VersionInfo,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """One model version ready to serve; never modified after it is built."""
+
+    model_name: str
+    version: str
+    alias: str
+    run_id: str
+    loaded_at: datetime
+    metrics: Mapping[str, float]
+    lineage: Lineage | None
+    user_count: int
+    item_count: int
+    factors: int
+    scorer: Scorer
+
+    @property
+    def cache_tag(self) -> str:
+        """Names this model in cache keys: versions restart at 1 if a registered model is
+        re-created, so the (unique) run id is part of it."""
+        return f"{self.model_name}/{self.version}/{self.run_id}"
+
+
+class ChampionSource(Protocol):
+    """Where versions come from: the MLflow registry, or a fake in unit tests."""
+
+    def champion(self) -> VersionInfo | None: ...
+
+    def download(self, version: VersionInfo, dst: Path) -> Path: ...
+
+
+class MlflowChampion:
+    """The champion of a registered model in MLflow, looked up with the trainer's registry
+    (one reading of the version tags, one bounded HTTP retry policy)."""
+
+    def __init__(self, *, tracking_uri: str, model_name: str, timeout_s: int,
+                 retries: int) -> None:
+        # The registry's experiment only receives training runs; serving creates none.
+        self._registry = MlflowRegistry(tracking_uri=tracking_uri, model_name=model_name,
+                                        experiment="", timeout_s=timeout_s, retries=retries)
+        self._tracking_uri = tracking_uri
+
+    def champion(self) -> VersionInfo | None:
+        return self._registry.champion()
+
+    def download(self, version: VersionInfo, dst: Path) -> Path:
+        """The version's `.npz`, downloaded into `dst` (never MLflow's shared temp dirs)."""
+        return Path(mlflow.artifacts.download_artifacts(
+            run_id=version.run_id, artifact_path=f"{ARTIFACT_DIR}/{ARTIFACT_FILE}",
+            dst_path=str(dst), tracking_uri=self._tracking_uri,
+        ))
+
+
+class ModelStore:
+    """The currently served model and the thread that keeps it up to date."""
+
+    def __init__(self, source: ChampionSource, *, model_name: str, poll_interval_s: float,
+                 metrics: RecommenderMetrics,
+                 on_swap: Callable[[LoadedModel], None] = lambda model: None) -> None:
+        self._source = source
+        self._model_name = model_name
+        self._poll_interval_s = poll_interval_s
+        self._metrics = metrics
+        self._on_swap = on_swap
+        self._current: LoadedModel | None = None
+        self._waiting_logged = False
+        self._stopping = threading.Event()
+        # A daemon: a lookup stuck on an unreachable MLflow must not hold up process exit.
+        self._thread = threading.Thread(target=self._run, name="recommender-model-poller",
+                                        daemon=True)
+
+    @property
+    def current(self) -> LoadedModel | None:
+        return self._current
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.poll_once()
+            except Exception:  # the poller must outlive any failure
+                self._metrics.model_load_failures.inc()
+                log.warning("model poll failed; still serving version %s",
+                            self._current.version if self._current else "none", exc_info=True)
+            self._stopping.wait(self._poll_interval_s)
+
+    def poll_once(self) -> bool:
+        """Load and swap in the champion if it moved; True when a new version was swapped in."""
+        info = self._source.champion()
+        if info is None:
+            if not self._waiting_logged:
+                log.info("no champion yet", extra={"model": self._model_name, "alias": CHAMPION})
+                self._waiting_logged = True
+            return False
+        if self._current is not None and self._current.version == info.version:
+            return False
+        with tempfile.TemporaryDirectory(prefix="recsys-model-") as tmp:
+            artifact = ModelArtifact.load(self._source.download(info, Path(tmp)))
+        loaded = LoadedModel(
+            model_name=self._model_name, version=info.version, alias=CHAMPION,
+            run_id=info.run_id, loaded_at=datetime.now(UTC), metrics=dict(info.metrics),
+            lineage=info.lineage, user_count=artifact.n_users, item_count=artifact.n_items,
+            factors=artifact.factors, scorer=Scorer(artifact),
+        )
+        previous, self._current = self._current, loaded  # the swap: one reference assignment
+        self._metrics.model_swaps.inc()
+        self._metrics.model.info({"name": loaded.model_name, "version": loaded.version,
+                                  "run_id": loaded.run_id})
+        log.info("serving model version", extra={
+            "model": loaded.model_name, "version": loaded.version,
+            "previous": previous.version if previous else None,
+            "users": loaded.user_count, "items": loaded.item_count,
+        })
+        self._on_swap(loaded)
+        return True

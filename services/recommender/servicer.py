@@ -1,0 +1,72 @@
+"""RecommenderService over gRPC: validate, call the core, convert back."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
+from services.core.errors import InvalidArgument
+from services.recommender.engine import Recommender
+from services.trainer.servicer import lineage_to_proto, metrics_to_proto
+
+SERVICE_NAME = recommender_pb2.DESCRIPTOR.services_by_name["RecommenderService"].full_name
+DEFAULT_K = 10
+MAX_ID_LENGTH = 128
+MAX_EXCLUDED = 1000
+
+
+class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
+    def __init__(self, recommender: Recommender, *, max_k: int) -> None:
+        self._recommender = recommender
+        self._max_k = max_k
+
+    async def Recommend(
+        self, request: recommender_pb2.RecommendRequest, context: grpc.aio.ServicerContext
+    ) -> recommender_pb2.RecommendResponse:
+        if len(request.exclude_item_ids) > MAX_EXCLUDED:
+            raise InvalidArgument("exclude_item_ids", f"at most {MAX_EXCLUDED} items, got "
+                                                      f"{len(request.exclude_item_ids)}")
+        answer = await self._recommender.recommend(
+            _id("user_id", request.user_id), k=self._k(request.k),
+            exclude_seen=request.exclude_seen if request.HasField("exclude_seen") else True,
+            exclude_item_ids=request.exclude_item_ids,
+        )
+        return answer.proto
+
+    async def SimilarItems(
+        self, request: recommender_pb2.SimilarItemsRequest, context: grpc.aio.ServicerContext
+    ) -> recommender_pb2.SimilarItemsResponse:
+        similar = await self._recommender.similar(_id("item_id", request.item_id),
+                                                  k=self._k(request.k))
+        return recommender_pb2.SimilarItemsResponse(
+            items=[recommender_pb2.ScoredItem(item_id=i, score=s) for i, s in similar.items],
+            model_version=similar.model_version,
+        )
+
+    async def GetModelInfo(
+        self, request: recommender_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> recommender_pb2.GetModelInfoResponse:
+        model = self._recommender.model()
+        loaded_at = Timestamp()
+        loaded_at.FromDatetime(model.loaded_at)
+        return recommender_pb2.GetModelInfoResponse(
+            model_version=model.version, model_name=model.model_name, alias=model.alias,
+            loaded_at=loaded_at, metrics=metrics_to_proto(model.metrics),
+            lineage=lineage_to_proto(model.lineage), user_count=model.user_count,
+            item_count=model.item_count, factors=model.factors,
+        )
+
+    def _k(self, k: int) -> int:
+        if not 0 <= k <= self._max_k:
+            raise InvalidArgument("k", f"must be 1 to {self._max_k} (0 means {DEFAULT_K}), "
+                                       f"got {k}")
+        return k or min(DEFAULT_K, self._max_k)
+
+
+def _id(field: str, value: str) -> str:
+    if not value:
+        raise InvalidArgument(field, "is required")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidArgument(field, f"at most {MAX_ID_LENGTH} characters, got {len(value)}")
+    return value

@@ -1,0 +1,86 @@
+"""RecommenderService settings: where the model, the cache and the event stream live."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.core.config import ServerSettings
+from services.core.settings import env, positive
+
+
+def _at_least_one(value: int) -> bool:
+    return value >= 1
+
+
+def _non_negative(value: float) -> bool:
+    return value >= 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecommenderSettings(ServerSettings):
+    mlflow_tracking_uri: str = env("RECSYS_MLFLOW_TRACKING_URI", "http://127.0.0.1:5000",
+                                   "MLflow tracking server (also its model registry).")
+    model_name: str = env("RECSYS_MODEL_NAME", "recsys-mf",
+                          "Registered model whose \"champion\" version is served.")
+    redis_url: str = env("RECSYS_REDIS_URL", "redis://127.0.0.1:6379/0",
+                         "Redis for the answer cache and each user's recent interactions.")
+    kafka_bootstrap: str = env("RECSYS_KAFKA_BOOTSTRAP", "127.0.0.1:9092",
+                               "Kafka bootstrap servers, host:port[,host:port...].")
+    kafka_topic: str = env("RECSYS_KAFKA_TOPIC", "interactions",
+                           "Topic of Interaction events that feeds the recent history.")
+
+    poll_interval_s: float = env(
+        "RECSYS_RECOMMENDER_POLL_INTERVAL_S", 2.0,
+        "Seconds between lookups of the champion alias; a moved alias is loaded in the "
+        "background and swapped in.", check=positive, rule="> 0")
+    mlflow_timeout_s: int = env(
+        "RECSYS_RECOMMENDER_MLFLOW_TIMEOUT_S", 10,
+        "Timeout of each MLflow HTTP request (alias lookup, download).",
+        check=_at_least_one, rule=">= 1")
+    mlflow_retries: int = env(
+        "RECSYS_RECOMMENDER_MLFLOW_RETRIES", 0,
+        "Retries of a failed MLflow request within one poll; the next poll retries anyway.",
+        check=_non_negative, rule=">= 0")
+    max_k: int = env("RECSYS_RECOMMENDER_MAX_K", 100,
+                     "Largest k a request may ask for.", check=_at_least_one, rule=">= 1")
+    cache_ttl_s: int = env(
+        "RECSYS_RECOMMENDER_CACHE_TTL_S", 300,
+        "Seconds an answer stays in the cache (answers are also keyed by model version and "
+        "dropped when the user interacts).", check=_at_least_one, rule=">= 1")
+    local_cache_size: int = env(
+        "RECSYS_RECOMMENDER_LOCAL_CACHE_SIZE", 10_000,
+        "Answers kept in process in front of Redis, kept coherent by Redis invalidation "
+        "messages; 0 turns the in-process tier off.", check=_non_negative, rule=">= 0")
+    history_size: int = env(
+        "RECSYS_RECOMMENDER_HISTORY_SIZE", 50,
+        "Recent interactions kept per user (excluded from recommendations; used to fold in "
+        "users the model does not know).", check=_at_least_one, rule=">= 1")
+    history_ttl_s: int = env(
+        "RECSYS_RECOMMENDER_HISTORY_TTL_S", 7 * 24 * 3600,
+        "Seconds a user's recent history is kept after their last interaction.",
+        check=_at_least_one, rule=">= 1")
+    history_consumer: bool = env(
+        "RECSYS_RECOMMENDER_HISTORY_CONSUMER", True,
+        "Run the consumer (group \"recommender-history\") that writes recent interactions to "
+        "Redis; off, recommendations use training data only.")
+    redis_timeout_s: float = env(
+        "RECSYS_RECOMMENDER_REDIS_TIMEOUT_S", 0.1,
+        "Socket timeout of each Redis call on the request path; a slower Redis is skipped.",
+        check=positive, rule="> 0")
+    redis_cooldown_s: float = env(
+        "RECSYS_RECOMMENDER_REDIS_COOLDOWN_S", 1.0,
+        "After a Redis error, requests skip Redis for this long before trying it again.",
+        check=positive, rule="> 0")
+    torch_threads: int = env(
+        "RECSYS_RECOMMENDER_TORCH_THREADS", 1,
+        "Intra-op threads torch uses for scoring (process-wide).",
+        check=_at_least_one, rule=">= 1")
+    scoring_threads: int = env(
+        "RECSYS_RECOMMENDER_SCORING_THREADS", 2,
+        "Worker threads that score large catalogues off the event loop.",
+        check=_at_least_one, rule=">= 1")
+    offload_min_items: int = env(
+        "RECSYS_RECOMMENDER_OFFLOAD_MIN_ITEMS", 20_000,
+        "Catalogues with at least this many items are scored on a worker thread; smaller ones "
+        "on the event loop, where scoring costs less than the thread hop.",
+        check=_non_negative, rule=">= 0")

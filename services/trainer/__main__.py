@@ -1,0 +1,13 @@
+"""`python -m services.trainer`: serve TrainerService until SIGTERM."""
+
+from services.core.main import run
+from services.trainer.app import TrainerApp
+from services.trainer.settings import TrainerSettings
+
+
+def main() -> None:
+    run(TrainerSettings, "RECSYS_TRAINER_", TrainerApp)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The trainer's App: the dataset store, its Kafka consumer, the job manager and MLflow."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry
+
+from recsys.trainer.v1 import trainer_pb2_grpc
+from services.core.errors import Unavailable
+from services.core.health import HealthReporter
+from services.core.server import ServiceBinding
+from services.trainer.consumer import EventConsumer
+from services.trainer.dataset import DatasetStore
+from services.trainer.jobs import JobManager
+from services.trainer.metrics import TrainerMetrics
+from services.trainer.registry import MlflowRegistry
+from services.trainer.servicer import SERVICE_NAME, TrainerServicer
+from services.trainer.settings import TrainerSettings
+from services.trainer.training import TrainingOptions
+
+
+class TrainerApp:
+    """SERVING once the store is open: Kafka and MLflow outages show in jobs and metrics."""
+
+    def __init__(self, settings: TrainerSettings, registry: CollectorRegistry) -> None:
+        self._settings = settings
+        self._metrics = TrainerMetrics.create(registry)
+        self._mlflow = MlflowRegistry(
+            tracking_uri=settings.mlflow_tracking_uri, model_name=settings.model_name,
+            experiment=settings.mlflow_experiment, timeout_s=settings.mlflow_timeout_s,
+            retries=settings.mlflow_retries,
+        )
+        self.store: DatasetStore | None = None
+        self._jobs: JobManager | None = None
+        self._consumer: EventConsumer | None = None
+        self._triggers: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def bindings(self) -> Sequence[ServiceBinding]:
+        servicer = TrainerServicer(self.jobs, self._mlflow)
+        return [ServiceBinding(SERVICE_NAME, lambda server: trainer_pb2_grpc
+                               .add_TrainerServiceServicer_to_server(servicer, server))]
+
+    def jobs(self) -> JobManager:
+        if self._jobs is None:
+            raise Unavailable("the trainer is starting: its dataset store is not open yet")
+        return self._jobs
+
+    async def start(self, health: HealthReporter) -> None:
+        settings = self._settings
+        store = await asyncio.to_thread(DatasetStore, settings.store_path)
+        self.store = store
+        self._metrics.dataset_rows.set(store.row_count)
+        jobs = JobManager(
+            store, self._mlflow, self._metrics, defaults=settings.train_config(),
+            options=TrainingOptions(
+                topic=settings.kafka_topic, type_weights=settings.type_weights,
+                min_ndcg=settings.min_ndcg, gate_tolerance=settings.gate_tolerance,
+            ),
+        )
+        await jobs.open()
+        self._jobs = jobs
+        self._consumer = EventConsumer(
+            store, self._metrics, bootstrap=settings.kafka_bootstrap, topic=settings.kafka_topic,
+            group_id=settings.consumer_group, batch=settings.consumer_batch,
+        )
+        self._consumer.start()
+        if settings.trigger_new_events or settings.trigger_interval_min:
+            self._triggers = asyncio.get_running_loop().create_task(jobs.run_triggers(
+                new_events=settings.trigger_new_events,
+                interval_min=settings.trigger_interval_min,
+            ))
+        await health.set_serving(SERVICE_NAME, True)
+
+    async def close(self) -> None:
+        """Stop triggers, cancel the running job, stop the consumer, close the store."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._triggers is not None:
+            self._triggers.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._triggers
+        if self._jobs is not None:
+            await self._jobs.close()
+        if self._consumer is not None:
+            await asyncio.to_thread(self._consumer.stop)
+        if self.store is not None:
+            self.store.close()

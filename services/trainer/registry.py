@@ -1,0 +1,269 @@
+"""MLflow: the run of each job, the registered model's versions and its "champion" alias.
+
+Every version carries its held-out metrics and dataset lineage as tags (`metrics.<name>`,
+`lineage.<field>`), so the recommender and `ListModelVersions` read them without the run. The
+model is one `.npz` logged as a plain artifact under `model/` (see DESIGN.md: no flavour).
+Any MLflow failure becomes `Unavailable` naming the server; an unknown version `NotFound`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import requests
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from services.core.errors import InvalidArgument, NotFound, RecsysError, Unavailable
+from services.trainer.dataset import Lineage
+
+CHAMPION = "champion"
+ARTIFACT_DIR = "model"
+ARTIFACT_FILE = "model.npz"
+METRIC_TAG = "metrics."
+LINEAGE_TAG = "lineage."
+
+RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One registered version, with what its tags say about it."""
+
+    version: str
+    model_name: str
+    aliases: tuple[str, ...]
+    run_id: str
+    metrics: Mapping[str, float]
+    lineage: Lineage | None
+    created_at_ms: int
+
+
+class ModelRegistry(Protocol):
+    """What a training job needs from the registry (MlflowRegistry; fakes in unit tests)."""
+
+    def start_run(self, *, job_id: str, params: Mapping[str, Any], lineage: Lineage,
+                  tags: Mapping[str, str]) -> str: ...
+
+    def log_metric(self, run_id: str, key: str, value: float, *, step: int) -> None: ...
+
+    def register(self, run_id: str, *, metrics: Mapping[str, float], lineage: Lineage,
+                 artifact: Path, tags: Mapping[str, str]) -> VersionInfo: ...
+
+    def tag(self, run_id: str, version: str | None, tags: Mapping[str, str]) -> None: ...
+
+    def end_run(self, run_id: str, status: RunStatus) -> None: ...
+
+    def champion(self) -> VersionInfo | None: ...
+
+    def set_champion(self, version: str) -> None: ...
+
+
+def version_tags(metrics: Mapping[str, float], lineage: Lineage) -> dict[str, str]:
+    """The tags that describe a version: held-out metrics and the lineage of its data."""
+    tags = {f"{METRIC_TAG}{k}": repr(float(v)) for k, v in metrics.items()}
+    for key, value in lineage.as_dict().items():
+        tags[f"{LINEAGE_TAG}{key}"] = json.dumps(value) if isinstance(value, dict) else str(value)
+    tags["recsys.artifact"] = f"{ARTIFACT_DIR}/{ARTIFACT_FILE}"
+    return tags
+
+
+def _parse_tags(tags: Mapping[str, str]) -> tuple[dict[str, float], Lineage | None]:
+    metrics = {k.removeprefix(METRIC_TAG): float(v) for k, v in tags.items()
+               if k.startswith(METRIC_TAG)}
+    fields = {k.removeprefix(LINEAGE_TAG): v for k, v in tags.items()
+              if k.startswith(LINEAGE_TAG)}
+    try:
+        fields["partition_offsets"] = json.loads(fields["partition_offsets"])
+        lineage = Lineage.from_dict(fields)
+    except (KeyError, ValueError, TypeError):  # a version registered by something else
+        lineage = None
+    return metrics, lineage
+
+
+def _configure_mlflow(timeout_s: int, retries: int) -> None:
+    """MLflow's client reads its HTTP policy and telemetry switch only from the environment,
+    so these are process-wide (one registry per process).
+
+    Telemetry is switched off (nothing may leave loopback) and re-evaluated, since importing
+    mlflow already created its client; the retry policy keeps an outage from stalling a job
+    for MLflow's default four minutes; run URLs are not printed into the structured logs.
+    """
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout_s)
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+    from mlflow.telemetry import set_telemetry_client
+
+    set_telemetry_client()
+
+
+class MlflowRegistry:
+    """Blocking MLflow calls; run them off the event loop."""
+
+    def __init__(self, *, tracking_uri: str, model_name: str, experiment: str,
+                 timeout_s: int = 10, retries: int = 2) -> None:
+        _configure_mlflow(timeout_s, retries)
+        self.tracking_uri = tracking_uri
+        self.model_name = model_name
+        self._experiment = experiment
+        self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except RecsysError:
+            raise
+        except (MlflowException, requests.RequestException, OSError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise Unavailable(
+                f"MLflow at {self.tracking_uri} failed to {action}: {first_line}"
+            ) from exc
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def start_run(self, *, job_id: str, params: Mapping[str, Any], lineage: Lineage,
+                  tags: Mapping[str, str]) -> str:
+        """Create the job's run with its parameters, lineage and tags; return its id."""
+        with self._errors("start a run"):
+            experiment = self._client.get_experiment_by_name(self._experiment)
+            experiment_id = (experiment.experiment_id if experiment is not None
+                             else self._client.create_experiment(self._experiment))
+            run = self._client.create_run(
+                experiment_id, run_name=f"train-{job_id}",
+                tags={"recsys.job_id": job_id, **tags},
+            )
+            run_id = run.info.run_id
+            lineage_params = {
+                f"dataset.{k}": json.dumps(v) if isinstance(v, dict) else v
+                for k, v in lineage.as_dict().items()
+            }
+            self._client.log_batch(run_id, params=[
+                Param(k, str(v)) for k, v in sorted({**params, **lineage_params}.items())
+            ])
+            self._client.log_dict(run_id, lineage.as_dict(), "lineage.json")
+        return run_id
+
+    def log_metric(self, run_id: str, key: str, value: float, *, step: int) -> None:
+        with self._errors("log a metric"):
+            self._client.log_metric(run_id, key, value, timestamp=int(time.time() * 1000),
+                                    step=step)
+
+    def register(self, run_id: str, *, metrics: Mapping[str, float], lineage: Lineage,
+                 artifact: Path, tags: Mapping[str, str]) -> VersionInfo:
+        """Log the evaluation and the model file to the run; register a new version of it
+        tagged with its metrics, lineage and `tags`."""
+        if artifact.name != ARTIFACT_FILE:
+            raise ValueError(f"the model artifact must be named {ARTIFACT_FILE}")
+        with self._errors("register the model"):
+            now = int(time.time() * 1000)
+            self._client.log_batch(run_id, metrics=[
+                Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())
+            ])
+            self._client.log_artifact(run_id, str(artifact), artifact_path=ARTIFACT_DIR)
+            run = self._client.get_run(run_id)
+            self._ensure_registered_model()
+            version = self._client.create_model_version(
+                self.model_name,
+                source=f"{run.info.artifact_uri}/{ARTIFACT_DIR}",
+                run_id=run_id,
+                tags={**version_tags(metrics, lineage), **tags},
+            )
+            return self._info(version, aliases=())
+
+    def _ensure_registered_model(self) -> None:
+        try:
+            self._client.get_registered_model(self.model_name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            self._client.create_registered_model(
+                self.model_name, description="recsys mesh matrix-factorisation recommender")
+
+    def tag(self, run_id: str, version: str | None, tags: Mapping[str, str]) -> None:
+        """Record the gate's decision on the run (and the version, if there is one)."""
+        with self._errors("tag the run"):
+            self._client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            if version is not None:
+                for key, value in tags.items():
+                    self._client.set_model_version_tag(self.model_name, version, key, value)
+
+    def end_run(self, run_id: str, status: RunStatus) -> None:
+        with self._errors("end the run"):
+            self._client.set_terminated(run_id, status)
+
+    # -- versions and the champion alias ---------------------------------------------------
+
+    def champion(self) -> VersionInfo | None:
+        with self._errors("look up the champion"):
+            try:
+                version = self._client.get_model_version_by_alias(self.model_name, CHAMPION)
+            except MlflowException as exc:
+                if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                    return None
+                raise
+            return self._info(version, aliases=(CHAMPION,))
+
+    def set_champion(self, version: str) -> None:
+        with self._errors("move the champion alias"):
+            self._client.set_registered_model_alias(self.model_name, CHAMPION, version)
+
+    def list_versions(self, limit: int) -> list[VersionInfo]:
+        """Newest first, with their aliases (search results do not carry them)."""
+        with self._errors("list model versions"):
+            try:
+                aliases = self._client.get_registered_model(self.model_name).aliases
+            except MlflowException as exc:
+                if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                    return []
+                raise
+            versions = self._client.search_model_versions(
+                f"name = '{self.model_name}'", max_results=limit,
+                order_by=["version_number DESC"],
+            )
+            by_version: dict[str, list[str]] = {}
+            for alias, version in aliases.items():
+                by_version.setdefault(str(version), []).append(alias)
+            return [self._info(v, aliases=tuple(sorted(by_version.get(str(v.version), []))))
+                    for v in versions]
+
+    def promote(self, version: str) -> tuple[VersionInfo, str | None]:
+        """Point champion at `version`; return it and the version that was champion."""
+        if not version.isdigit() or int(version) < 1:
+            raise InvalidArgument("version", f"must be a version number such as \"3\", "
+                                             f"got {version!r}")
+        with self._errors("promote a version"):
+            try:
+                target = self._client.get_model_version(self.model_name, version)
+            except MlflowException as exc:
+                if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                    raise NotFound(
+                        f"model {self.model_name} has no version {version}") from None
+                raise
+            previous = self.champion()
+            self._client.set_registered_model_alias(self.model_name, CHAMPION, version)
+            aliases = set(target.aliases or ()) | {CHAMPION}
+            return self._info(target, aliases=tuple(sorted(aliases))), (
+                previous.version if previous is not None else None)
+
+    def _info(self, version: Any, *, aliases: tuple[str, ...]) -> VersionInfo:
+        metrics, lineage = _parse_tags(version.tags or {})
+        return VersionInfo(
+            version=str(version.version),
+            model_name=self.model_name,
+            aliases=aliases,
+            run_id=version.run_id or "",
+            metrics=metrics,
+            lineage=lineage,
+            created_at_ms=int(version.creation_timestamp or 0),
+        )

@@ -1,0 +1,136 @@
+"""TrainerService settings: the dataset store, the consumer, MLflow, the quality gate, triggers.
+
+Hyper-parameter defaults come from the model's own (`TrainConfig`); a job's overrides replace
+them one field at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.core.config import ServerSettings
+from services.core.settings import env, positive
+from services.trainer.model import TrainConfig
+
+# The InteractionType names (without the INTERACTION_TYPE_ prefix, lower case) the dataset
+# stores and the weights are keyed by.
+INTERACTION_TYPES = ("view", "click", "add_to_cart", "purchase", "rating", "like", "share")
+
+DEFAULT_TYPE_WEIGHTS = {
+    "view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 5.0,
+    "rating": 1.0, "like": 3.0, "share": 3.0,
+}
+
+# Hyper-parameter ranges from the Hyperparameters message in trainer.proto.
+FACTORS_RANGE = (1, 1024)
+EPOCHS_RANGE = (1, 200)
+
+
+def _type_weights(value: Mapping[str, float]) -> bool:
+    return set(value) == set(INTERACTION_TYPES) and all(
+        math.isfinite(w) and w >= 0 for w in value.values()
+    )
+
+
+def _at_least_one(value: int) -> bool:
+    return value >= 1
+
+
+def _non_negative(value: float) -> bool:
+    return math.isfinite(value) and value >= 0
+
+
+def _unit_interval(value: float) -> bool:
+    return 0 <= value <= 1
+
+
+def _within(low: int, high: int) -> Callable[[int], bool]:
+    return lambda value: low <= value <= high
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainerSettings(ServerSettings):
+    kafka_bootstrap: str = env("RECSYS_KAFKA_BOOTSTRAP", "127.0.0.1:9092",
+                               "Kafka bootstrap servers, host:port[,host:port...].")
+    kafka_topic: str = env("RECSYS_KAFKA_TOPIC", "interactions",
+                           "Topic of Interaction events the trainer consumes.")
+    mlflow_tracking_uri: str = env("RECSYS_MLFLOW_TRACKING_URI", "http://127.0.0.1:5000",
+                                   "MLflow tracking server (also its model registry).")
+    model_name: str = env("RECSYS_MODEL_NAME", "recsys-mf",
+                          "Registered model that each training run adds a version to.")
+
+    data_dir: str = env(
+        "RECSYS_TRAINER_DATA_DIR", "var/trainer",
+        "Directory of the durable dataset store (trainer.sqlite3: events, offsets, jobs).")
+    consumer_group: str = env("RECSYS_TRAINER_CONSUMER_GROUP", "trainer",
+                              "Kafka consumer group that feeds the dataset.")
+    consumer_batch: int = env(
+        "RECSYS_TRAINER_CONSUMER_BATCH", 5000,
+        "Most events appended (and fsynced) per transaction before offsets are committed.",
+        check=_at_least_one, rule=">= 1")
+    type_weights: Mapping[str, float] = env(
+        "RECSYS_TRAINER_TYPE_WEIGHTS", DEFAULT_TYPE_WEIGHTS,
+        "Confidence weight of each interaction type, type=weight,...; 0 leaves a type out of "
+        "training. An event's value (a quantity) multiplies its type's weight, except a "
+        "rating's: every rating is an implicit positive, as in the offline protocol.",
+        check=_type_weights, rule=f"a weight >= 0 for each of {', '.join(INTERACTION_TYPES)}")
+
+    factors: int = env("RECSYS_TRAINER_FACTORS", TrainConfig.factors,
+                       "Default latent dimensions.", check=_within(*FACTORS_RANGE),
+                       rule=f"{FACTORS_RANGE[0]} to {FACTORS_RANGE[1]}")
+    epochs: int = env("RECSYS_TRAINER_EPOCHS", TrainConfig.epochs,
+                      "Default alternating least-squares sweeps.", check=_within(*EPOCHS_RANGE),
+                      rule=f"{EPOCHS_RANGE[0]} to {EPOCHS_RANGE[1]}")
+    regularization: float = env("RECSYS_TRAINER_REGULARIZATION", TrainConfig.regularization,
+                                "Default L2 regularisation strength.", check=positive,
+                                rule="> 0")
+    alpha: float = env("RECSYS_TRAINER_ALPHA", TrainConfig.alpha,
+                       "Default confidence scaling (confidence = 1 + alpha * weight).",
+                       check=positive, rule="> 0")
+    seed: int = env("RECSYS_TRAINER_SEED", TrainConfig.seed, "Default initialisation seed.",
+                    check=_non_negative, rule=">= 0")
+    threads: int = env("RECSYS_TRAINER_THREADS", 0,
+                       "Torch threads for training; 0 keeps torch's default (all cores).",
+                       check=_non_negative, rule=">= 0")
+
+    min_ndcg: float = env(
+        "RECSYS_TRAINER_MIN_NDCG", 0.05,
+        "Quality gate floor: a model is promoted to champion only with held-out NDCG@10 at "
+        "least this.", check=_unit_interval, rule="0 to 1")
+    gate_tolerance: float = env(
+        "RECSYS_TRAINER_GATE_TOLERANCE", 0.01,
+        "Quality gate: a new model must reach the champion's NDCG@10 minus this.",
+        check=_unit_interval, rule="0 to 1")
+
+    trigger_new_events: int = env(
+        "RECSYS_TRAINER_TRIGGER_NEW_EVENTS", 0,
+        "Start a job once this many new events arrived since the last job; 0 turns it off.",
+        check=_non_negative, rule=">= 0")
+    trigger_interval_min: float = env(
+        "RECSYS_TRAINER_TRIGGER_INTERVAL_MIN", 0.0,
+        "Start a job every this many minutes when new events arrived; 0 turns it off.",
+        check=_non_negative, rule=">= 0")
+
+    mlflow_experiment: str = env("RECSYS_TRAINER_MLFLOW_EXPERIMENT", "recsys-trainer",
+                                 "MLflow experiment that holds the training runs.")
+    mlflow_timeout_s: int = env(
+        "RECSYS_TRAINER_MLFLOW_TIMEOUT_S", 10,
+        "Timeout of one MLflow HTTP request, in seconds.", check=_at_least_one, rule=">= 1")
+    mlflow_retries: int = env(
+        "RECSYS_TRAINER_MLFLOW_RETRIES", 2,
+        "Retries (exponential backoff from 1 s) of a failed MLflow request before a job fails.",
+        check=_non_negative, rule=">= 0")
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.data_dir) / "trainer.sqlite3"
+
+    def train_config(self) -> TrainConfig:
+        """The default hyper-parameters jobs start from."""
+        return TrainConfig(
+            factors=self.factors, epochs=self.epochs, regularization=self.regularization,
+            alpha=self.alpha, seed=self.seed, num_threads=self.threads or None,
+        )

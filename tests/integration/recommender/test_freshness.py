@@ -1,0 +1,88 @@
+"""Recent interactions from the topic: excluded within a second, on every replica; fold-in."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import NewTopic
+
+from recsys.events.v1 import interaction_pb2
+from recsys.recommender.v1 import recommender_pb2
+from scripts.localstack.components import TansuBroker
+from services.core.kafka import producer_config
+from tests.integration.recommender.conftest import Replica, ReplicaFactory, publish
+from tests.unit.recommender.artifacts import small_artifact
+
+pytestmark = pytest.mark.integration
+
+
+def _create_topic(bootstrap: str, topic: str) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
+    finally:
+        admin.close()
+
+
+def _produce(producer: KafkaProducer, topic: str, user: str, item: str) -> None:
+    """One view event, keyed by user as IngestService publishes it; returns once acked."""
+    now = Timestamp()
+    now.GetCurrentTime()
+    event = interaction_pb2.Interaction(
+        event_id=uuid.uuid4().hex, user_id=user, item_id=item,
+        type=interaction_pb2.INTERACTION_TYPE_VIEW, occurred_at=now, ingested_at=now)
+    producer.send(topic, key=user.encode(), value=event.SerializeToString()).get(timeout=10)
+
+
+async def _until(replica: Replica, user: str, done: object, *, limit_s: float) -> float:
+    """Poll Recommend until `done(reply)`; the seconds it took (fails past `limit_s`)."""
+    start = time.monotonic()
+    while True:
+        reply = await replica.recommend(user, k=10)
+        if done(reply):  # type: ignore[operator]
+            return time.monotonic() - start
+        assert time.monotonic() - start < limit_s, f"not within {limit_s} s: {reply}"
+        await asyncio.sleep(0.01)
+
+
+async def test_an_interaction_leaves_the_users_recommendations_within_a_second(
+        replica: ReplicaFactory, servers: dict[str, str], kafka: TansuBroker, model_name: str,
+        tmp_path: Path) -> None:
+    topic = f"interactions-{uuid.uuid4().hex[:8]}"
+    await asyncio.to_thread(_create_topic, kafka.bootstrap, topic)
+    version = publish(servers["mlflow_tracking_uri"], model_name, small_artifact(), tmp_path)
+    common = {**servers, "kafka_bootstrap": kafka.bootstrap, "kafka_topic": topic}
+    producer = KafkaProducer(**producer_config(kafka.bootstrap, client_id="recommender-test"))
+    # Only `writer` consumes; `reader` hears of new events through Redis alone.
+    async with replica(**common, history_consumer=True) as writer, \
+            replica(**common) as reader:
+        await writer.wait_for_version(version)
+        await reader.wait_for_version(version)
+
+        # A user the model does not know is folded in from their events (this also waits
+        # for the consumer to join its group).
+        for item in ("i3", "i7"):
+            await asyncio.to_thread(_produce, producer, topic, "newcomer", item)
+        await _until(reader, "newcomer",
+                     lambda r: r.strategy == recommender_pb2.STRATEGY_FOLD_IN, limit_s=30)
+        folded = await reader.recommend("newcomer", k=10)
+        assert {"i3", "i7"}.isdisjoint(item.item_id for item in folded.items)
+
+        # u1's answer is cached (in Redis and in the reader's memory) ...
+        top = (await reader.recommend("u1", k=10)).items[0].item_id
+        assert (await reader.recommend("u1", k=10)).items[0].item_id == top
+        hits = reader.metric("recsys_recommender_cache_requests_total", result="hit")
+        assert hits >= 1
+        # ... and an event for its top item removes it within a second of the broker's ack.
+        await asyncio.to_thread(_produce, producer, topic, "u1", top)
+        took = await _until(reader, "u1",
+                            lambda r: top not in {i.item_id for i in r.items}, limit_s=1.0)
+        assert took < 1.0
+        assert writer.metric("recsys_recommender_history_events_total") == 3
+    producer.close()

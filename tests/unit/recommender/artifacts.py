@@ -1,0 +1,29 @@
+"""Small trained models for the recommender's tests (shared by the integration tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from services.trainer.artifact import ModelArtifact
+from services.trainer.model import Interactions, TrainConfig, fit
+
+
+def small_artifact(*, n_users: int = 60, n_items: int = 120, factors: int = 8,
+                   seed: int = 0) -> ModelArtifact:
+    """A model trained on clustered synthetic data: users "u0".., items "i0"..; each user
+    interacts with about 10 items, mostly from their own cluster."""
+    rng = np.random.default_rng(seed)
+    clusters = 4
+    users, items = [], []
+    for user in range(n_users):
+        cluster = user % clusters
+        own = np.arange(cluster, n_items, clusters)
+        picks = rng.choice(own, size=8, replace=False).tolist()
+        picks += rng.choice(n_items, size=2, replace=False).tolist()
+        users += [user] * len(picks)
+        items += picks
+    data = Interactions.from_arrays(np.array(users), np.array(items), n_users=n_users,
+                                    n_items=n_items)
+    model = fit(data, TrainConfig(factors=factors, epochs=4, num_threads=1))
+    return ModelArtifact.from_model(model, data, user_ids=[f"u{u}" for u in range(n_users)],
+                                    item_ids=[f"i{i}" for i in range(n_items)])

@@ -1,0 +1,108 @@
+"""Scoring against numpy: exclusions, strategies, k, cosine similarity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.core.errors import NotFound
+from services.recommender.scoring import Scorer, Strategy
+from services.trainer.artifact import ModelArtifact
+from tests.unit.recommender.artifacts import small_artifact
+
+
+@pytest.fixture(scope="module")
+def artifact() -> ModelArtifact:
+    return small_artifact()
+
+
+@pytest.fixture(scope="module")
+def scorer(artifact: ModelArtifact) -> Scorer:
+    return Scorer(artifact)
+
+
+def _ids(ranked: tuple[tuple[str, float], ...]) -> list[str]:
+    return [item for item, _ in ranked]
+
+
+def _training_items(artifact: ModelArtifact, user: int) -> set[str]:
+    return {str(artifact.item_ids[i]) for i in artifact.seen(user)}
+
+
+def test_personalized_ranks_by_dot_product_without_training_items(
+        artifact: ModelArtifact, scorer: Scorer) -> None:
+    strategy, ranked = scorer.recommend("u3", k=10, exclude_seen=True)
+    assert strategy is Strategy.PERSONALIZED
+    scores = artifact.item_factors @ artifact.user_factors[3]
+    scores[artifact.seen(3)] = -np.inf
+    expected = [str(artifact.item_ids[i]) for i in np.argsort(-scores, kind="stable")[:10]]
+    assert _ids(ranked) == expected
+    assert not set(_ids(ranked)) & _training_items(artifact, 3)
+    assert [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
+    np.testing.assert_allclose([s for _, s in ranked], np.sort(scores)[::-1][:10], rtol=1e-5)
+
+
+def test_exclude_seen_false_keeps_training_items(artifact: ModelArtifact, scorer: Scorer) -> None:
+    _, ranked = scorer.recommend("u3", k=artifact.n_items, exclude_seen=False)
+    assert len(ranked) == artifact.n_items
+    assert _training_items(artifact, 3) <= set(_ids(ranked))
+
+
+def test_exclude_list_and_recent_items_are_left_out(artifact: ModelArtifact,
+                                                    scorer: Scorer) -> None:
+    _, top = scorer.recommend("u3", k=5, exclude_seen=True)
+    first, second = _ids(top)[:2]
+    _, ranked = scorer.recommend("u3", k=5, exclude_seen=True, exclude_item_ids=[first],
+                                 recent_item_ids=[second, "not-in-catalogue"])
+    assert first not in _ids(ranked)
+    assert second not in _ids(ranked)
+    _, kept = scorer.recommend("u3", k=artifact.n_items, exclude_seen=False,
+                               recent_item_ids=[second])
+    assert second in _ids(kept)
+
+
+def test_unknown_user_with_recent_items_is_folded_in(artifact: ModelArtifact,
+                                                     scorer: Scorer) -> None:
+    recent = ["i4", "i8", "i12", "i4"]
+    strategy, ranked = scorer.recommend("new-user", k=5, exclude_seen=True,
+                                        recent_item_ids=recent)
+    assert strategy is Strategy.FOLD_IN
+    vector = artifact.fold_in(np.array([4, 8, 12, 4]))
+    scores = artifact.item_factors @ vector
+    scores[[4, 8, 12]] = -np.inf
+    assert _ids(ranked) == [str(artifact.item_ids[i]) for i in np.argsort(-scores)[:5]]
+
+
+def test_unknown_user_without_history_gets_popular_items(artifact: ModelArtifact,
+                                                         scorer: Scorer) -> None:
+    strategy, ranked = scorer.recommend("stranger", k=5, exclude_seen=True,
+                                        recent_item_ids=["not-in-catalogue"])
+    assert strategy is Strategy.POPULARITY
+    assert [s for _, s in ranked] == sorted(artifact.item_popularity.tolist(), reverse=True)[:5]
+    most_popular = _ids(ranked)[0]
+    _, without = scorer.recommend("stranger", k=5, exclude_seen=True,
+                                  exclude_item_ids=[most_popular])
+    assert most_popular not in _ids(without)
+
+
+def test_k_beyond_what_is_left_returns_only_real_items(artifact: ModelArtifact,
+                                                       scorer: Scorer) -> None:
+    everything_else = [str(i) for i in artifact.item_ids[1:]]
+    _, ranked = scorer.recommend("u1", k=50, exclude_seen=False,
+                                 exclude_item_ids=everything_else)
+    assert _ids(ranked) == [str(artifact.item_ids[0])]
+
+
+def test_similar_items_by_cosine(artifact: ModelArtifact, scorer: Scorer) -> None:
+    ranked = scorer.similar("i7", k=5)
+    unit = artifact.item_factors / np.linalg.norm(artifact.item_factors, axis=1, keepdims=True)
+    cosine = unit @ unit[7]
+    cosine[7] = -np.inf
+    assert _ids(ranked) == [str(artifact.item_ids[i]) for i in np.argsort(-cosine)[:5]]
+    np.testing.assert_allclose([s for _, s in ranked], np.sort(cosine)[::-1][:5], rtol=1e-4)
+    assert "i7" not in _ids(ranked)
+
+
+def test_similar_to_an_unknown_item_is_not_found(scorer: Scorer) -> None:
+    with pytest.raises(NotFound, match="'nope'"):
+        scorer.similar("nope", k=5)

@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import math
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.trainer.dataset import DatasetStore, Lineage, StoredEvent
+from services.trainer.settings import DEFAULT_TYPE_WEIGHTS
+
+
+def event(n: int, *, user: str = "u1", item: str = "i1", kind: str = "view",
+          value: float | None = None, partition: int = 0, offset: int | None = None
+          ) -> StoredEvent:
+    return StoredEvent(event_id=f"e{n:04d}", user_id=user, item_id=item, type=kind, value=value,
+                       occurred_at_us=1_700_000_000_000_000 + n, partition=partition,
+                       offset=n if offset is None else offset)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> DatasetStore:
+    return DatasetStore(tmp_path / "data" / "trainer.sqlite3")
+
+
+def test_duplicates_by_event_id_count_once(store: DatasetStore) -> None:
+    assert store.append([event(1), event(2)], topic="t", next_offsets={0: 3}) == 2
+    assert store.append([event(2), event(3)], topic="t", next_offsets={0: 4}) == 1
+    assert store.row_count == 3
+
+
+def test_offsets_commit_with_rows_and_never_move_backwards(store: DatasetStore) -> None:
+    store.append([event(1)], topic="t", next_offsets={0: 10, 1: 5})
+    store.append([event(1)], topic="t", next_offsets={0: 7})  # a re-read after a crash
+    assert store.offsets("t") == {0: 10, 1: 5}
+    assert store.offsets("other") == {}
+
+
+def test_rows_survive_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "trainer.sqlite3"
+    first = DatasetStore(path)
+    first.append([event(1), event(2)], topic="t", next_offsets={0: 3})
+    first.close()
+    again = DatasetStore(path)
+    assert again.row_count == 2
+    assert again.offsets("t") == {0: 3}
+    mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_a_failed_append_stores_nothing(store: DatasetStore) -> None:
+    broken = replace(event(9), value=object())  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.Error):
+        store.append([event(1), broken], topic="t", next_offsets={0: 2})
+    assert store.row_count == 0
+    assert store.offsets("t") == {}
+    assert store.append([event(1)], topic="t", next_offsets={0: 2}) == 1
+
+
+def test_snapshot_lineage_and_hash(store: DatasetStore) -> None:
+    store.append([event(1, user="a", item="x"), event(2, user="b", item="x", partition=1)],
+                 topic="t", next_offsets={0: 2, 1: 3})
+    snap = store.snapshot("t")
+    assert snap.lineage.row_count == 2
+    assert snap.lineage.partition_offsets == {0: 2, 1: 3}
+    assert (snap.lineage.user_count, snap.lineage.item_count) == (2, 1)
+    assert len(snap.lineage.content_hash) == 64
+    assert store.snapshot("t").lineage.content_hash == snap.lineage.content_hash
+    store.append([event(3)], topic="t", next_offsets={0: 4})
+    assert store.snapshot("t").lineage.content_hash != snap.lineage.content_hash
+
+
+def test_hash_depends_on_content_not_on_arrival_or_partition(tmp_path: Path) -> None:
+    events = [event(n, user=f"u{n % 3}", item=f"i{n % 5}") for n in range(20)]
+    one, two = DatasetStore(tmp_path / "a.db"), DatasetStore(tmp_path / "b.db")
+    one.append(events, topic="t", next_offsets={0: 20})
+    moved = [replace(e, partition=2, offset=99 - i) for i, e in enumerate(events)]
+    two.append(list(reversed(moved)), topic="t", next_offsets={2: 100})
+    assert one.snapshot("t").lineage.content_hash == two.snapshot("t").lineage.content_hash
+
+
+def test_empty_snapshot(store: DatasetStore) -> None:
+    snap = store.snapshot("t")
+    assert snap.lineage.row_count == 0
+    data = snap.training_data(DEFAULT_TYPE_WEIGHTS)
+    assert len(data) == 0
+
+
+def test_training_data_weighs_types_values_and_ratings(store: DatasetStore) -> None:
+    store.append([
+        event(1, user="a", item="x", kind="purchase", value=2.0),  # 5 * quantity 2
+        event(2, user="a", item="y", kind="rating", value=2.0),    # 1: the score is no amount
+        event(3, user="b", item="x", kind="click"),                # 2
+        event(4, user="b", item="z", kind="view", value=0.0),      # weighs nothing: left out
+        event(5, user="c", item="z", kind="share"),                # weight 0 by setting
+    ], topic="t", next_offsets={0: 6})
+    weights = {**DEFAULT_TYPE_WEIGHTS, "share": 0.0}
+    data = store.snapshot("t").training_data(weights)
+    assert list(data.user_ids) == ["a", "b"]
+    assert list(data.item_ids) == ["x", "y"]
+    pairs = {(data.user_ids[u], data.item_ids[i]): w
+             for u, i, w in zip(data.users, data.items, data.weights, strict=True)}
+    assert pairs == {("a", "x"): 10.0, ("a", "y"): 1.0, ("b", "x"): 2.0}
+    assert data.users.dtype == np.int64
+
+
+def test_lineage_round_trips_through_a_dict() -> None:
+    lineage = Lineage(topic="t", row_count=3, content_hash="ab", partition_offsets={0: 1, 2: 9},
+                      user_count=2, item_count=1)
+    assert lineage.as_dict()["partition_offsets"] == {"0": 1, "2": 9}
+    assert Lineage.from_dict(lineage.as_dict()) == lineage
+
+
+def test_jobs_are_saved_replaced_and_listed_newest_first(store: DatasetStore) -> None:
+    store.save_job("old", created_at=1.0, state="succeeded", body='{"n": 1}')
+    store.save_job("new", created_at=2.0, state="queued", body='{"n": 2}')
+    store.save_job("new", created_at=2.0, state="running", body='{"n": 3}')
+    assert store.load_jobs() == ['{"n": 3}', '{"n": 1}']
+    assert store.load_jobs(limit=1) == ['{"n": 3}']
+    assert store.load_jobs(states=["running", "queued"]) == ['{"n": 3}']
+    assert store.load_job("old") == '{"n": 1}'
+    assert store.load_job("missing") is None
+
+
+def test_nan_never_reaches_the_weights(store: DatasetStore) -> None:
+    store.append([event(1, kind="rating")], topic="t", next_offsets={0: 2})
+    data = store.snapshot("t").training_data(DEFAULT_TYPE_WEIGHTS)
+    assert [float(w) for w in data.weights] == [1.0]
+    assert not any(math.isnan(w) for w in data.weights)
+
+
+def test_ids_are_indexed_in_natural_order(store: DatasetStore) -> None:
+    store.append([event(1, user="10", item="b"), event(2, user="9", item="a"),
+                  event(3, user="x", item="a"), event(4, user="10", item="10")],
+                 topic="t", next_offsets={0: 5})
+    data = store.snapshot("t").training_data(DEFAULT_TYPE_WEIGHTS)
+    assert list(data.user_ids) == ["9", "10", "x"]
+    assert list(data.item_ids) == ["10", "a", "b"]
+    assert [data.user_ids[u] + ":" + data.item_ids[i]
+            for u, i in zip(data.users, data.items, strict=True)] == ["10:b", "9:a", "x:a", "10:10"]

@@ -1,0 +1,227 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.trainer.dataset import DatasetStore
+from services.trainer.jobs import RESTARTED, Job, JobManager, JobState, Trigger, resolve_config
+from services.trainer.metrics import TrainerMetrics
+from services.trainer.model import TrainConfig
+from services.trainer.registry import CHAMPION
+from services.trainer.settings import DEFAULT_TYPE_WEIGHTS
+from services.trainer.training import Phase, TrainingOptions
+from tests.unit.trainer.conftest import FakeRegistry
+
+SMALL = TrainConfig(factors=4, epochs=3, seed=1)
+
+
+def manager(store: DatasetStore, registry: FakeRegistry, metrics: TrainerMetrics, *,
+            min_ndcg: float = 0.05) -> JobManager:
+    return JobManager(store, registry, metrics, defaults=SMALL, options=TrainingOptions(
+        topic="interactions", type_weights=DEFAULT_TYPE_WEIGHTS, min_ndcg=min_ndcg,
+        gate_tolerance=0.01))
+
+
+async def finished(jobs: JobManager, job_id: str) -> Job:
+    seen = [job async for job in jobs.watch(job_id)]
+    return seen[-1]
+
+
+@pytest.mark.parametrize(("overrides", "field"), [
+    ({"factors": 0}, "hyperparameters.factors"),
+    ({"factors": 1025}, "hyperparameters.factors"),
+    ({"epochs": 201}, "hyperparameters.epochs"),
+    ({"regularization": 0.0}, "hyperparameters.regularization"),
+    ({"alpha": -1.0}, "hyperparameters.alpha"),
+    ({"alpha": float("nan")}, "hyperparameters.alpha"),
+    ({"seed": -1}, "hyperparameters.seed"),
+    ({"init_std": 1.0}, "hyperparameters.init_std"),
+])
+def test_bad_overrides_name_their_field(overrides: dict[str, float], field: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        resolve_config(SMALL, overrides)
+    assert caught.value.field == field
+
+
+def test_overrides_replace_defaults_field_by_field() -> None:
+    config = resolve_config(SMALL, {"factors": 8, "alpha": 2.5})
+    assert (config.factors, config.alpha, config.epochs) == (8, 2.5, SMALL.epochs)
+
+
+def test_job_json_round_trip() -> None:
+    job = Job(job_id="j", trigger=Trigger.SCHEDULE, config=SMALL, created_at=1.5,
+              state=JobState.RUNNING, phase=Phase.TRAINING, metrics={"ndcg_at_10": 0.5})
+    assert Job.from_json(job.to_json()) == job
+
+
+async def test_a_job_runs_to_the_end_and_the_first_good_model_becomes_champion(
+    filled_store: DatasetStore, fake_registry: FakeRegistry, metrics: TrainerMetrics
+) -> None:
+    jobs = manager(filled_store, fake_registry, metrics)
+    await jobs.open()
+    job = await jobs.start({"epochs": 4})
+    assert job.state is JobState.QUEUED
+    states = [j async for j in jobs.watch(job.job_id)]
+    final = states[-1]
+    assert final.state is JobState.SUCCEEDED, final.error
+    assert final.phase is Phase.DONE
+    assert {Phase.TRAINING, Phase.EVALUATING} <= {s.phase for s in states}
+    assert (final.epoch, final.epochs) == (4, 4)
+    assert final.metrics["ndcg_at_10"] > 0.2
+    assert final.lineage is not None and final.lineage.row_count == filled_store.row_count
+    assert final.promoted and final.model_version == "1"
+    assert fake_registry.champion_version == "1"
+    run = fake_registry.runs[final.mlflow_run_id]
+    assert [step for key, _, step in run["metrics"] if key == "loss"] == [1, 2, 3, 4]
+    assert run["status"] == "FINISHED"
+    assert run["params"]["factors"] == 4 and run["params"]["type_weight.purchase"] == 5.0
+    assert run["artifact"].n_users == 40
+    assert run["version_tags"]["recsys.job_id"] == job.job_id
+    assert await jobs.get(job.job_id) == final
+    assert (await jobs.recent(10))[0] == final
+    assert metrics.jobs.labels("succeeded")._value.get() == 1
+    assert metrics.last_metric.labels("ndcg_at_10")._value.get() == final.metrics["ndcg_at_10"]
+
+
+async def test_a_worse_model_is_registered_but_not_promoted(
+    filled_store: DatasetStore, fake_registry: FakeRegistry, metrics: TrainerMetrics
+) -> None:
+    jobs = manager(filled_store, fake_registry, metrics)
+    await jobs.open()
+    good = await finished(jobs, (await jobs.start({})).job_id)
+    worse = await finished(jobs, (await jobs.start({"factors": 1, "epochs": 1,
+                                                    "regularization": 1000.0})).job_id)
+    assert worse.state is JobState.SUCCEEDED
+    assert worse.model_version == "2" and not worse.promoted
+    assert "is below champion v1" in worse.promotion_reason
+    assert fake_registry.champion_version == good.model_version == "1"
+    assert fake_registry.runs[worse.mlflow_run_id]["tags"]["recsys.gate_passed"] == "false"
+
+
+async def test_the_floor_keeps_a_poor_first_model_out(
+    filled_store: DatasetStore, fake_registry: FakeRegistry, metrics: TrainerMetrics
+) -> None:
+    jobs = manager(filled_store, fake_registry, metrics, min_ndcg=0.99)
+    await jobs.open()
+    final = await finished(jobs, (await jobs.start({})).job_id)
+    assert final.state is JobState.SUCCEEDED and not final.promoted
+    assert "below the floor" in final.promotion_reason
+    assert fake_registry.champion_version is None
+
+
+async def test_one_job_at_a_time_and_cancel_at_an_epoch_boundary(
+    filled_store: DatasetStore, fake_registry: FakeRegistry, metrics: TrainerMetrics
+) -> None:
+    fake_registry.hold = threading.Event()
+    jobs = manager(filled_store, fake_registry, metrics)
+    await jobs.open()
+    job = await jobs.start({"epochs": 50})
+    await asyncio.to_thread(fake_registry.in_epoch.wait, 10)
+    with pytest.raises(AlreadyExists, match=job.job_id):
+        await jobs.start({})
+    assert (await jobs.cancel(job.job_id)).state is JobState.RUNNING
+    fake_registry.hold.set()
+    final = await finished(jobs, job.job_id)
+    assert final.state is JobState.CANCELLED
+    assert final.epoch < 50
+    assert fake_registry.runs[final.mlflow_run_id]["status"] == "KILLED"
+    assert fake_registry.champion_version is None
+    with pytest.raises(FailedPrecondition, match="already ended"):
+        await jobs.cancel(job.job_id)
+
+
+async def test_an_empty_dataset_is_a_failed_precondition(
+    store: DatasetStore, fake_registry: FakeRegistry, metrics: TrainerMetrics
+) -> None:
+    jobs = manager(store, fake_registry, metrics)
+    await jobs.open()
+    with pytest.raises(FailedPrecondition, match="empty"):
+        await jobs.start({})
+
+
+async def test_unknown_jobs_are_not_found(
+    store: DatasetStore, fake_registry: FakeRegistry, metrics: TrainerMetrics
+) -> None:
+    jobs = manager(store, fake_registry, metrics)
+    await jobs.open()
+    with pytest.raises(NotFound):
+        await jobs.get("nope")
+    with pytest.raises(NotFound):
+        await anext(jobs.watch("nope"))
+
+
+async def test_mlflow_down_fails_the_job_and_promotes_nothing(
+    filled_store: DatasetStore, fake_registry: FakeRegistry, metrics: TrainerMetrics
+) -> None:
+    fake_registry.fail = True
+    jobs = manager(filled_store, fake_registry, metrics)
+    await jobs.open()
+    final = await finished(jobs, (await jobs.start({})).job_id)
+    assert final.state is JobState.FAILED
+    assert final.error.startswith("MLflow at http://127.0.0.1:1")
+    assert fake_registry.champion_version is None
+    assert metrics.jobs.labels("failed")._value.get() == 1
+
+
+async def test_a_job_left_running_by_a_crash_is_reported_failed(
+    filled_store: DatasetStore, fake_registry: FakeRegistry, metrics: TrainerMetrics
+) -> None:
+    run_id = fake_registry.start_run(job_id="j", params={}, lineage=None, tags={})  # type: ignore[arg-type]
+    crashed = Job(job_id="j", trigger=Trigger.REQUEST, config=SMALL, created_at=time.time(),
+                  state=JobState.RUNNING, phase=Phase.TRAINING, epoch=2, mlflow_run_id=run_id)
+    filled_store.save_job("j", created_at=crashed.created_at, state="running",
+                          body=crashed.to_json())
+    jobs = manager(filled_store, fake_registry, metrics)
+    await jobs.open()
+    job = await jobs.get("j")
+    assert job.state is JobState.FAILED
+    assert job.error == RESTARTED
+    assert job.finished_at is not None
+    assert metrics.jobs.labels("failed")._value.get() == 1
+    await asyncio.sleep(0.1)  # the MLflow run is ended in the background
+    assert fake_registry.runs[run_id]["status"] == "FAILED"
+    assert fake_registry.champion_version is None
+
+
+async def test_triggers_start_jobs_after_new_events(
+    filled_store: DatasetStore, fake_registry: FakeRegistry, metrics: TrainerMetrics
+) -> None:
+    jobs = manager(filled_store, fake_registry, metrics)
+    await jobs.open()
+    assert jobs._due(new_events=10, interval_min=0) is Trigger.NEW_EVENTS
+    assert jobs._due(new_events=10_000, interval_min=0) is None
+    triggers = asyncio.create_task(jobs.run_triggers(new_events=10, interval_min=0))
+    try:
+        for _ in range(50):
+            if jobs.running is not None:
+                break
+            await asyncio.sleep(0.1)
+        job = jobs.running
+        assert job is not None and job.trigger is Trigger.NEW_EVENTS
+        final = await finished(jobs, job.job_id)
+        assert final.state is JobState.SUCCEEDED
+        assert jobs._due(new_events=10, interval_min=0.0001) is None  # nothing new since
+    finally:
+        triggers.cancel()
+
+
+async def test_schedule_fires_only_when_new_events_arrived(
+    filled_store: DatasetStore, fake_registry: FakeRegistry, metrics: TrainerMetrics
+) -> None:
+    jobs = manager(filled_store, fake_registry, metrics)
+    await jobs.open()
+    jobs._last_job_at -= 120
+    assert jobs._due(new_events=0, interval_min=1) is Trigger.SCHEDULE
+    assert jobs._due(new_events=0, interval_min=5) is None
+    jobs._rows_at_last_job = filled_store.row_count
+    assert jobs._due(new_events=0, interval_min=1) is None
+
+
+def test_champion_alias_name() -> None:
+    assert CHAMPION == "champion"
+    assert CollectorRegistry is not None
