@@ -29,6 +29,9 @@ GEN = ROOT / "gen"
 DESCRIPTOR = "descriptor/recsys.binpb"
 GOOGLEAPIS_STAGE = ROOT / "build" / "googleapis"
 GOOGLEAPIS_FILES = ("google/api/annotations.proto", "google/api/http.proto")
+# Status detail types the services attach (ingest's google.rpc.BadRequest): Envoy's transcoder
+# writes a status's details as JSON only when their types are in its descriptor set.
+DESCRIPTOR_EXTRAS = ("google/rpc/error_details.proto",)
 
 
 def _site_packages() -> Path:
@@ -50,22 +53,28 @@ def generate(out: Path) -> None:
     (out / DESCRIPTOR).parent.mkdir(parents=True)
     bin_dir = Path(sys.executable).parent
     sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
-    args = [
-        "protoc",
+    paths = [
         f"--proto_path={PROTOS}",
         f"--proto_path={GOOGLEAPIS_STAGE}",
         f"--proto_path={Path(grpc_tools.__file__).parent / '_proto'}",
+        f"--proto_path={_site_packages()}",  # DESCRIPTOR_EXTRAS, from googleapis-common-protos
+    ]
+    args = [
+        "protoc",
+        *paths,
         f"--plugin=protoc-gen-mypy={bin_dir / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
         f"--python_out={python_out}",
         f"--grpc_python_out={python_out}",
         f"--mypy_out={python_out}",
         f"--mypy_grpc_out={python_out}",
-        f"--descriptor_set_out={out / DESCRIPTOR}",
-        "--include_imports",
         *sources,
     ]
-    if protoc.main(args) != 0:
+    descriptor_args = [
+        "protoc", *paths, f"--descriptor_set_out={out / DESCRIPTOR}", "--include_imports",
+        *sources, *DESCRIPTOR_EXTRAS,
+    ]
+    if protoc.main(args) != 0 or protoc.main(descriptor_args) != 0:
         raise SystemExit("protoc failed")
     for package in (p for p in python_out.rglob("*") if p.is_dir()):
         (package / "__init__.py").touch()
