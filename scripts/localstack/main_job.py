@@ -61,8 +61,8 @@ def wait_for_model(target: str, version: str | None, timeout: float = 120.0) -> 
 
 
 def _champion_version(trainer: str) -> str:
-    listing = json.loads(_run(_recsys("models", "--target", trainer, "list", "--json")))
-    return next(v["version"] for v in listing if "champion" in v.get("aliases", []))
+    listing = json.loads(_run(_recsys("models", "list", "--target", trainer, "--json")))
+    return next(v["version"] for v in listing["versions"] if "champion" in v.get("aliases", []))
 
 
 def show_with_python_stub(target: str, user_id: str) -> None:

@@ -16,13 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"services.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"services.cli.{name}":
-                raise
-            continue
-        module.register(subparsers)
+        importlib.import_module(f"services.cli.{name}").register(subparsers)
     return parser
 
 

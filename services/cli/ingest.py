@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +24,11 @@ from tqdm import tqdm
 
 from recsys.events.v1 import interaction_pb2
 from recsys.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from services.cli.common import INGEST, Command, add_target, guarded
 from services.core.client import channel
 from services.data import loaders
 from services.data.synthetic import SyntheticData, SyntheticSpec
 
-TARGET_ENV = "RECSYS_INGEST_TARGET"
-DEFAULT_TARGET = "127.0.0.1:50051"
 SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 SHOWN_REJECTIONS = 10
 
@@ -189,18 +187,9 @@ def _synthetic(args: argparse.Namespace) -> int:
     return run_load(SyntheticData(spec).events(), args, spec.events)
 
 
-def _guarded(command: Callable[[argparse.Namespace], int]
-             ) -> Callable[[argparse.Namespace], int]:
-    """Turn input errors into one line on stderr and exit status 2."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except (loaders.DataError, ValueError, OSError) as exc:
-            print(f"recsys ingest: error: {exc}", file=sys.stderr)
-            return 2
-
-    return run
+def _input_guarded(command: Command) -> Command:
+    """Unreadable or invalid input exits 2 with one line; RPC failures are in the summary."""
+    return guarded(command, input_errors=(loaders.DataError, ValueError, OSError))
 
 
 def _positive(text: str) -> int:
@@ -212,9 +201,7 @@ def _positive(text: str) -> int:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--target", default=os.environ.get(TARGET_ENV, DEFAULT_TARGET),
-        help=f"IngestService host:port (env {TARGET_ENV}, default {DEFAULT_TARGET})")
+    add_target(common, INGEST)
     common.add_argument("--chunk-size", type=_positive, default=1000,
                         help="events per stream message, at most the service's batch limit")
     common.add_argument("--timeout", type=float, default=3600.0,
@@ -234,7 +221,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                            help="dataset directory or its u.data / ratings.dat / ratings.csv")
     movielens.add_argument("--format", choices=["auto", "100k", "1m", "latest"],
                            default="auto", help="file layout (default: from the file name)")
-    movielens.set_defaults(func=_guarded(_movielens))
+    movielens.set_defaults(func=_input_guarded(_movielens))
 
     table = sources.add_parser(
         "csv", parents=[common], help="a CSV (with a header) or Parquet table",
@@ -257,7 +244,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     kind.add_argument("--type", help="one type for every row: view, click, add_to_cart, "
                                      "purchase, rating, like or share")
     kind.add_argument("--type-col", help="column holding each row's type name")
-    table.set_defaults(func=_guarded(_table))
+    table.set_defaults(func=_input_guarded(_table))
 
     synthetic = sources.add_parser(
         "synthetic", parents=[common], help="generated events (latent factors, power law)")
@@ -268,4 +255,4 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     synthetic.add_argument("--factors", type=_positive, default=16)
     synthetic.add_argument("--days", type=float, default=90.0,
                            help="days the events span, from 2024-01-01 (default 90)")
-    synthetic.set_defaults(func=_guarded(_synthetic))
+    synthetic.set_defaults(func=_input_guarded(_synthetic))

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
 
 from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
+from services.cli.common import RECOMMENDER, add_json_flag, add_target, guarded, print_json
 from services.core.client import DEFAULT_TIMEOUT_S, channel
-
-TARGET_ENV = "RECSYS_RECOMMENDER_TARGET"
-DEFAULT_TARGET = "127.0.0.1:50053"
 
 
 def register(subparsers: Any) -> None:
@@ -27,36 +23,21 @@ def register(subparsers: Any) -> None:
                            help="keep items the user already interacted with")
     recommend.add_argument("--exclude", nargs="+", default=[], metavar="ITEM",
                            help="items to leave out")
-    _add_target(recommend)
-    recommend.set_defaults(func=_guarded(_recommend))
+    add_target(recommend, RECOMMENDER)
+    add_json_flag(recommend)
+    recommend.set_defaults(func=guarded(_recommend))
 
     similar = subparsers.add_parser("similar", help="items nearest to an item (cosine)")
     similar.add_argument("item", help="item id")
     similar.add_argument("-k", type=int, default=10, help="number of items (default 10)")
-    _add_target(similar)
-    similar.set_defaults(func=_guarded(_similar))
+    add_target(similar, RECOMMENDER)
+    add_json_flag(similar)
+    similar.set_defaults(func=guarded(_similar))
 
     info = subparsers.add_parser("model-info", help="the model version being served")
-    _add_target(info)
-    info.set_defaults(func=_guarded(_model_info))
-
-
-def _add_target(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", default=os.environ.get(TARGET_ENV, DEFAULT_TARGET),
-                        help=f"recommender host:port (default ${TARGET_ENV} or {DEFAULT_TARGET})")
-
-
-def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Print a failed call as one line (`error: CODE: details`) and exit 1."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except grpc.RpcError as exc:
-            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
-
-    return run
+    add_target(info, RECOMMENDER)
+    add_json_flag(info)
+    info.set_defaults(func=guarded(_model_info))
 
 
 def _stub(target: str) -> tuple[grpc.Channel, recommender_pb2_grpc.RecommenderServiceStub]:
@@ -77,6 +58,9 @@ def _recommend(args: argparse.Namespace) -> int:
     chan, stub = _stub(args.target)
     with chan:
         reply = stub.Recommend(request, timeout=DEFAULT_TIMEOUT_S)
+    if args.json:
+        print_json(reply)
+        return 0
     strategy = recommender_pb2.Strategy.Name(reply.strategy).removeprefix("STRATEGY_").lower()
     print(f"user {args.user}: model version {reply.model_version}, strategy {strategy}")
     _print_items(reply.items)
@@ -89,6 +73,9 @@ def _similar(args: argparse.Namespace) -> int:
         reply = stub.SimilarItems(
             recommender_pb2.SimilarItemsRequest(item_id=args.item, k=args.k),
             timeout=DEFAULT_TIMEOUT_S)
+    if args.json:
+        print_json(reply)
+        return 0
     print(f"items like {args.item}: model version {reply.model_version}, score = cosine")
     _print_items(reply.items)
     return 0
@@ -99,6 +86,9 @@ def _model_info(args: argparse.Namespace) -> int:
     with chan:
         info = stub.GetModelInfo(recommender_pb2.GetModelInfoRequest(),
                                  timeout=DEFAULT_TIMEOUT_S)
+    if args.json:
+        print_json(info)
+        return 0
     m, lineage = info.metrics, info.lineage
     offsets = ", ".join(f"{p}:{o}" for p, o in sorted(lineage.partition_offsets.items()))
     rows = (

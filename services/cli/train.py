@@ -4,20 +4,16 @@ registered versions and promotes one to champion (rollback)."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
-import grpc
 from tqdm import tqdm
 
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from services.cli.common import TRAINER, add_json_flag, add_target, guarded, print_json
 from services.core.client import DEFAULT_TIMEOUT_S, channel
 
-TARGET_ENV = "RECSYS_TRAINER_TARGET"
-DEFAULT_TARGET = "127.0.0.1:50052"
 _HYPERPARAMETERS: tuple[tuple[str, type, str], ...] = (
     ("factors", int, "latent dimensions, 1 to 1024"),
     ("epochs", int, "alternating least-squares sweeps, 1 to 200"),
@@ -32,7 +28,7 @@ def register(subparsers: Any) -> None:
         "train", help="start a training job and show its progress",
         description="Start a training job on the trainer's dataset and follow it to the end. "
                     "Unset hyper-parameters take the trainer's defaults.")
-    _add_target(train)
+    add_target(train, TRAINER)
     for name, kind, text in _HYPERPARAMETERS:
         train.add_argument(f"--{name}", type=kind, help=text)
     train.add_argument("--no-wait", action="store_true",
@@ -40,36 +36,19 @@ def register(subparsers: Any) -> None:
     train.add_argument("--timeout", type=float, default=3600.0,
                        help="stop following after this many seconds (default %(default)s); "
                             "the job keeps running")
-    train.set_defaults(func=_guarded(_train))
+    train.set_defaults(func=guarded(_train))
 
     models = subparsers.add_parser("models", help="list registered model versions, promote one")
     actions = models.add_subparsers(dest="models_command", required=True)
     listing = actions.add_parser("list", help="registered versions, newest first")
-    _add_target(listing)
+    add_target(listing, TRAINER)
+    add_json_flag(listing)
     listing.add_argument("--limit", type=int, default=20, help="1 to 100 (default 20)")
-    listing.set_defaults(func=_guarded(_list_models))
+    listing.set_defaults(func=guarded(_list_models))
     promote = actions.add_parser("promote", help="point the champion alias at a version")
-    _add_target(promote)
+    add_target(promote, TRAINER)
     promote.add_argument("version", help="registered version number, e.g. 3")
-    promote.set_defaults(func=_guarded(_promote))
-
-
-def _add_target(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", default=os.environ.get(TARGET_ENV, DEFAULT_TARGET),
-                        help=f"trainer host:port (default ${TARGET_ENV} or {DEFAULT_TARGET})")
-
-
-def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Print a failed call as one line (`error: CODE: details`) and exit 1."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except grpc.RpcError as exc:
-            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
-
-    return run
+    promote.set_defaults(func=guarded(_promote))
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -95,19 +74,35 @@ def _train(args: argparse.Namespace) -> int:
 
 def _follow(stub: trainer_pb2_grpc.TrainerServiceStub, job: trainer_pb2.TrainingJob, *,
             timeout: float) -> trainer_pb2.TrainingJob:
-    """Draw a progress bar from the watch stream until the job ends; return its last state."""
+    """Show progress from the watch stream until the job ends; return its last state.
+
+    A terminal gets a live bar; a log (CI, the local stack's main job) gets one line per
+    phase or epoch instead of every redraw.
+    """
     stream = stub.WatchTrainingJob(trainer_pb2.WatchTrainingJobRequest(job_id=job.job_id),
                                    timeout=timeout)
+    if not sys.stderr.isatty():
+        shown = None
+        for update in stream:
+            job = update.job
+            if (job.phase, job.epoch) != shown:
+                shown = (job.phase, job.epoch)
+                print(f"{_phase(job.phase)}: epoch {job.epoch}/{job.epochs}{_stats(job)}",
+                      file=sys.stderr, flush=True)
+        return job
     with tqdm(total=job.epochs, unit="epoch", file=sys.stderr, dynamic_ncols=True) as bar:
         for update in stream:
             job = update.job
             bar.n = job.epoch
             bar.set_description(_phase(job.phase))
-            postfix = {"loss": f"{job.loss:.4f}"} if job.epoch else {}
-            if job.eta_seconds:
-                postfix["eta"] = f"{job.eta_seconds:.0f}s"
-            bar.set_postfix(postfix)
+            bar.set_postfix_str(_stats(job).strip(" ,"))
     return job
+
+
+def _stats(job: trainer_pb2.TrainingJob) -> str:
+    loss = f", loss {job.loss:.4f}" if job.epoch else ""
+    eta = f", eta {job.eta_seconds:.0f}s" if job.eta_seconds else ""
+    return loss + eta
 
 
 def _phase(phase: trainer_pb2.JobPhase.ValueType) -> str:
@@ -140,9 +135,13 @@ def describe_job(job: trainer_pb2.TrainingJob) -> str:
 def _list_models(args: argparse.Namespace) -> int:
     with channel(args.target) as chan:
         stub = trainer_pb2_grpc.TrainerServiceStub(chan)
-        versions = stub.ListModelVersions(
+        reply = stub.ListModelVersions(
             trainer_pb2.ListModelVersionsRequest(page_size=args.limit),
-            timeout=DEFAULT_TIMEOUT_S).versions
+            timeout=DEFAULT_TIMEOUT_S)
+    if args.json:
+        print_json(reply)
+        return 0
+    versions = reply.versions
     if not versions:
         print("no registered versions yet")
         return 0

@@ -24,7 +24,7 @@ async def recsys(*args: str, target: str | None = None) -> tuple[int, str, str]:
     """Run `python -m services.cli ...`; (exit status, stdout, stderr)."""
     env = dict(os.environ)
     if target:
-        env["RECSYS_INGEST_TARGET"] = target
+        env["RECSYS_CLI_INGEST_TARGET"] = target
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.cli", *args, cwd=REPO, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

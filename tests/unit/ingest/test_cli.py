@@ -13,7 +13,7 @@ from services.cli.ingest import Summary, chunked, format_summary
 
 
 def test_the_subcommands_parse_with_their_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RECSYS_INGEST_TARGET", "ingest:50051")
+    monkeypatch.setenv("RECSYS_CLI_INGEST_TARGET", "ingest:50051")
     args = build_parser().parse_args(["ingest", "movielens", "data/ml-1m", "--format", "1m"])
     assert (args.source, args.path, args.format) == ("movielens", Path("data/ml-1m"), "1m")
     assert (args.target, args.chunk_size, args.wait) == ("ingest:50051", 1000, 10.0)

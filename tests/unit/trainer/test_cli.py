@@ -5,18 +5,19 @@ import pytest
 from recsys.model.v1 import model_pb2
 from recsys.trainer.v1 import trainer_pb2
 from services.cli.__main__ import build_parser
-from services.cli.train import DEFAULT_TARGET, TARGET_ENV, describe_job
+from services.cli.common import TRAINER
+from services.cli.train import describe_job
 
 
 def test_train_takes_hyperparameters_and_a_target(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(TARGET_ENV, raising=False)
+    monkeypatch.delenv(TRAINER.env, raising=False)
     args = build_parser().parse_args(["train", "--factors", "8", "--alpha", "2.5", "--no-wait"])
     assert (args.factors, args.alpha, args.epochs, args.no_wait) == (8, 2.5, None, True)
-    assert args.target == DEFAULT_TARGET
+    assert args.target == TRAINER.default
 
 
 def test_the_target_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(TARGET_ENV, "trainer:1234")
+    monkeypatch.setenv(TRAINER.env, "trainer:1234")
     assert build_parser().parse_args(["models", "list"]).target == "trainer:1234"
     args = build_parser().parse_args(["models", "promote", "3", "--target", "x:1"])
     assert (args.version, args.target) == ("3", "x:1")
