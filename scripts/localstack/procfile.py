@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import yaml
+
 from scripts.localstack.components import (
     HOST,
     VENV_BIN,
@@ -26,11 +28,11 @@ from scripts.localstack.components import (
     SeaweedPorts,
     SeaweedS3,
     TansuBroker,
-    minimal_prometheus_config,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = ROOT / ".local"  # git-ignored
+OBSERVABILITY = ROOT / "observability"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,12 +80,25 @@ class LocalStack:
         }
 
 
+def prometheus_config_for(ports: LocalPorts) -> str:
+    """observability/prometheus.yml pointed at these ports: the same jobs and rules as in
+    Kubernetes, so the dashboards and alerts can be checked against the local stack."""
+    config = yaml.safe_load((OBSERVABILITY / "prometheus.yml").read_text())
+    targets = {"prometheus": ports.prometheus, "ingest": ports.ingest_metrics,
+               "trainer": ports.trainer_metrics, "recommender": ports.recommender_metrics,
+               "envoy": ports.envoy_admin}
+    for job in config["scrape_configs"]:
+        job["static_configs"] = [{"targets": [f"{HOST}:{targets[job['job_name']]}"]}]
+    config["rule_files"] = [str(OBSERVABILITY / pattern) for pattern in config["rule_files"]]
+    return yaml.safe_dump(config, sort_keys=False)
+
+
 def local_stack(state_dir: Path = STATE_DIR, ports: LocalPorts | None = None, *,
                 seaweed_ports: SeaweedPorts | None = None, free_seaweed: bool = False,
                 prometheus_config: Path | None = None) -> LocalStack:
     """The components of the local stack; Kafka is durable (Tansu on SeaweedFS S3).
 
-    Without `prometheus_config`, a minimal one scraping the three services is generated.
+    Without `prometheus_config`, observability/prometheus.yml is rendered for these ports.
     `seaweed_ports` defaults to weed's usual ports around `ports.s3`, or to free ports
     (`free_seaweed`, for a stack beside another one); `ports.s3` always wins.
     """
@@ -92,12 +107,7 @@ def local_stack(state_dir: Path = STATE_DIR, ports: LocalPorts | None = None, *,
     if prometheus_config is None:
         prometheus_config = state_dir / "prometheus" / "prometheus.yml"
         prometheus_config.parent.mkdir(parents=True, exist_ok=True)
-        prometheus_config.write_text(minimal_prometheus_config({
-            "prometheus": [f"{HOST}:{ports.prometheus}"],
-            "ingest": [f"{HOST}:{ports.ingest_metrics}"],
-            "trainer": [f"{HOST}:{ports.trainer_metrics}"],
-            "recommender": [f"{HOST}:{ports.recommender_metrics}"],
-        }, interval="5s"))
+        prometheus_config.write_text(prometheus_config_for(ports))
     if seaweed_ports is None:
         seaweed_ports = SeaweedPorts.free() if free_seaweed else SeaweedPorts.local(ports.s3)
     if seaweed_ports.s3 != ports.s3:

@@ -36,9 +36,10 @@ class IngestApp:
             rating_min=settings.rating_min, rating_max=settings.rating_max,
             max_weight=settings.max_weight, max_future_s=settings.max_future_s,
             min_occurred_at=datetime.fromisoformat(settings.min_occurred_at))
+        self._metrics = IngestMetrics.create(registry)
         self.ingestor = Ingestor(
-            publisher=self.publisher, validator=Validator(limits),
-            metrics=IngestMetrics.create(registry), max_batch=settings.max_batch,
+            publisher=self.publisher, validator=Validator(limits), metrics=self._metrics,
+            max_batch=settings.max_batch,
             ack_timeout_s=settings.ack_timeout_s)
         self._servicer = IngestServicer(self.ingestor)
         self._watch: asyncio.Task[None] | None = None
@@ -69,6 +70,7 @@ class IngestApp:
                 log.info("Kafka broker reachable; ingest is SERVING",
                          extra={"bootstrap": self._settings.kafka_bootstrap,
                                 "topic": self._settings.kafka_topic})
+            self._metrics.broker_up.set(int(ready))
             await health.set_serving(SERVICE, ready)
             was_ready = ready
             delay = interval if ready else min(delay * 2, interval * MAX_BACKOFF_INTERVALS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.core.metrics import LATENCY_BUCKETS
 
@@ -20,6 +20,7 @@ class IngestMetrics:
     events: Counter
     batch_size: Histogram
     ack_seconds: Histogram
+    broker_up: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> IngestMetrics:
@@ -41,5 +42,11 @@ class IngestMetrics:
                 "Time from handing a batch to the producer until the broker acknowledged "
                 "all of it, in seconds.",
                 buckets=LATENCY_BUCKETS, registry=registry,
+            ),
+            broker_up=Gauge(
+                "recsys_ingest_broker_up",
+                "1 while the Kafka broker answers and the topic exists (health SERVING), "
+                "else 0.",
+                registry=registry,
             ),
         )

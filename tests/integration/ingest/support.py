@@ -30,6 +30,7 @@ class Ingest:
 
     running: server.RunningServer
     settings: IngestSettings
+    registry: CollectorRegistry
     channel: grpc.aio.Channel = field(init=False)
 
     def __post_init__(self) -> None:
@@ -57,6 +58,9 @@ class Ingest:
             await asyncio.sleep(0.05)
         return time.monotonic() - started
 
+    def metric(self, name: str, **labels: str) -> float | None:
+        return self.registry.get_sample_value(name, labels)
+
     async def stop(self) -> None:
         await self.channel.close()
         await self.running.stop(2.0)
@@ -69,7 +73,7 @@ async def start_ingest(bootstrap: str, topic: str | None = None, **settings: obj
                             health_interval_s=0.2, **settings)  # type: ignore[arg-type]
     registry = CollectorRegistry()
     running = await server.start(IngestApp(config, registry), config, registry)
-    ingest = Ingest(running, config)
+    ingest = Ingest(running, config, registry)
     await ingest.wait_health(health_pb2.HealthCheckResponse.SERVING)
     return ingest
 

@@ -59,6 +59,7 @@ async def test_a_stopped_broker_fails_calls_in_time_and_ingest_recovers(
         assert list(failure.not_accepted_indexes) == list(range(10))
 
         assert await ingest.wait_health(NOT_SERVING, within=10) < 10
+        assert ingest.metric("recsys_ingest_broker_up") == 0
         started = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await batch(ingest, [make_event(n) for n in range(200, 205)], deadline_s=5.0)
@@ -70,6 +71,7 @@ async def test_a_stopped_broker_fails_calls_in_time_and_ingest_recovers(
 
         await asyncio.to_thread(lambda: durable_kafka.start().wait_ready(30))
         await ingest.wait_health(SERVING, within=30)
+        assert ingest.metric("recsys_ingest_broker_up") == 1
         after = await batch(ingest, [make_event(n) for n in range(300, 400)])
         assert after.accepted_count == 100
 
