@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -12,14 +12,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from recsys.model.v1 import model_pb2
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from services.core.errors import InvalidArgument
-from services.trainer.dataset import Lineage
 from services.trainer.jobs import Job, JobManager
+from services.trainer.messages import lineage_to_proto, metrics_to_proto
 from services.trainer.registry import MlflowRegistry, VersionInfo
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
-_METRIC_FIELDS = ("precision_at_10", "recall_at_10", "ndcg_at_10", "map_at_10")
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
@@ -96,25 +95,6 @@ def _timestamp(seconds: float | None) -> Timestamp | None:
     stamp = Timestamp()
     stamp.FromNanoseconds(whole * 1_000_000_000 + round((seconds - whole) * 1e9))
     return stamp
-
-
-def metrics_to_proto(metrics: Mapping[str, float]) -> model_pb2.EvaluationMetrics | None:
-    if not metrics:
-        return None
-    return model_pb2.EvaluationMetrics(
-        **{name: metrics[name] for name in _METRIC_FIELDS if name in metrics},
-        users_evaluated=int(metrics.get("users_evaluated", 0)),
-    )
-
-
-def lineage_to_proto(lineage: Lineage | None) -> model_pb2.DatasetLineage | None:
-    if lineage is None:
-        return None
-    return model_pb2.DatasetLineage(
-        row_count=lineage.row_count, content_hash=lineage.content_hash,
-        partition_offsets=dict(lineage.partition_offsets), topic=lineage.topic,
-        user_count=lineage.user_count, item_count=lineage.item_count,
-    )
 
 
 def job_to_proto(job: Job) -> trainer_pb2.TrainingJob:

@@ -1,0 +1,30 @@
+"""Trainer results as `recsys.model.v1` messages: the trainer's API and the recommender's
+GetModelInfo describe a model the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from recsys.model.v1 import model_pb2
+from services.trainer.dataset import Lineage
+
+_METRIC_FIELDS = ("precision_at_10", "recall_at_10", "ndcg_at_10", "map_at_10")
+
+
+def metrics_to_proto(metrics: Mapping[str, float]) -> model_pb2.EvaluationMetrics | None:
+    if not metrics:
+        return None
+    return model_pb2.EvaluationMetrics(
+        **{name: metrics[name] for name in _METRIC_FIELDS if name in metrics},
+        users_evaluated=int(metrics.get("users_evaluated", 0)),
+    )
+
+
+def lineage_to_proto(lineage: Lineage | None) -> model_pb2.DatasetLineage | None:
+    if lineage is None:
+        return None
+    return model_pb2.DatasetLineage(
+        row_count=lineage.row_count, content_hash=lineage.content_hash,
+        partition_offsets=dict(lineage.partition_offsets), topic=lineage.topic,
+        user_count=lineage.user_count, item_count=lineage.item_count,
+    )
