@@ -108,7 +108,7 @@ class Hyperparameters(_message.Message):
     epochs: _builtins.int
     """Alternating least-squares sweeps, 1 to 200."""
     regularization: _builtins.float
-    """L2 regularisation strength, >= 0."""
+    """L2 regularisation strength, > 0."""
     alpha: _builtins.float
     """Confidence scaling of observed interactions (confidence = 1 + alpha * weight), > 0."""
     seed: _builtins.int
