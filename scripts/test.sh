@@ -9,4 +9,4 @@ bash scripts/setup.sh
 if (($#)); then
   exec .venv/bin/tox run "$@"
 fi
-exec .venv/bin/tox run -e lint,type,gen,unit,integration
+exec .venv/bin/tox run -e lint,type,gen,static,unit,integration
