@@ -1,10 +1,11 @@
-"""Settings every server shares: where it listens, logging, shutdown grace."""
+"""Settings every server shares: where it listens, transport security, logging, shutdown grace."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
+from services.core import tls
 from services.core.settings import env, port, positive
 
 
@@ -25,3 +26,21 @@ class ServerSettings:
     shutdown_grace_s: float = env("RECSYS_SHUTDOWN_GRACE_S", 10.0,
                                   "Seconds in-flight RPCs get to finish on SIGTERM.",
                                   check=positive, rule="> 0")
+    tls_cert_file: str = env(
+        "RECSYS_TLS_CERT_FILE", "",
+        "PEM certificate chain of the gRPC server; with RECSYS_TLS_KEY_FILE the port speaks TLS "
+        "only. Empty: plaintext.")
+    tls_key_file: str = env("RECSYS_TLS_KEY_FILE", "",
+                            "PEM private key of RECSYS_TLS_CERT_FILE.")
+    tls_ca_file: str = env(
+        "RECSYS_TLS_CA_FILE", "",
+        "PEM CA bundle; set, clients must present a certificate it signed (mutual TLS).")
+    health_port: int = env(
+        "RECSYS_HEALTH_PORT", 0,
+        "Plaintext port serving only grpc.health.v1, for probes that cannot do (mutual) TLS, "
+        "such as Kubernetes' gRPC probes; 0: none.", check=port, rule="0 to 65535")
+
+    def server_tls(self) -> tls.ServerTLS | None:
+        """The gRPC port's TLS (None: plaintext); raises SettingsError when misconfigured."""
+        return tls.server_tls(cert_file=self.tls_cert_file, key_file=self.tls_key_file,
+                              ca_file=self.tls_ca_file)

@@ -4,6 +4,10 @@
 interceptors, and returns the server unstarted, so tests and `__main__` build it the same way.
 `serve` runs it until SIGTERM/SIGINT and shuts down in order: health NOT_SERVING, drain
 in-flight RPCs within the grace period, close the service's resources.
+
+With TLS settings the gRPC port speaks TLS (mutual TLS with a CA: see `services.core.tls`),
+and RECSYS_HEALTH_PORT adds a plaintext port that serves grpc.health.v1 only, from the same
+health state, for probes that cannot present a client certificate.
 """
 
 from __future__ import annotations
@@ -59,12 +63,16 @@ class RunningServer:
     app: App
     port: int
     metrics_port: int
+    health_server: grpc.aio.Server | None = None
+    health_port: int | None = None  # the plaintext health-only port, when configured
     _closers: list[Callable[[], None]] = field(default_factory=list)
 
     async def stop(self, grace: float) -> None:
         """Health NOT_SERVING, refuse new RPCs, drain in-flight ones, close the app."""
         await self.health.shutdown()
         await self.server.stop(grace)
+        if self.health_server is not None:  # probes see NOT_SERVING until the end
+            await self.health_server.stop(0)
         await self.app.close()
         for close in self._closers:
             close()
@@ -100,17 +108,40 @@ async def start(app: App, settings: ServerSettings, registry: CollectorRegistry)
     health = HealthReporter(b.name for b in app.bindings)
     await health.initialise()
     server = build_server(app, health, registry)
-    port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    address = f"{settings.host}:{settings.grpc_port}"
+    tls = settings.server_tls()
+    port = (server.add_insecure_port(address) if tls is None
+            else server.add_secure_port(address, tls.credentials()))
     if port == 0:
-        raise OSError(f"cannot bind gRPC port {settings.host}:{settings.grpc_port}")
+        raise OSError(f"cannot bind gRPC port {address}")
+    health_server = health_port = None
+    if settings.health_port:
+        health_server, health_port = _health_only_server(health, settings)
     metrics_http, _ = start_http_server(settings.metrics_port, settings.host, registry)
     await server.start()
-    running = RunningServer(server, health, app, port, metrics_http.server_port)
+    if health_server is not None:
+        await health_server.start()
+    running = RunningServer(server, health, app, port, metrics_http.server_port,
+                            health_server, health_port)
     running._closers.append(metrics_http.shutdown)
     await app.start(health)
-    log.info("serving", extra={"grpc_port": port, "metrics_port": running.metrics_port,
-                               "services": [b.name for b in app.bindings]})
+    log.info("serving", extra={
+        "grpc_port": port, "metrics_port": running.metrics_port, "health_port": health_port,
+        "tls": "off" if tls is None else "mutual" if tls.mutual else "on",
+        "services": [b.name for b in app.bindings]})
     return running
+
+
+def _health_only_server(health: HealthReporter,
+                        settings: ServerSettings) -> tuple[grpc.aio.Server, int]:
+    """grpc.health.v1 alone, in plaintext: no servicer, no reflection, nothing else."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    address = f"{settings.host}:{settings.health_port}"
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind health port {address}")
+    return server, port
 
 
 async def serve(app: App, settings: ServerSettings, registry: CollectorRegistry) -> None:
