@@ -44,3 +44,25 @@ class ServerSettings:
         """The gRPC port's TLS (None: plaintext); raises SettingsError when misconfigured."""
         return tls.server_tls(cert_file=self.tls_cert_file, key_file=self.tls_key_file,
                               ca_file=self.tls_ca_file)
+
+
+@dataclass(frozen=True, kw_only=True)
+class KafkaSettings:
+    """Where the interaction events are: ingest writes the topic, the others read it."""
+
+    kafka_bootstrap: str = env("RECSYS_KAFKA_BOOTSTRAP", "127.0.0.1:9092",
+                               "Kafka bootstrap servers, host:port[,host:port...].")
+    kafka_topic: str = env("RECSYS_KAFKA_TOPIC", "interactions",
+                           "Topic of Interaction events (ingest writes it; the trainer and the "
+                           "recommender's history read it).")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MlflowSettings:
+    """The model registry: the trainer registers versions, the recommender serves one."""
+
+    mlflow_tracking_uri: str = env("RECSYS_MLFLOW_TRACKING_URI", "http://127.0.0.1:5000",
+                                   "MLflow tracking server (also its model registry).")
+    model_name: str = env("RECSYS_MODEL_NAME", "recsys-mf",
+                          "Registered model: the trainer adds a version per run, the "
+                          "recommender serves its \"champion\".")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from services.core.config import ServerSettings
+from services.core.config import KafkaSettings, ServerSettings
 from services.core.settings import SettingsError, env, positive
 
 #: Upper bound of RECSYS_INGEST_MAX_BATCH: a failure detail lists up to this many event
@@ -25,11 +25,7 @@ def _iso_instant(value: str) -> bool:
 
 
 @dataclass(frozen=True, kw_only=True)
-class IngestSettings(ServerSettings):
-    kafka_bootstrap: str = env("RECSYS_KAFKA_BOOTSTRAP", "127.0.0.1:9092",
-                               "Kafka bootstrap servers, host:port[,host:port...].")
-    kafka_topic: str = env("RECSYS_KAFKA_TOPIC", "interactions",
-                           "Topic that receives every accepted interaction event.")
+class IngestSettings(ServerSettings, KafkaSettings):
     topic_partitions: int = env(
         "RECSYS_INGEST_TOPIC_PARTITIONS", 3,
         "Partitions of the topic when ingest creates it (an existing topic is left as is).",

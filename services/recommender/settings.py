@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.core.config import ServerSettings
+from services.core.config import KafkaSettings, MlflowSettings, ServerSettings
 from services.core.settings import env, positive
 
 
@@ -17,17 +17,9 @@ def _non_negative(value: float) -> bool:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RecommenderSettings(ServerSettings):
-    mlflow_tracking_uri: str = env("RECSYS_MLFLOW_TRACKING_URI", "http://127.0.0.1:5000",
-                                   "MLflow tracking server (also its model registry).")
-    model_name: str = env("RECSYS_MODEL_NAME", "recsys-mf",
-                          "Registered model whose \"champion\" version is served.")
+class RecommenderSettings(ServerSettings, KafkaSettings, MlflowSettings):
     redis_url: str = env("RECSYS_REDIS_URL", "redis://127.0.0.1:6379/0",
                          "Redis for the answer cache and each user's recent interactions.")
-    kafka_bootstrap: str = env("RECSYS_KAFKA_BOOTSTRAP", "127.0.0.1:9092",
-                               "Kafka bootstrap servers, host:port[,host:port...].")
-    kafka_topic: str = env("RECSYS_KAFKA_TOPIC", "interactions",
-                           "Topic of Interaction events that feeds the recent history.")
 
     poll_interval_s: float = env(
         "RECSYS_RECOMMENDER_POLL_INTERVAL_S", 2.0,

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.core.config import ServerSettings
+from services.core.config import KafkaSettings, MlflowSettings, ServerSettings
 from services.core.settings import env, positive
 from services.trainer.model import TrainConfig
 
@@ -52,15 +52,7 @@ def _within(low: int, high: int) -> Callable[[int], bool]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainerSettings(ServerSettings):
-    kafka_bootstrap: str = env("RECSYS_KAFKA_BOOTSTRAP", "127.0.0.1:9092",
-                               "Kafka bootstrap servers, host:port[,host:port...].")
-    kafka_topic: str = env("RECSYS_KAFKA_TOPIC", "interactions",
-                           "Topic of Interaction events the trainer consumes.")
-    mlflow_tracking_uri: str = env("RECSYS_MLFLOW_TRACKING_URI", "http://127.0.0.1:5000",
-                                   "MLflow tracking server (also its model registry).")
-    model_name: str = env("RECSYS_MODEL_NAME", "recsys-mf",
-                          "Registered model that each training run adds a version to.")
+class TrainerSettings(ServerSettings, KafkaSettings, MlflowSettings):
 
     data_dir: str = env(
         "RECSYS_TRAINER_DATA_DIR", "var/trainer",
