@@ -1,5 +1,10 @@
 """The edge under test: the real Envoy in front of the three real services, and a trained model.
 
+Envoy runs as the local stack and Kubernetes run it: TLS on the listener (a PKI generated for
+the package), bearer tokens checked against its JWKS, scopes and rate limits per route. The
+REST client and the gRPC channel through Envoy trust that CA and carry a token with every
+scope; tests of the refusals themselves are in tests/integration/security.
+
 The services run in this process, on one event loop in a background thread, so the tests stay
 plain synchronous code with blocking HTTP and gRPC clients. The package's fixture ingests a
 small synthetic data set through Envoy's REST API, trains on it through REST, watches the job
@@ -14,11 +19,13 @@ import contextlib
 import http.client
 import json
 import random
+import ssl
 import threading
 import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -29,9 +36,11 @@ from recsys.ingest.v1 import ingest_pb2_grpc
 from recsys.recommender.v1 import recommender_pb2_grpc
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from scripts.localstack.components import HOST, MlflowServer, RedisServer, TansuBroker
-from scripts.localstack.envoy import Envoy
+from scripts.localstack.envoy import EdgeSecurity, Envoy
+from scripts.localstack.pki import Pki, ensure_pki
 from services.core import server
 from services.core.server import App, RunningServer
+from services.core.tls import ClientTLS
 from services.ingest.app import IngestApp
 from services.ingest.settings import IngestSettings
 from services.recommender.app import RecommenderApp
@@ -45,6 +54,7 @@ TOPIC = "edge-interactions"
 MODEL = "edge-mf"
 USERS = [f"u{i:02d}" for i in range(40)]
 ITEMS = [f"i{i:02d}" for i in range(30)]
+ALL_SCOPES = ("ingest:write", "recommend:read", "admin")
 
 
 class LoopThread:
@@ -76,17 +86,34 @@ class Reply:
 
 
 class Rest:
-    """A small JSON client for Envoy's REST API (http.client: no proxy lookups)."""
+    """A small JSON client for Envoy's REST API (http.client: no proxy lookups).
 
-    def __init__(self, port: int) -> None:
+    With `ca`, HTTPS trusting that CA; with `token`, every request carries it as a bearer token.
+    """
+
+    def __init__(self, port: int, *, ca: Path | None = None, token: str | None = None) -> None:
         self.port = port
+        self.ca = ca
+        self.token = token
+
+    def with_token(self, token: str | None) -> Rest:
+        """The same client with another token (None: none)."""
+        return Rest(self.port, ca=self.ca, token=token)
+
+    def connection(self) -> http.client.HTTPConnection:
+        if self.ca is None:
+            return http.client.HTTPConnection(HOST, self.port, timeout=30)
+        context = ssl.create_default_context(cafile=str(self.ca))
+        return http.client.HTTPSConnection(HOST, self.port, timeout=30, context=context)
 
     def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
                 headers: dict[str, str] | None = None) -> Reply:
         data = raw if raw is not None else None if body is None else json.dumps(body).encode()
-        conn = http.client.HTTPConnection(HOST, self.port, timeout=30)
+        conn = self.connection()
         try:
             sent = {"content-type": "application/json"} if data is not None else {}
+            if self.token is not None:
+                sent["authorization"] = f"Bearer {self.token}"
             conn.request(method, path, body=data, headers={**sent, **(headers or {})})
             response = conn.getresponse()
             payload = response.read()
@@ -120,11 +147,24 @@ class Stubs:
 @dataclass(frozen=True)
 class Edge:
     envoy: Envoy
-    rest: Rest
-    via_envoy: Stubs  # gRPC through Envoy's listener
+    rest: Rest  # HTTPS with a token of every scope
+    via_envoy: Stubs  # gRPC through Envoy's TLS listener, with the same token
     direct: Stubs  # gRPC straight to each service
     ports: dict[str, int]  # each service's own gRPC port
     job: trainer_pb2.TrainingJob  # the job that trained the served model
+    pki: Pki
+    token: str  # every scope
+
+
+def envoy_channel(envoy: Envoy, pki: Pki, token: str | None) -> grpc.Channel:
+    """A gRPC channel to Envoy's TLS listener, trusting the PKI's CA, sending `token`."""
+    tls = ClientTLS(ca_file=str(pki.ca_cert), token=token)
+    return grpc.secure_channel(envoy.target, tls.credentials())
+
+
+@pytest.fixture(scope="package")
+def edge_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return ensure_pki(tmp_path_factory.mktemp("pki"))
 
 
 def synthetic_events() -> list[dict[str, Any]]:
@@ -154,7 +194,7 @@ def wait_for(what: str, check: Any, timeout: float = 60.0) -> Any:
 
 @pytest.fixture(scope="package")
 def edge(kafka: TansuBroker, mlflow_server: MlflowServer, redis_server: RedisServer,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+         edge_pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     ingest = IngestSettings(kafka_bootstrap=kafka.bootstrap, kafka_topic=TOPIC)
     trainer = TrainerSettings(
         kafka_bootstrap=kafka.bootstrap, kafka_topic=TOPIC, consumer_group="edge-trainer",
@@ -181,17 +221,19 @@ def edge(kafka: TansuBroker, mlflow_server: MlflowServer, redis_server: RedisSer
             envoy = stack.enter_context(Envoy(
                 tmp_path_factory.mktemp("envoy"), ingest=f"{HOST}:{ports['ingest']}",
                 trainer=f"{HOST}:{ports['trainer']}",
-                recommender=f"{HOST}:{ports['recommender']}"))
+                recommender=f"{HOST}:{ports['recommender']}",
+                security=EdgeSecurity.from_pki(edge_pki)))
+            token = edge_pki.mint_token(ALL_SCOPES, subject="edge-tests")
             via_envoy = Stubs.of(dict.fromkeys(
-                ports, stack.enter_context(grpc.insecure_channel(envoy.target))))
+                ports, stack.enter_context(envoy_channel(envoy, edge_pki, token))))
             direct = Stubs.of({name: stack.enter_context(grpc.insecure_channel(f"{HOST}:{port}"))
                                for name, port in ports.items()})
-            rest = Rest(envoy.port)
+            rest = Rest(envoy.port, ca=edge_pki.ca_cert, token=token)
             job = _train(rest, via_envoy, trainer_app)
             wait_for("the recommender to serve the new champion", lambda: (
                 reply := rest.get("/v1/model")).status == 200
                 and reply.body["modelVersion"] == job.model_version)
-            yield Edge(envoy, rest, via_envoy, direct, ports, job)
+            yield Edge(envoy, rest, via_envoy, direct, ports, job, edge_pki, token)
     finally:
         for running_server in servers.values():
             loop.run(running_server.stop(1.0))

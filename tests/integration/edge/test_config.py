@@ -11,7 +11,15 @@ import pytest
 import yaml
 
 from scripts.localstack.components import HOST, free_ports
-from scripts.localstack.envoy import DESCRIPTOR, ROOT, Envoy, main, render_envoy_config
+from scripts.localstack.envoy import (
+    DESCRIPTOR,
+    ROOT,
+    Envoy,
+    localized_k8s_render,
+    main,
+    render_envoy_config,
+)
+from scripts.localstack.pki import ensure_pki
 
 pytestmark = pytest.mark.integration
 
@@ -34,13 +42,37 @@ def test_kubernetes_render_is_committed(tmp_path: Path) -> None:
 
 
 def test_kubernetes_render_is_valid(tmp_path: Path) -> None:
-    # As rendered, but with the descriptor where this machine has it.
-    text = (MANIFESTS / "envoy.yaml").read_text()
-    assert "/etc/envoy/recsys.binpb" in text
+    # As rendered, but with the descriptor, certificates and JWKS where this machine has them.
+    pki = ensure_pki(tmp_path / "pki")
     config = tmp_path / "envoy.yaml"
-    config.write_text(text.replace("/etc/envoy/recsys.binpb", str(DESCRIPTOR)))
+    config.write_text(localized_k8s_render((MANIFESTS / "envoy.yaml").read_text(), pki))
     result = _validate(config)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_kubernetes_render_is_secured() -> None:
+    """TLS on the edge listener, tokens and scopes on every service route, mTLS upstream."""
+    k8s = yaml.safe_load((MANIFESTS / "envoy.yaml").read_text())
+    edge = next(item for item in k8s["static_resources"]["listeners"] if item["name"] == "edge")
+    chain = edge["filter_chains"][0]
+    assert chain["transport_socket"]["name"] == "envoy.transport_sockets.tls"
+    manager = chain["filters"][0]["typed_config"]
+    filters = [f["name"] for f in manager["http_filters"]]
+    assert filters == ["envoy.filters.http.buffer", "envoy.filters.http.grpc_json_transcoder",
+                       "envoy.filters.http.jwt_authn", "envoy.filters.http.rbac",
+                       "envoy.filters.http.local_ratelimit", "envoy.filters.http.router"]
+    for route in manager["route_config"]["virtual_hosts"][0]["routes"]:
+        per_route = route["typed_per_filter_config"]
+        jwt = per_route["envoy.filters.http.jwt_authn"]
+        if "direct_response" in route:  # 404s need no token
+            assert jwt["disabled"] is True
+        else:
+            assert jwt["requirement_name"] == "token"
+            assert "rbac" in per_route["envoy.filters.http.rbac"]
+            assert "token_bucket" in per_route["envoy.filters.http.local_ratelimit"]
+    for cluster in k8s["static_resources"]["clusters"]:
+        if cluster["name"] != "admin":
+            assert cluster["transport_socket"]["name"] == "envoy.transport_sockets.tls"
 
 
 def _addresses(node: object) -> list[str]:

@@ -21,11 +21,12 @@ from recsys.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from scripts.localstack.components import HOST, free_port
-from scripts.localstack.envoy import MAX_REQUEST_BODY_BYTES, Envoy
+from scripts.localstack.envoy import MAX_REQUEST_BODY_BYTES, EdgeSecurity, Envoy
+from scripts.localstack.pki import Pki
 from services.core.config import ServerSettings
 from services.ingest.app import IngestApp
 from services.ingest.settings import IngestSettings
-from tests.integration.edge.conftest import LoopThread, Rest, wait_for
+from tests.integration.edge.conftest import ALL_SCOPES, LoopThread, Rest, envoy_channel, wait_for
 from tests.support.probe_app import ProbeApp
 
 pytestmark = pytest.mark.integration
@@ -42,7 +43,7 @@ class FailingEdge:
 
 
 @pytest.fixture(scope="module")
-def failing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FailingEdge]:
+def failing(edge_pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FailingEdge]:
     loop = LoopThread()
     probe = loop.serve(ProbeApp(), ServerSettings())
     ingest = loop.serve(IngestApp(settings := IngestSettings(
@@ -51,10 +52,13 @@ def failing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FailingEdge]:
     try:
         with (
             Envoy(tmp_path_factory.mktemp("envoy"), ingest=f"{HOST}:{ingest.port}",
-                  trainer=f"{HOST}:{free_port()}", recommender=f"{HOST}:{probe.port}") as envoy,
-            grpc.insecure_channel(envoy.target) as channel,
+                  trainer=f"{HOST}:{free_port()}", recommender=f"{HOST}:{probe.port}",
+                  security=EdgeSecurity.from_pki(edge_pki)) as envoy,
+            envoy_channel(envoy, edge_pki, token := edge_pki.mint_token(
+                ALL_SCOPES, subject="edge-errors")) as channel,
         ):
-            yield FailingEdge(envoy, Rest(envoy.port), channel)
+            yield FailingEdge(envoy, Rest(envoy.port, ca=edge_pki.ca_cert, token=token),
+                              channel)
     finally:
         for running in (probe, ingest):
             loop.run(running.stop(1.0))

@@ -83,9 +83,9 @@ def test_client_streaming_passes_through_envoy(edge: Edge) -> None:
     assert [(r.index, r.field) for r in reply.rejections] == [(2, "user_id")]
 
 
-def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(VENV_BIN / "grpcurl"), "-plaintext", *args],
-                          capture_output=True, text=True, timeout=30, check=False)
+def grpcurl(*args: str, plaintext: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(VENV_BIN / "grpcurl"), *(["-plaintext"] if plaintext else []),
+                           *args], capture_output=True, text=True, timeout=30, check=False)
 
 
 @pytest.mark.parametrize("name", list(SERVICES))
@@ -105,12 +105,17 @@ def test_grpcurl_calls_recommend_directly_and_through_envoy(edge: Edge) -> None:
     rest: dict[str, Any] = edge.rest.get(f"/v1/users/{USERS[5]}/recommendations?k=3").body
     direct = grpcurl("-d", data, f"{HOST}:{edge.ports['recommender']}", method)
     assert direct.returncode == 0, direct.stderr
-    # Reflection is not exposed at the edge: through Envoy, grpcurl reads the descriptor set.
-    via_envoy = grpcurl("-protoset", str(DESCRIPTOR), "-d", data, edge.envoy.target, method)
+    # Reflection is not exposed at the edge: through Envoy, grpcurl reads the descriptor set,
+    # trusts the edge's CA and sends a token.
+    tls = ["-cacert", str(edge.pki.ca_cert), "-H", f"authorization: Bearer {edge.token}"]
+    via_envoy = grpcurl(*tls, "-protoset", str(DESCRIPTOR), "-d", data, edge.envoy.target,
+                        method, plaintext=False)
     assert via_envoy.returncode == 0, via_envoy.stderr
     # grpcurl names fields as its descriptor does: reflection's (from the Python stubs, no
     # json_name) gives item_id, the descriptor set's gives itemId.
     expected = [(item["itemId"], item["score"]) for item in rest["items"]]
     assert [(i["item_id"], i["score"]) for i in json.loads(direct.stdout)["items"]] == expected
     assert [(i["itemId"], i["score"]) for i in json.loads(via_envoy.stdout)["items"]] == expected
-    assert grpcurl(edge.envoy.target, "list").returncode != 0
+    listed = grpcurl(*tls, edge.envoy.target, "list", plaintext=False)
+    assert listed.returncode != 0
+    assert "does not support the reflection API" in listed.stderr
