@@ -3,11 +3,19 @@
     python -m scripts.localstack.up                 # stack + main job, then serve (Ctrl-C stops)
     python -m scripts.localstack.up --no-job        # stack only
     python -m scripts.localstack.up --movielens ../shared/datasets/ml-100k
+    python -m scripts.localstack.up --mtls          # mutual TLS between every gRPC hop
 
 The stack: SeaweedFS S3 and the Tansu broker on it (durable), Redis, MLflow, Prometheus, the
 three gRPC services and Envoy, each a line of one Procfile run by honcho, with every log line
 in <state>/stack.log. When everything answers, <state>/endpoints.json lists where, and the
 endpoints are printed. SIGINT or SIGTERM stops honcho, which stops every process.
+
+Envoy runs as in production: TLS on its listener, a token with the route's scope on every
+call, per-client rate limits. The certificates and the token signing key come from
+<state>/pki (`scripts/localstack/pki.py`, created once, kept); <state>/security.json says
+where they are. With --mtls every service also requires a client certificate from that CA;
+the main job's clients (this process and the `recsys` commands it starts) get one through the
+RECSYS_CLI_TLS_* variables.
 """
 
 from __future__ import annotations
@@ -27,7 +35,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from scripts.localstack.components import HOST, ComponentError, free_ports, http_ok
-from scripts.localstack.envoy import Envoy
+from scripts.localstack.envoy import EdgeSecurity, Envoy
+from scripts.localstack.pki import Pki, ensure_pki
 from scripts.localstack.procfile import (
     STATE_DIR,
     LocalPorts,
@@ -38,6 +47,8 @@ from scripts.localstack.procfile import (
     service_lines,
     write_procfile,
 )
+from services.core.client import channel
+from services.core.tls import ClientTLS
 
 SERVICES = {
     "ingest": "recsys.ingest.v1.IngestService",
@@ -50,22 +61,40 @@ def _log(message: str) -> None:
     print(f"\033[1m[stack]\033[0m {message}", flush=True)
 
 
-def service_env(stack: LocalStack) -> dict[str, str]:
-    """The settings that point the services at the stack's components."""
+def service_env(stack: LocalStack, *, mtls: Pki | None = None) -> dict[str, str]:
+    """The settings that point the services at the stack's components (and, with `mtls`,
+    turn on mutual TLS with that PKI's server certificate and CA)."""
     return {
         "RECSYS_KAFKA_BOOTSTRAP": stack.kafka.bootstrap,
         "RECSYS_MLFLOW_TRACKING_URI": stack.mlflow.tracking_uri,
         "RECSYS_REDIS_URL": stack.redis.url,
         "RECSYS_TRAINER_DATA_DIR": str(stack.state_dir / "trainer"),
         "RECSYS_LOG_FORMAT": "text",
+        **(mtls.server_env() if mtls else {}),
     }
 
 
-def envoy_for(stack: LocalStack) -> Envoy:
+def envoy_for(stack: LocalStack, pki: Pki, *, mtls: bool = False) -> Envoy:
     p = stack.ports
     return Envoy(stack.state_dir / "envoy", port=p.envoy, admin_port=p.envoy_admin,
                  ingest=f"{HOST}:{p.ingest_grpc}", trainer=f"{HOST}:{p.trainer_grpc}",
-                 recommender=f"{HOST}:{p.recommender_grpc}")
+                 recommender=f"{HOST}:{p.recommender_grpc}",
+                 security=EdgeSecurity.from_pki(pki, mutual_tls=mtls))
+
+
+def security_info(pki: Pki, *, mtls: bool) -> dict[str, object]:
+    """<state>/security.json: what a client of this stack needs (paths, no secrets inline)."""
+    info: dict[str, object] = {
+        "mtls": mtls,
+        "pki_dir": str(pki.directory),
+        "ca_file": str(pki.ca_cert),
+        "token_signing_key": str(pki.signing_key),
+        "jwks": str(pki.jwks),
+    }
+    if mtls:
+        info |= {"client_cert_file": str(pki.client_cert),
+                 "client_key_file": str(pki.client_key)}
+    return info
 
 
 def endpoints(stack: LocalStack, envoy: Envoy) -> dict[str, str]:
@@ -88,10 +117,11 @@ def endpoints(stack: LocalStack, envoy: Envoy) -> dict[str, str]:
     }
 
 
-def _answers_health(target: str, service: str, *, serving: bool) -> bool:
-    with grpc.insecure_channel(target) as channel:
+def _answers_health(target: str, service: str, *, serving: bool,
+                    tls: ClientTLS | None = None) -> bool:
+    with (grpc.insecure_channel(target) if tls is None else channel(target, tls=tls)) as chan:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
+            reply = health_pb2_grpc.HealthStub(chan).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=1
             )
         except grpc.RpcError:
@@ -100,14 +130,14 @@ def _answers_health(target: str, service: str, *, serving: bool) -> bool:
 
 
 def wait_ready(stack: LocalStack, envoy: Envoy, honcho: subprocess.Popen[bytes],
-               timeout: float) -> None:
+               timeout: float, *, tls: ClientTLS | None = None) -> None:
     """Poll every component until it answers; fail early if honcho stopped."""
     p = stack.ports
     checks: dict[str, Callable[[], bool]] = {c.name: c.probe for c in stack.components}
     # The recommender is NOT_SERVING until a champion exists: answering is enough here.
     checks |= {
         name: (lambda t=f"{HOST}:{port}", s=service, need=(name != "recommender"):
-               _answers_health(t, s, serving=need))
+               _answers_health(t, s, serving=need, tls=tls))
         for (name, service), port in zip(
             SERVICES.items(), (p.ingest_grpc, p.trainer_grpc, p.recommender_grpc), strict=True)
     }
@@ -137,7 +167,7 @@ def _ports(free: bool) -> LocalPorts:
                                  free_ports(len(fields(LocalPorts))), strict=True)))
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--state-dir", type=Path, default=STATE_DIR,
                         help="where data, logs and generated config live (default .local/)")
@@ -147,13 +177,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--movielens", type=Path,
                         help="load this MovieLens directory instead of synthetic data")
     parser.add_argument("--timeout", type=float, default=180, help="readiness timeout, s")
-    args = parser.parse_args(argv)
+    parser.add_argument("--mtls", action="store_true",
+                        help="mutual TLS on every service's gRPC port (Envoy and the main "
+                             "job present client certificates)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
 
     stack = local_stack(args.state_dir, _ports(args.free_ports), free_seaweed=args.free_ports)
-    envoy = envoy_for(stack)
+    pki = ensure_pki(stack.state_dir / "pki")
+    envoy = envoy_for(stack, pki, mtls=args.mtls)
     envoy.prepare()
-    write_procfile(stack, extra={**service_lines(stack.ports, service_env(stack)),
+    env = service_env(stack, mtls=pki if args.mtls else None)
+    write_procfile(stack, extra={**service_lines(stack.ports, env),
                                  "envoy": procfile_line(envoy)})
+    security = security_info(pki, mtls=args.mtls)
+    (stack.state_dir / "security.json").write_text(json.dumps(security, indent=2))
+    client_tls = None
+    if args.mtls:
+        # The main job's clients: channel() in this process, and the `recsys` commands it
+        # starts, which inherit the environment.
+        os.environ.update(pki.client_env())
+        client_tls = ClientTLS.from_env()
     log_path = stack.state_dir / "stack.log"
     _log(f"starting the local stack (logs: {log_path})")
     with log_path.open("ab") as log_file:
@@ -168,16 +215,19 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        wait_ready(stack, envoy, honcho, args.timeout)
+        wait_ready(stack, envoy, honcho, args.timeout, tls=client_tls)
         urls = endpoints(stack, envoy)
         (stack.state_dir / "endpoints.json").write_text(json.dumps(urls, indent=2))
         if not args.no_job:
             from scripts.localstack.main_job import run_main_job
 
-            run_main_job(urls, movielens=args.movielens)
+            run_main_job(urls, movielens=args.movielens, security=security)
         _log("recsys mesh is up:")
         for name, url in urls.items():
             print(f"  {name:<17} {url}")
+        _log(f"Envoy asks for TLS and a token: TOKEN=$(.venv/bin/recsys token --scope "
+             f"recommend:read --key-file {pki.signing_key}); curl --cacert {pki.ca_cert} "
+             f"-H \"authorization: Bearer $TOKEN\" {envoy.url}/v1/model")
         _log("serving until Ctrl-C")
         while not stopping and honcho.poll() is None:
             time.sleep(0.2)
