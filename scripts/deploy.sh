@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Deploys an overlay of manifests/ to the current kubectl context and waits for every rollout.
 #
-#   scripts/deploy.sh [--dry-run] [--image NAME=REF]... [--timeout DURATION] OVERLAY
+#   scripts/deploy.sh [--dry-run] [--image NAME=REF]... [--jwks FILE] [--timeout DURATION] OVERLAY
 #
 #   OVERLAY          dev, prod, or the path of a kustomization directory
 #   --image N=REF    run REF for the image named N in the manifests (recsys-ingest,
 #                    recsys-trainer, recsys-recommender), e.g. the digest CI just pushed:
 #                    --image recsys-ingest=ghcr.io/acme/recsys-ingest@sha256:...
+#   --jwks FILE      create or replace the Secret envoy-jwks from FILE: the JWKS (public
+#                    keys) of the identity provider whose access tokens Envoy accepts
 #   --timeout D      how long each rollout may take (default 10m)
 #   --dry-run        render and list what would be applied; with a reachable cluster, also
 #                    let the API server validate it (admission included) without changing
@@ -14,10 +16,21 @@
 #
 # The rendered manifests are kept in build/deploy/<overlay>.yaml for review. Images are
 # replaced in that rendered copy, so the repository's overlays stay untouched (and only
-# kubectl is needed). prod expects the Secret recsys-secrets in the namespace first, e.g.
-#   kubectl -n recsys create secret generic recsys-secrets \
-#     --from-literal=postgres-password=... --from-literal=redis-password=... \
-#     --from-literal=grafana-admin-password=...
+# kubectl is needed).
+#
+# Secrets: the repository and the rendered manifests hold none, only references. Before
+# applying, this script makes sure that they exist in the namespace:
+#   recsys-secrets   postgres-password, redis-password, grafana-admin-password: created
+#                    once with random (URL-safe) values when missing, never printed; read
+#                    one with kubectl -n recsys get secret recsys-secrets \
+#                      -o jsonpath='{.data.grafana-admin-password}' | base64 -d
+#   envoy-jwks       jwks.json, from --jwks; when missing without it, the dev overlay takes
+#                    the local stack's JWKS (python -m scripts.localstack.pki), so that
+#                    `recsys token` mints tokens the dev Envoy accepts; any other overlay
+#                    stops and asks for --jwks
+#   TLS Secrets      issued and renewed by cert-manager (manifests/base/certificates.yaml;
+#                    prod's Ingress certificate by its ClusterIssuer): cert-manager must run
+#                    in the cluster, https://cert-manager.io/docs/installation/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,11 +41,14 @@ dry_run=false
 timeout=10m
 images=()
 overlay=""
+jwks=""
 while (($#)); do
   case "$1" in
     --dry-run) dry_run=true ;;
     --image) (($# > 1)) || die "--image needs NAME=REF"; images+=("$2"); shift ;;
     --image=*) images+=("${1#--image=}") ;;
+    --jwks) (($# > 1)) || die "--jwks needs a file"; jwks="$2"; shift ;;
+    --jwks=*) jwks="${1#--jwks=}" ;;
     --timeout) (($# > 1)) || die "--timeout needs a duration"; timeout="$2"; shift ;;
     --timeout=*) timeout="${1#--timeout=}" ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -45,6 +61,7 @@ done
 dir="$overlay"
 [[ -d "$dir" ]] || dir="manifests/overlays/$overlay"
 [[ -f "$dir/kustomization.yaml" ]] || die "no kustomization.yaml in $dir"
+[[ -z "$jwks" || -s "$jwks" ]] || die "--jwks $jwks: no such file, or empty"
 
 out="build/deploy/$(basename "$dir").yaml"
 mkdir -p "$(dirname "$out")"
@@ -86,10 +103,40 @@ fi
 
 $reachable || die "no cluster reachable with the current kubectl context"
 log "context $(kubectl config current-context)"
-# A Secret the manifests use but do not carry (prod) must be in the cluster already.
-if grep -Eq '(secretName|name): recsys-secrets$' "$out" &&
-  ! kubectl -n "$namespace" get secret recsys-secrets >/dev/null 2>&1; then
-  die "create the Secret recsys-secrets in namespace $namespace first (see --help)"
+kubectl get crd certificates.cert-manager.io >/dev/null 2>&1 ||
+  die "cert-manager is not installed in this cluster (see --help)"
+
+# The namespace first (the only object with a Pod Security label), then its Secrets.
+kubectl apply -f "$out" --selector pod-security.kubernetes.io/enforce
+secret_exists() { kubectl -n "$namespace" get secret "$1" >/dev/null 2>&1; }
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+
+if ! secret_exists recsys-secrets; then
+  keys=(postgres-password redis-password grafana-admin-password)
+  args=()
+  for key in "${keys[@]}"; do
+    # 24 random bytes as hex: URL-safe, as the connection URLs need.
+    (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$scratch/$key")
+    args+=("--from-file=$scratch/$key")
+  done
+  kubectl -n "$namespace" create secret generic recsys-secrets "${args[@]}" >/dev/null
+  log "created Secret recsys-secrets (random ${keys[*]})"
+fi
+
+if [[ -z "$jwks" ]] && ! secret_exists envoy-jwks; then
+  [[ "$(basename "$dir")" == dev ]] ||
+    die "no Secret envoy-jwks in namespace $namespace: pass --jwks FILE (see --help)"
+  python=python3
+  [[ -x .venv/bin/python ]] && python=.venv/bin/python
+  "$python" -m scripts.localstack.pki >/dev/null
+  jwks=.local/pki/jwks.json
+  log "dev: Envoy accepts the tokens of the local stack's key (recsys token)"
+fi
+if [[ -n "$jwks" ]]; then
+  kubectl -n "$namespace" create secret generic envoy-jwks --from-file="jwks.json=$jwks" \
+    --dry-run=client -o yaml | kubectl apply -f -
+  log "Secret envoy-jwks from $jwks"
 fi
 
 log "applying"

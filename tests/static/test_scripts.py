@@ -1,8 +1,11 @@
-"""The shell scripts the pipeline runs: shellcheck, and scripts/deploy.sh --dry-run renders
-an overlay with the given images without touching a cluster."""
+"""The shell scripts the pipeline runs: shellcheck, and scripts/deploy.sh: --dry-run renders
+an overlay with the given images without touching a cluster; against a (fake) cluster it
+creates the Secrets that are missing, with random values it never shows, before applying."""
 
 from __future__ import annotations
 
+import base64
+import re
 from pathlib import Path
 
 from tests.static.conftest import REPO, check, find_tool, run, tool_env
@@ -44,3 +47,89 @@ def test_deploy_refuses_an_image_the_manifests_do_not_use(tmp_path: Path) -> Non
                   "recsys-gateway=ghcr.io/acme/recsys-gateway:1", "dev"], env=no_cluster(tmp_path))
     assert result.returncode == 2
     assert "no image named recsys-gateway" in result.stderr
+
+
+# A kubectl that renders with the real one and otherwise only records what it is asked: a
+# cluster with cert-manager (unless NO_CERT_MANAGER is set) and no Secret yet. For the Secrets
+# deploy.sh creates it also records each key and the mode of its file.
+FAKE_KUBECTL = """#!/bin/bash
+printf '%s\\n' "$*" >>"$KUBECTL_LOG"
+case "$1" in
+  kustomize) exec "$REAL_KUBECTL" "$@" ;;
+  version) exit 0 ;;
+  config) echo fake-context; exit 0 ;;
+esac
+case "$*" in
+  "get crd certificates.cert-manager.io") [[ -z "${NO_CERT_MANAGER:-}" ]]; exit ;;
+  "apply -f -") cat >/dev/null ;;
+  "get -f "*" -o name") printf '%s\\n' deployment.apps/ingest statefulset.apps/trainer ;;
+  *" get secret "*) exit 1 ;;
+  *" create secret "*)
+    for arg in "$@"; do
+      if [[ "$arg" == --from-file=* ]]; then
+        file="${arg#--from-file=}"; key="${file%%=*}"; [[ "$file" == *=* ]] && file="${file#*=}"
+        printf '%s %s %s\\n' "$(basename "$key")" "$(stat -c %a "$file")" \\
+          "$(base64 -w0 "$file")" >>"$KUBECTL_SECRETS"
+      fi
+    done
+    [[ "$*" == *--dry-run=client* ]] && echo "kind: Secret" ;;
+esac
+exit 0
+"""
+
+
+def fake_cluster(tmp_path: Path, **extra: str) -> dict[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "kubectl").write_text(FAKE_KUBECTL)
+    (bin_dir / "kubectl").chmod(0o755)
+    env = tool_env(REAL_KUBECTL=find_tool("kubectl", "kubectl renders the overlays"),
+                   KUBECTL_LOG=str(tmp_path / "kubectl.log"),
+                   KUBECTL_SECRETS=str(tmp_path / "secrets.log"), **extra)
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    return env
+
+
+def test_deploy_creates_the_missing_secrets_before_applying(tmp_path: Path) -> None:
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys": []}')
+    result = run(["bash", "scripts/deploy.sh", "--jwks", str(jwks), "dev"],
+                 env=fake_cluster(tmp_path))
+    assert result.returncode == 0, result.stderr
+    calls = (tmp_path / "kubectl.log").read_text().splitlines()
+    namespace = calls.index(
+        "apply -f build/deploy/dev.yaml --selector pod-security.kubernetes.io/enforce")
+    passwords = next(i for i, c in enumerate(calls) if "create secret generic recsys-secrets" in c)
+    applied = calls.index("apply -f build/deploy/dev.yaml")
+    assert namespace < passwords < applied
+    assert calls[passwords].startswith("-n recsys create secret generic recsys-secrets")
+    secrets = {}
+    for line in (tmp_path / "secrets.log").read_text().splitlines():
+        key, mode, value = line.split()
+        secrets[key] = (mode, base64.b64decode(value).decode())
+    keys = {"postgres-password", "redis-password", "grafana-admin-password"}
+    assert keys | {"jwks.json"} == secrets.keys()
+    rendered = (REPO / "build" / "deploy" / "dev.yaml").read_text()
+    for key in keys:
+        mode, password = secrets[key]
+        assert mode == "600", key  # written owner-only, removed afterwards
+        assert re.fullmatch(r"[0-9a-f]{48}", password), key  # random, URL-safe
+        assert password not in rendered + result.stderr + result.stdout
+    assert len({secrets[key][1] for key in keys}) == 3
+    assert "-n recsys rollout status statefulset.apps/trainer --timeout=10m" in calls
+    assert secrets["jwks.json"][1] == '{"keys": []}'
+
+
+def test_deploy_outside_dev_wants_the_identity_providers_jwks(tmp_path: Path) -> None:
+    result = run(["bash", "scripts/deploy.sh", "prod"], env=fake_cluster(tmp_path))
+    assert result.returncode == 2
+    assert "no Secret envoy-jwks in namespace recsys: pass --jwks FILE" in result.stderr
+    assert "apply -f build/deploy/prod.yaml\n" not in (tmp_path / "kubectl.log").read_text()
+
+
+def test_deploy_needs_cert_manager(tmp_path: Path) -> None:
+    result = run(["bash", "scripts/deploy.sh", "prod"],
+                 env=fake_cluster(tmp_path, NO_CERT_MANAGER="1"))
+    assert result.returncode == 2
+    assert "cert-manager is not installed" in result.stderr
+    assert "create secret" not in (tmp_path / "kubectl.log").read_text()
