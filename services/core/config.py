@@ -1,12 +1,19 @@
-"""Settings every server shares: where it listens, transport security, logging, shutdown grace."""
+"""Settings every server shares (where it listens, transport security, logging, shutdown grace),
+and the groups several services mix in: Kafka (with its client security) and MLflow."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from services.core import tls
+from services.core import kafka, tls
 from services.core.settings import env, port, positive
+
+
+def secret(field: Any) -> Any:
+    """A settings field left out of the dataclass' repr, so logging settings never shows it."""
+    field.repr = False
+    return field
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +47,12 @@ class ServerSettings:
         "Plaintext port serving only grpc.health.v1, for probes that cannot do (mutual) TLS, "
         "such as Kubernetes' gRPC probes; 0: none.", check=port, rule="0 to 65535")
 
+    def validate(self) -> None:
+        """Cross-field checks that `settings.load` cannot do field by field; SettingsError."""
+        self.server_tls()
+        if isinstance(self, KafkaSettings):
+            self.kafka_security()
+
     def server_tls(self) -> tls.ServerTLS | None:
         """The gRPC port's TLS (None: plaintext); raises SettingsError when misconfigured."""
         return tls.server_tls(cert_file=self.tls_cert_file, key_file=self.tls_key_file,
@@ -55,6 +68,35 @@ class KafkaSettings:
     kafka_topic: str = env("RECSYS_KAFKA_TOPIC", "interactions",
                            "Topic of Interaction events (ingest writes it; the trainer and the "
                            "recommender's history read it).")
+    # How the clients authenticate and protect the connection (SASL, TLS): see services.core.kafka.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = env(
+        "RECSYS_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT",
+        "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL: how Kafka clients reach the brokers.")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = env(
+        "RECSYS_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512",
+        "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, with a SASL_ protocol.")
+    kafka_sasl_username: str = env("RECSYS_KAFKA_SASL_USERNAME", "",
+                                   "SASL user name, with a SASL_ protocol.")
+    kafka_sasl_password: str = secret(env(
+        "RECSYS_KAFKA_SASL_PASSWORD", "",
+        "SASL password, with a SASL_ protocol (from a Secret; never printed)."))
+    kafka_ssl_ca_file: str = env(
+        "RECSYS_KAFKA_SSL_CA_FILE", "",
+        "PEM CA bundle for the brokers' certificates, with SSL or SASL_SSL; empty: the "
+        "system's.")
+    kafka_ssl_cert_file: str = env(
+        "RECSYS_KAFKA_SSL_CERT_FILE", "",
+        "PEM client certificate for brokers that authenticate clients by certificate (SSL).")
+    kafka_ssl_key_file: str = env("RECSYS_KAFKA_SSL_KEY_FILE", "",
+                                  "PEM private key of RECSYS_KAFKA_SSL_CERT_FILE.")
+
+    def kafka_security(self) -> kafka.KafkaSecurity:
+        """Security options for every Kafka client (`kafka.producer_config(security=...)`)."""
+        return kafka.KafkaSecurity(
+            protocol=self.kafka_security_protocol, sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username, sasl_password=self.kafka_sasl_password,
+            ssl_ca_file=self.kafka_ssl_ca_file, ssl_cert_file=self.kafka_ssl_cert_file,
+            ssl_key_file=self.kafka_ssl_key_file)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,18 +3,82 @@
 The values come from DESIGN.md's known traps: the local broker (Tansu) holds a group join
 for session_timeout/2, so sessions are short; ListOffsets(latest) is wrong there, so nothing
 here resets to "latest".
+
+Security: `KafkaSecurity` (from the RECSYS_KAFKA_SECURITY_PROTOCOL, _SASL_* and _SSL_*
+settings every service has) adds TLS and SASL to a client's configuration. The local broker
+speaks plaintext on loopback; a production Kafka is expected to ask for SASL_SSL (SCRAM, the
+password from a Secret) or SSL with client certificates.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from services.core.settings import SettingsError
 
 CLIENT_ID_PREFIX = "recsys"
 
+Protocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+Mechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
-def producer_config(bootstrap: str, *, client_id: str) -> dict[str, Any]:
+
+@dataclass(frozen=True, kw_only=True)
+class KafkaSecurity:
+    """How a client authenticates to the brokers and protects the connection."""
+
+    protocol: Protocol = "PLAINTEXT"
+    sasl_mechanism: Mechanism = "SCRAM-SHA-512"
+    sasl_username: str = ""
+    sasl_password: str = ""
+    ssl_ca_file: str = ""  # empty: the system's CAs
+    ssl_cert_file: str = ""  # with ssl_key_file: a client certificate (SSL authentication)
+    ssl_key_file: str = ""
+
+    def __post_init__(self) -> None:
+        sasl = self.protocol.startswith("SASL_")
+        if sasl and not (self.sasl_username and self.sasl_password):
+            raise SettingsError(f"RECSYS_KAFKA_SECURITY_PROTOCOL={self.protocol} needs "
+                                "RECSYS_KAFKA_SASL_USERNAME and RECSYS_KAFKA_SASL_PASSWORD")
+        if self.protocol == "SASL_PLAINTEXT" and self.sasl_mechanism == "PLAIN":
+            raise SettingsError("SASL PLAIN over SASL_PLAINTEXT sends the password in clear: "
+                                "use SASL_SSL or a SCRAM mechanism")
+        if bool(self.ssl_cert_file) != bool(self.ssl_key_file):
+            raise SettingsError("RECSYS_KAFKA_SSL_CERT_FILE and RECSYS_KAFKA_SSL_KEY_FILE go "
+                                "together")
+        if not self.protocol.endswith("SSL") and (self.ssl_ca_file or self.ssl_cert_file):
+            raise SettingsError(f"RECSYS_KAFKA_SSL_* files need RECSYS_KAFKA_SECURITY_PROTOCOL "
+                                f"SSL or SASL_SSL, not {self.protocol}")
+
+    def __repr__(self) -> str:  # never print the password
+        return (f"KafkaSecurity(protocol={self.protocol!r}, "
+                f"sasl_mechanism={self.sasl_mechanism!r}, sasl_username={self.sasl_username!r})")
+
+    def client_options(self) -> dict[str, Any]:
+        """The kafka-python arguments (KafkaProducer, KafkaConsumer, KafkaAdminClient)."""
+        options: dict[str, Any] = {"security_protocol": self.protocol}
+        if self.protocol.endswith("SSL"):
+            options["ssl_check_hostname"] = True
+            for option, path in (("ssl_cafile", self.ssl_ca_file),
+                                 ("ssl_certfile", self.ssl_cert_file),
+                                 ("ssl_keyfile", self.ssl_key_file)):
+                if path:
+                    options[option] = path
+        if self.protocol.startswith("SASL_"):
+            options |= {"sasl_mechanism": self.sasl_mechanism,
+                        "sasl_plain_username": self.sasl_username,
+                        "sasl_plain_password": self.sasl_password}
+        return options
+
+
+PLAINTEXT = KafkaSecurity()
+
+
+def producer_config(bootstrap: str, *, client_id: str,
+                    security: KafkaSecurity = PLAINTEXT) -> dict[str, Any]:
     """An idempotent, acks=all producer: an acknowledged event is never lost or duplicated."""
     return {
+        **security.client_options(),
         "bootstrap_servers": bootstrap,
         "client_id": f"{CLIENT_ID_PREFIX}-{client_id}",
         "acks": "all",
@@ -30,9 +94,11 @@ def producer_config(bootstrap: str, *, client_id: str) -> dict[str, Any]:
     }
 
 
-def consumer_config(bootstrap: str, *, group_id: str, client_id: str) -> dict[str, Any]:
+def consumer_config(bootstrap: str, *, group_id: str, client_id: str,
+                    security: KafkaSecurity = PLAINTEXT) -> dict[str, Any]:
     """A group consumer that commits offsets itself, only after its work is durable."""
     return {
+        **security.client_options(),
         "bootstrap_servers": bootstrap,
         "group_id": group_id,
         "client_id": f"{CLIENT_ID_PREFIX}-{client_id}",

@@ -26,7 +26,7 @@ def run(
     """
     try:
         settings = load(settings_cls, prefix=prefix)
-        settings.server_tls()  # certificate files are checked before anything starts
+        settings.validate()  # e.g. certificate files, before anything starts
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

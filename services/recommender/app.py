@@ -51,7 +51,7 @@ class RecommenderApp:
         self._local: LocalAnswers[Recommendation] = LocalAnswers(
             settings.local_cache_size, settings.cache_ttl_s)
         self._cache = RedisCache(
-            connect(settings.redis_url, timeout_s=settings.redis_timeout_s,
+            connect(settings.redis_connection_url, timeout_s=settings.redis_timeout_s,
                     connect_timeout_s=settings.redis_timeout_s),
             ttl_s=settings.cache_ttl_s, history_size=settings.history_size,
             breaker=CircuitBreaker(settings.redis_cooldown_s), metrics=self._metrics,
@@ -66,7 +66,7 @@ class RecommenderApp:
         if settings.history_consumer:
             self._history = HistoryConsumer(
                 bootstrap=settings.kafka_bootstrap, topic=settings.kafka_topic,
-                writer=HistoryWriter.connect(settings.redis_url,
+                writer=HistoryWriter.connect(settings.redis_connection_url,
                                              history_size=settings.history_size,
                                              ttl_s=settings.history_ttl_s),
                 metrics=self._metrics,
@@ -88,7 +88,7 @@ class RecommenderApp:
         self._health = health
         if self._settings.local_cache_size:
             self._invalidations = self._loop.create_task(follow_invalidations(
-                self._settings.redis_url, self._local,
+                self._settings.redis_connection_url, self._local,
                 retry_s=self._settings.redis_cooldown_s, metrics=self._metrics))
         self._store.start()
         if self._history is not None:

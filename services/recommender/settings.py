@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
-from services.core.config import KafkaSettings, MlflowSettings, ServerSettings
-from services.core.settings import env, positive
+from services.core.config import KafkaSettings, MlflowSettings, ServerSettings, secret
+from services.core.settings import SettingsError, env, positive
 
 
 def _at_least_one(value: int) -> bool:
@@ -16,10 +17,22 @@ def _non_negative(value: float) -> bool:
     return value >= 0
 
 
+def _redis_url(value: str) -> bool:
+    return value.startswith(("redis://", "rediss://", "unix://"))
+
+
 @dataclass(frozen=True, kw_only=True)
 class RecommenderSettings(ServerSettings, KafkaSettings, MlflowSettings):
-    redis_url: str = env("RECSYS_REDIS_URL", "redis://127.0.0.1:6379/0",
-                         "Redis for the answer cache and each user's recent interactions.")
+    redis_url: str = secret(env(
+        "RECSYS_REDIS_URL", "redis://127.0.0.1:6379/0",
+        "Redis for the answer cache and each user's recent interactions: "
+        "redis://[:PASSWORD@]HOST:PORT/DB, or rediss:// for TLS. The password (URL-encoded) "
+        "comes from a Secret; the URL is never printed.",
+        check=_redis_url, rule="a redis://, rediss:// or unix:// URL"))
+    redis_tls_ca_file: str = env(
+        "RECSYS_REDIS_TLS_CA_FILE", "",
+        "PEM CA bundle that signed Redis' certificate, with a rediss:// URL; empty: the "
+        "system's CAs.")
 
     poll_interval_s: float = env(
         "RECSYS_RECOMMENDER_POLL_INTERVAL_S", 2.0,
@@ -76,3 +89,17 @@ class RecommenderSettings(ServerSettings, KafkaSettings, MlflowSettings):
         "Catalogues with at least this many items are scored on a worker thread; smaller ones "
         "on the event loop, where scoring costs less than the thread hop.",
         check=_non_negative, rule=">= 0")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.redis_tls_ca_file and not self.redis_url.startswith("rediss://"):
+            raise SettingsError("RECSYS_REDIS_TLS_CA_FILE needs a rediss:// RECSYS_REDIS_URL")
+
+    @property
+    def redis_connection_url(self) -> str:
+        """What Redis clients connect with: RECSYS_REDIS_URL, plus the TLS CA as redis-py's
+        ssl_ca_certs parameter (every Redis client here is configured by URL)."""
+        if not self.redis_tls_ca_file:
+            return self.redis_url
+        separator = "&" if "?" in self.redis_url else "?"
+        return f"{self.redis_url}{separator}{urlencode({'ssl_ca_certs': self.redis_tls_ca_file})}"

@@ -1,0 +1,81 @@
+"""Kafka client security settings: what they add to every client's configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+
+from services.core.config import KafkaSettings, ServerSettings
+from services.core.kafka import PLAINTEXT, consumer_config, producer_config
+from services.core.settings import SettingsError, load
+
+@dataclass(frozen=True, kw_only=True)
+class Settings(ServerSettings, KafkaSettings):
+    """A service that is a Kafka client, as each of the three is."""
+
+
+SASL_SSL = {
+    "RECSYS_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+    "RECSYS_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+    "RECSYS_KAFKA_SASL_USERNAME": "recsys-ingest",
+    "RECSYS_KAFKA_SASL_PASSWORD": "from-a-secret",
+    "RECSYS_KAFKA_SSL_CA_FILE": "/etc/kafka-ca/ca.crt",
+}
+
+
+def test_plaintext_by_default() -> None:
+    security = Settings().kafka_security()
+    assert security == PLAINTEXT
+    assert producer_config("b:9092", client_id="x")["security_protocol"] == "PLAINTEXT"
+
+
+def test_sasl_ssl_reaches_producers_and_consumers() -> None:
+    security = load(Settings, SASL_SSL).kafka_security()
+    expected = {"security_protocol": "SASL_SSL", "ssl_check_hostname": True,
+                "ssl_cafile": "/etc/kafka-ca/ca.crt", "sasl_mechanism": "SCRAM-SHA-256",
+                "sasl_plain_username": "recsys-ingest", "sasl_plain_password": "from-a-secret"}
+    producer = producer_config("b:9092", client_id="x", security=security)
+    consumer = consumer_config("b:9092", group_id="g", client_id="x", security=security)
+    for config in (producer, consumer):
+        assert expected.items() <= config.items()
+    # Every option is one kafka-python knows, for each kind of client.
+    for client, config in ((KafkaProducer, producer), (KafkaConsumer, consumer),
+                           (KafkaAdminClient, security.client_options())):
+        assert set(config) <= set(client.DEFAULT_CONFIG), client
+
+
+def test_client_certificates() -> None:
+    security = load(Settings, {
+        "RECSYS_KAFKA_SECURITY_PROTOCOL": "SSL", "RECSYS_KAFKA_SSL_CERT_FILE": "/c.crt",
+        "RECSYS_KAFKA_SSL_KEY_FILE": "/c.key"}).kafka_security()
+    assert security.client_options() == {
+        "security_protocol": "SSL", "ssl_check_hostname": True, "ssl_certfile": "/c.crt",
+        "ssl_keyfile": "/c.key"}
+
+
+def test_the_password_is_never_printed() -> None:
+    settings = load(Settings, SASL_SSL)
+    assert "from-a-secret" not in repr(settings)
+    assert "from-a-secret" not in repr(settings.kafka_security())
+
+
+@pytest.mark.parametrize(("environ", "message"), [
+    ({"RECSYS_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "needs RECSYS_KAFKA_SASL_USERNAME"),
+    ({**SASL_SSL, "RECSYS_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+      "RECSYS_KAFKA_SASL_MECHANISM": "PLAIN", "RECSYS_KAFKA_SSL_CA_FILE": ""},
+     "sends the password in clear"),
+    ({"RECSYS_KAFKA_SECURITY_PROTOCOL": "SSL", "RECSYS_KAFKA_SSL_CERT_FILE": "/c.crt"},
+     "RECSYS_KAFKA_SSL_CERT_FILE and RECSYS_KAFKA_SSL_KEY_FILE go together"),
+    ({"RECSYS_KAFKA_SSL_CA_FILE": "/ca.crt"}, "need RECSYS_KAFKA_SECURITY_PROTOCOL SSL"),
+])
+def test_inconsistent_settings_fail_with_a_reason(environ: dict[str, str], message: str) -> None:
+    settings = load(Settings, environ)
+    with pytest.raises(SettingsError, match=message):
+        settings.validate()
+
+
+def test_unknown_protocol_is_refused_at_load() -> None:
+    with pytest.raises(SettingsError, match="expected one of PLAINTEXT, SSL"):
+        load(Settings, {"RECSYS_KAFKA_SECURITY_PROTOCOL": "TLS"})
