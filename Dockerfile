@@ -109,9 +109,10 @@ COPY --from=build /app /app
 WORKDIR /app
 USER 10001:10001
 # For Docker and Compose (Kubernetes uses its own gRPC probes): healthy once every service of
-# the server reports SERVING on the standard gRPC health service.
+# the server reports SERVING on the standard gRPC health service, asked in plaintext on the
+# health-only port when there is one (the gRPC port then speaks TLS).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-  CMD ["python", "-c", "import os, sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; c = grpc.insecure_channel('127.0.0.1:' + os.environ['RECSYS_GRPC_PORT']); s = g.HealthStub(c).Check(h.HealthCheckRequest(service=''), timeout=4).status; sys.exit(s != h.HealthCheckResponse.SERVING)"]
+  CMD ["python", "-c", "import os, sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; port = os.environ.get('RECSYS_HEALTH_PORT') or os.environ['RECSYS_GRPC_PORT']; c = grpc.insecure_channel('127.0.0.1:' + port); s = g.HealthStub(c).Check(h.HealthCheckRequest(service=''), timeout=4).status; sys.exit(s != h.HealthCheckResponse.SERVING)"]
 
 # Each service's own ports (the ones the local stack and the manifests use) and entry point.
 FROM runtime AS service-ingest

@@ -244,3 +244,10 @@ def test_image_ports_match_the_manifests_and_compose(service: str) -> None:
     assert compose["build"]["args"] == {"SERVICE": service}
     assert (compose["environment"]["RECSYS_GRPC_PORT"],
             compose["environment"]["RECSYS_METRICS_PORT"]) == ports
+
+
+def test_docker_healthcheck_asks_the_plaintext_health_port_when_there_is_one() -> None:
+    # With TLS settings the gRPC port refuses a plaintext health check.
+    healthcheck = dict(stages()["runtime"])["HEALTHCHECK"]
+    assert "os.environ.get('RECSYS_HEALTH_PORT') or os.environ['RECSYS_GRPC_PORT']" in healthcheck
+    assert "grpc.insecure_channel('127.0.0.1:' + port)" in healthcheck
