@@ -20,7 +20,7 @@ from services.recommender.settings import RecommenderSettings
 
 pytestmark = pytest.mark.integration
 
-PASSWORD = "s3cret-for-tests"  # pragma: allowlist secret
+PASSWORD = "s3cret-for-tests"  # pragma: allowlist secret - a throwaway server's password
 
 
 class TlsRedis(RedisServer):
