@@ -12,8 +12,9 @@ How to keep it green:
       .venv/bin/detect-secrets scan --baseline .secrets.baseline   # adds the new finding
       .venv/bin/detect-secrets audit .secrets.baseline             # mark it: not a secret
 
-The baseline also carries the scan's settings: the plugins, and the lines it skips — a
-Kubernetes `secretName: <name>` names a Secret, it does not hold one.
+The baseline also carries the scan's settings: the plugins, the lines it skips — a Kubernetes
+`secretName: <name>` names a Secret, it does not hold one — and the files: the baseline and
+this module, which hold detect-secrets' hashes of the waived values by design.
 """
 
 from __future__ import annotations

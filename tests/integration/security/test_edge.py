@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import ssl
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -355,3 +357,22 @@ def test_grpcurl_with_the_ca_and_a_token_through_the_tls_listener(secure: Secure
     anonymous = _grpcurl(secure)
     assert anonymous.returncode != 0
     assert "Unauthenticated" in anonymous.stderr
+
+
+def test_the_cli_through_the_edge_with_the_ca_and_a_token(secure: SecureEdge) -> None:
+    """What the README shows: RECSYS_CLI_TLS_CA_FILE and RECSYS_CLI_TOKEN, target Envoy."""
+
+    def recsys(token: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "RECSYS_CLI_TLS_CA_FILE": str(secure.pki.ca_cert),
+               "RECSYS_CLI_TOKEN": token}
+        return subprocess.run(
+            [sys.executable, "-m", "services.cli", "recommend", "u1", "--json", "--target",
+             secure.envoy.target], capture_output=True, text=True, timeout=60, check=False,
+            env=env)
+
+    served = recsys(secure.token("recommend:read"))
+    assert served.returncode == 0, served.stderr
+    assert json.loads(served.stdout)["modelVersion"] == "probe"
+    forbidden = recsys(secure.token("admin"))
+    assert forbidden.returncode == 1
+    assert "PERMISSION_DENIED: RBAC: access denied" in forbidden.stderr
