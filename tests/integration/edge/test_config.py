@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import envoy
 import pytest
@@ -12,9 +13,13 @@ import yaml
 
 from scripts.localstack.components import HOST, free_ports
 from scripts.localstack.envoy import (
+    DEFAULT_POLICIES,
     DESCRIPTOR,
     ROOT,
+    EdgeSecurity,
     Envoy,
+    RateLimit,
+    RoutePolicy,
     localized_k8s_render,
     main,
     render_envoy_config,
@@ -123,3 +128,37 @@ def test_stats_listener_exposes_only_stats_and_readiness(tmp_path: Path) -> None
         assert _get(stats_port, "/ready")[0] == 200
         for path in ("/clusters", "/config_dump", "/quitquitquit", "/stats"):
             assert _get(stats_port, path)[0] == 404, path
+
+
+def _routes(security: EdgeSecurity) -> dict[str, dict[str, Any]]:
+    config = yaml.safe_load(render_envoy_config(
+        listen_port=1, admin_port=2, ingest=f"{HOST}:3", trainer=f"{HOST}:4",
+        recommender=f"{HOST}:5", descriptor_path=DESCRIPTOR, security=security))
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    routes = manager["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    return {route["match"].get("path") or route["match"]["prefix"]: route
+            for route in routes if "route" in route}
+
+
+def test_a_method_can_override_its_service_policy(tmp_path: Path) -> None:
+    method = "/recsys.trainer.v1.TrainerService/StartTrainingJob"
+    pki = ensure_pki(tmp_path)
+    policies = {**DEFAULT_POLICIES, method: RoutePolicy(
+        scope="admin", rate_limit=RateLimit(1, interval_s=60), timeout="30s")}
+    routes = _routes(EdgeSecurity.from_pki(pki, policies=policies))
+    override, service = routes[method], routes["/recsys.trainer.v1.TrainerService/"]
+    assert override["route"]["timeout"] == "30s"
+    assert override["route"]["max_stream_duration"] == {"grpc_timeout_header_max": "30s"}
+    limit = override["typed_per_filter_config"]["envoy.filters.http.local_ratelimit"]
+    assert limit["token_bucket"] == {"max_tokens": 1, "tokens_per_fill": 1,
+                                     "fill_interval": "60s"}
+    assert service["route"]["timeout"] == "10s"
+    # The override comes first, so it wins over the service's prefix.
+    assert list(routes).index(method) < list(routes).index("/recsys.trainer.v1.TrainerService/")
+
+
+def test_every_service_needs_a_policy(tmp_path: Path) -> None:
+    pki = ensure_pki(tmp_path)
+    policies = {k: v for k, v in DEFAULT_POLICIES.items() if k != "trainer"}
+    with pytest.raises(ValueError, match="no route policy for trainer"):
+        EdgeSecurity.from_pki(pki, policies=policies)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -20,7 +21,8 @@ def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _settings(pki_dir: Path, **names: str) -> ServerSettings:
-    paths = {field: str(pki_dir / name) if name else "" for field, name in names.items()}
+    paths: dict[str, Any] = {field: str(pki_dir / name) if name else ""
+                             for field, name in names.items()}
     return ServerSettings(**paths)
 
 
@@ -61,7 +63,7 @@ def test_a_server_with_bad_tls_settings_exits_2_before_starting(
 ) -> None:
     monkeypatch.setenv("RECSYS_TLS_CERT_FILE", str(pki_dir / "server.crt"))
 
-    def never(*_: object) -> None:
+    def never(*_: object) -> Any:
         raise AssertionError("the app must not be built")
 
     with pytest.raises(SystemExit) as exited:
