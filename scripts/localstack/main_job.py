@@ -15,9 +15,11 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
 from scripts.localstack.components import VENV_BIN
+from services.cli.token import mint_token
 from services.core.client import channel
 
 # The embedded default: big enough for a real model, small enough to train in seconds.
@@ -31,9 +33,10 @@ def _step(title: str) -> None:
     print(f"\n\033[1m== {title}\033[0m", flush=True)
 
 
-def _run(argv: list[str]) -> str:
-    """Run a command in front of the user, echoing it; fail the job if it fails."""
-    print(f"$ {shlex.join(argv)}", flush=True)
+def _run(argv: list[str], *, shown: list[str] | None = None) -> str:
+    """Run a command in front of the user, echoing it (as `shown`, when the real command holds
+    a secret); fail the job if it fails."""
+    print(f"$ {shlex.join(shown or argv)}", flush=True)
     result = subprocess.run(argv, check=True, stdout=subprocess.PIPE, text=True)
     print(result.stdout, end="", flush=True)
     return result.stdout
@@ -76,7 +79,8 @@ def show_with_python_stub(target: str, user_id: str) -> None:
     print(f"model {reply.model_version}, {strategy}: {items}")
 
 
-def run_main_job(endpoints: Mapping[str, str], *, movielens: Path | None = None) -> None:
+def run_main_job(endpoints: Mapping[str, str], *, movielens: Path | None = None,
+                 security: Mapping[str, Any]) -> None:
     ingest, trainer = endpoints["ingest_grpc"], endpoints["trainer_grpc"]
     recommender, rest = endpoints["recommender_grpc"], endpoints["rest_base_url"]
     if movielens is None:
@@ -99,7 +103,15 @@ def run_main_job(endpoints: Mapping[str, str], *, movielens: Path | None = None)
     for user in users:
         show_with_python_stub(recommender, user)
     request = json.dumps({"user_id": users[0], "k": 5})
-    _run([str(VENV_BIN / "grpcurl"), "-plaintext", "-d", request, recommender,
+    tls = (["-cacert", security["ca_file"], "-cert", security["client_cert_file"],
+            "-key", security["client_key_file"]] if security["mtls"] else ["-plaintext"])
+    _run([str(VENV_BIN / "grpcurl"), *tls, "-d", request, recommender,
           f"{RECOMMENDER}/Recommend"])
-    _run(["curl", "-sS", "--fail-with-body", f"{rest}/v1/users/{users[0]}/recommendations?k=5"])
+    token = mint_token(["recommend:read"], key_file=security["token_signing_key"],
+                       subject="main-job", ttl_s=300)
+    print("$ TOKEN=$(recsys token --scope recommend:read)   # a JWT the edge accepts")
+    curl = ["curl", "-sS", "--fail-with-body", "--cacert", security["ca_file"], "-H"]
+    url = f"{rest}/v1/users/{users[0]}/recommendations?k=5"
+    _run([*curl, f"authorization: Bearer {token}", url],
+         shown=[*curl, "authorization: Bearer $TOKEN", url])
     print()

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
@@ -27,6 +28,8 @@ import pytest
 from recsys.ingest.v1 import ingest_pb2_grpc
 from recsys.recommender.v1 import recommender_pb2_grpc
 from recsys.trainer.v1 import trainer_pb2_grpc
+from services.cli.token import mint_token
+from services.core.tls import ClientTLS
 from tests.conftest import REPO
 from tests.integration.edge.conftest import Rest
 
@@ -37,6 +40,8 @@ START_TIMEOUT_S = 600.0
 @dataclass(frozen=True)
 class Stack:
     endpoints: dict[str, str]
+    #: <state>/security.json: the CA, the token signing key (and client certificate with mTLS).
+    security: dict[str, Any]
     log: Path
 
     def output(self) -> str:
@@ -98,7 +103,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_serving(process, log)
-        running = Stack(json.loads((state / "endpoints.json").read_text()), log)
+        running = Stack(json.loads((state / "endpoints.json").read_text()),
+                        json.loads((state / "security.json").read_text()), log)
         yield running
     finally:
         _stop(process)
@@ -108,12 +114,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="session")
-def rest(stack: Stack) -> Rest:
-    return Rest(stack.port("rest_base_url"))
+def token(stack: Stack) -> str:
+    """A caller allowed everything: ingest, recommend and admin routes."""
+    return mint_token(["ingest:write", "recommend:read", "admin"],
+                      key_file=stack.security["token_signing_key"], subject="e2e")
 
 
-def _stubs(targets: dict[str, str]) -> Iterator[Stubs]:
-    channels = {name: grpc.insecure_channel(target) for name, target in targets.items()}
+@pytest.fixture(scope="session")
+def rest(stack: Stack, token: str) -> Rest:
+    return Rest(stack.port("rest_base_url"), ca=Path(stack.security["ca_file"]), token=token)
+
+
+def _stubs(targets: dict[str, str],
+           credentials: grpc.ChannelCredentials | None = None) -> Iterator[Stubs]:
+    channels = {name: grpc.insecure_channel(target) if credentials is None
+                else grpc.secure_channel(target, credentials)
+                for name, target in targets.items()}
     try:
         yield Stubs(ingest_pb2_grpc.IngestServiceStub(channels["ingest"]),
                     trainer_pb2_grpc.TrainerServiceStub(channels["trainer"]),
@@ -131,7 +147,8 @@ def direct(stack: Stack) -> Iterator[Stubs]:
 
 
 @pytest.fixture(scope="session")
-def edge(stack: Stack) -> Iterator[Stubs]:
-    """Stubs through Envoy's listener, the same address REST uses."""
+def edge(stack: Stack, token: str) -> Iterator[Stubs]:
+    """Stubs through Envoy's TLS listener, the same address REST uses, with the token."""
+    tls = ClientTLS(ca_file=stack.security["ca_file"], token=token)
     yield from _stubs(dict.fromkeys(("ingest", "trainer", "recommender"),
-                                    stack.endpoints["envoy_grpc"]))
+                                    stack.endpoints["envoy_grpc"]), tls.credentials())

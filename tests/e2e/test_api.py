@@ -18,7 +18,8 @@ from recsys.events.v1 import interaction_pb2
 from recsys.ingest.v1 import ingest_pb2
 from recsys.recommender.v1 import recommender_pb2
 from recsys.trainer.v1 import trainer_pb2
-from tests.e2e.conftest import Stubs
+from services.cli.token import mint_token
+from tests.e2e.conftest import Stack, Stubs
 from tests.integration.edge.conftest import Reply, Rest
 
 pytestmark = pytest.mark.e2e
@@ -243,3 +244,13 @@ def test_bad_input_gets_the_documented_error(rest: Rest, direct: Stubs, bad: Bad
         bad.call(direct)
     assert caught.value.code().value[0] == bad.code
     assert caught.value.details().startswith(bad.message)
+
+
+def test_the_edge_wants_a_token_with_the_right_scope(rest: Rest, stack: Stack) -> None:
+    anonymous = rest.with_token(None).get(f"/v1/users/{USER}/recommendations")
+    assert (anonymous.status, anonymous.body["code"]) == (401, 16)
+    reader = rest.with_token(mint_token(["recommend:read"], subject="e2e-reader",
+                                        key_file=stack.security["token_signing_key"]))
+    assert reader.get(f"/v1/users/{USER}/recommendations").status == 200
+    denied = reader.post("/v1/trainingJobs", {})
+    assert (denied.status, denied.body["code"]) == (403, 7)
