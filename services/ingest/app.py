@@ -31,7 +31,8 @@ class IngestApp:
         self._settings = settings
         self.publisher = Publisher(
             bootstrap=settings.kafka_bootstrap, topic=settings.kafka_topic,
-            partitions=settings.topic_partitions, replication=settings.topic_replication)
+            partitions=settings.topic_partitions, replication=settings.topic_replication,
+            security=settings.kafka_security())
         limits = Limits(
             rating_min=settings.rating_min, rating_max=settings.rating_max,
             max_weight=settings.max_weight, max_future_s=settings.max_future_s,

@@ -22,7 +22,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.producer.future import RecordMetadata
 
-from services.core.kafka import producer_config
+from services.core.kafka import PLAINTEXT, KafkaSecurity, producer_config
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +105,11 @@ class Publisher:
     """
 
     def __init__(self, *, bootstrap: str, topic: str, partitions: int, replication: int,
-                 check_timeout_s: float = 3.0, client_id: str = "ingest") -> None:
+                 check_timeout_s: float = 3.0, client_id: str = "ingest",
+                 security: KafkaSecurity = PLAINTEXT) -> None:
         self.topic = topic
         self._bootstrap = bootstrap
+        self._security = security
         self._new_topic = NewTopic(topic, partitions, replication)
         self._check_timeout_ms = int(check_timeout_s * 1000)
         self._client_id = client_id
@@ -148,6 +150,7 @@ class Publisher:
     def _check(self) -> None:
         if self._admin is None:
             self._admin = KafkaAdminClient(
+                **self._security.client_options(),
                 bootstrap_servers=self._bootstrap,
                 client_id=f"recsys-{self._client_id}-admin",
                 request_timeout_ms=self._check_timeout_ms,
@@ -166,7 +169,8 @@ class Publisher:
             log.info("replacing the producer after a failed delivery")
             self._close_producer(timeout_s=self._check_timeout_ms / 1000)
         if self._producer is None:
-            config = producer_config(self._bootstrap, client_id=self._client_id)
+            config = producer_config(self._bootstrap, client_id=self._client_id,
+                                     security=self._security)
             self._producer = KafkaProducer(
                 **config, bootstrap_timeout_ms=self._check_timeout_ms)
 

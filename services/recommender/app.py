@@ -69,7 +69,7 @@ class RecommenderApp:
                 writer=HistoryWriter.connect(settings.redis_connection_url,
                                              history_size=settings.history_size,
                                              ttl_s=settings.history_ttl_s),
-                metrics=self._metrics,
+                metrics=self._metrics, security=settings.kafka_security(),
             )
         self._invalidations: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

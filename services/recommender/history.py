@@ -21,7 +21,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from recsys.events.v1 import interaction_pb2
-from services.core.kafka import consumer_config
+from services.core.kafka import PLAINTEXT, KafkaSecurity, consumer_config
 from services.recommender.cache import INVALIDATION_CHANNEL, Keys
 from services.recommender.metrics import RecommenderMetrics
 
@@ -82,8 +82,10 @@ class HistoryConsumer:
     """The consumer thread; `start()` returns at once, `stop()` joins it."""
 
     def __init__(self, *, bootstrap: str, topic: str, writer: HistoryWriter,
-                 metrics: RecommenderMetrics, retry_s: float = 1.0) -> None:
+                 metrics: RecommenderMetrics, retry_s: float = 1.0,
+                 security: KafkaSecurity = PLAINTEXT) -> None:
         self._bootstrap = bootstrap
+        self._security = security
         self._topic = topic
         self._writer = writer
         self._metrics = metrics
@@ -109,7 +111,7 @@ class HistoryConsumer:
                     consumer = KafkaConsumer(
                         self._topic,
                         **consumer_config(self._bootstrap, group_id=GROUP_ID,
-                                          client_id=GROUP_ID),
+                                          client_id=GROUP_ID, security=self._security),
                         fetch_max_wait_ms=_FETCH_MAX_WAIT_MS,
                     )
                 self._poll_once(consumer)

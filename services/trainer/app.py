@@ -67,6 +67,7 @@ class TrainerApp:
         self._consumer = EventConsumer(
             store, self._metrics, bootstrap=settings.kafka_bootstrap, topic=settings.kafka_topic,
             group_id=settings.consumer_group, batch=settings.consumer_batch,
+            security=settings.kafka_security(),
         )
         self._consumer.start()
         if settings.trigger_new_events or settings.trigger_interval_min:

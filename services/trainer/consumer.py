@@ -17,7 +17,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from recsys.events.v1 import interaction_pb2
-from services.core.kafka import consumer_config
+from services.core.kafka import PLAINTEXT, KafkaSecurity, consumer_config
 from services.trainer.dataset import DatasetStore, StoredEvent
 from services.trainer.metrics import TrainerMetrics
 
@@ -68,7 +68,9 @@ class EventConsumer:
         topic: str,
         group_id: str,
         batch: int,
+        security: KafkaSecurity = PLAINTEXT,
     ) -> None:
+        self._security = security
         self._store = store
         self._metrics = metrics
         self._bootstrap = bootstrap
@@ -95,7 +97,7 @@ class EventConsumer:
                 consumer = KafkaConsumer(
                     self._topic,
                     **consumer_config(self._bootstrap, group_id=self._group_id,
-                                      client_id="trainer"),
+                                      client_id="trainer", security=self._security),
                     max_poll_records=self._batch,
                 )
                 while not self._stopping.is_set():
