@@ -55,6 +55,21 @@ def test_kubernetes_render_is_valid(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_compose_render_is_committed_and_valid(tmp_path: Path) -> None:
+    main(["--compose", "--out-dir", str(tmp_path)])
+    committed = (MANIFESTS / "compose.yaml").read_text()
+    assert (tmp_path / "compose.yaml").read_text() == committed, (
+        "manifests/envoy/compose.yaml is stale: run "
+        "python -m scripts.localstack.envoy --compose --out-dir manifests/envoy")
+    pki = ensure_pki(tmp_path / "pki")
+    config = tmp_path / "envoy.yaml"
+    config.write_text(committed.replace("/etc/recsys-pki", str(pki.directory))
+                      .replace("/etc/envoy/recsys.binpb", str(DESCRIPTOR)))
+    result = _validate(config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "/etc/envoy-client-tls" not in committed  # Compose's services speak plaintext
+
+
 def test_kubernetes_render_is_secured() -> None:
     """TLS on the edge listener, tokens and scopes on every service route, mTLS upstream."""
     k8s = yaml.safe_load((MANIFESTS / "envoy.yaml").read_text())
