@@ -83,4 +83,4 @@ async def test_recsys_commands(replica: ReplicaFactory, servers: dict[str, str],
         assert "60 users, 120 items, 8 factors" in out
         code, _, err = await run("similar", "nope")
         assert code == 1
-        assert err.startswith("error: NOT_FOUND: ")
+        assert err.startswith("recsys similar: error: NOT_FOUND: ")
