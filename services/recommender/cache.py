@@ -8,9 +8,9 @@ Per user, Redis holds (see `Keys`):
   meets an old answer, and an answer whose `gen` is behind the user's counter is a miss: one
   INCR invalidates all of a user's answers.
 
-A request reads all three in one round trip (`_LOOKUP`, a Lua script that returns either the
+A request reads all three in one round trip (`_EXCHANGE`, a Lua script that returns either the
 answer or the generation and the history); concurrent requests share that round trip
-(`Batcher`). Answers are written behind the response, batched the same way.
+(`Batcher`), and answers, written behind the response, ride along in the same calls.
 
 In front of Redis, `local_cache.LocalAnswers` keeps recent answers in process, coherent through
 the users the history consumer publishes on `INVALIDATION_CHANNEL`.
@@ -27,15 +27,16 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, NamedTuple
 
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from services.recommender.batching import Batcher
 from services.recommender.metrics import RecommenderMetrics
 
 log = logging.getLogger(__name__)
@@ -74,29 +75,29 @@ def request_key(model: str, *parts: object, exclude: Iterable[str] = ()) -> str:
     return ":".join((model, *map(str, parts), digest))
 
 
-# KEYS: (generation, answer, history) per request; ARGV[1]: history length. Per request,
-# {1, payload} for an answer whose generation is current, else {0, generation, history}.
-_LOOKUP = """
+# One round trip for a batch of writes and lookups. KEYS: the answer keys to write, then
+# (generation, answer, history) per lookup; ARGV[1]: the answers' TTL in seconds, ARGV[2]: the
+# history length, ARGV[3]: how many answers to write, ARGV[3 + i]: the value of KEYS[i].
+# Writes go first; then per lookup {1, payload} for an answer whose generation is current,
+# else {0, generation, history}.
+_EXCHANGE = """
+local writes = tonumber(ARGV[3])
+for i = 1, writes do
+  redis.call('SET', KEYS[i], ARGV[3 + i], 'EX', ARGV[1])
+end
 local out = {}
-for i = 1, #KEYS, 3 do
+for i = writes + 1, #KEYS, 3 do
   local gen = redis.call('GET', KEYS[i]) or '0'
   local answer = redis.call('GET', KEYS[i + 1])
   if answer and string.sub(answer, 1, #gen + 1) == gen .. ':' then
     out[#out + 1] = {1, string.sub(answer, #gen + 2)}
   else
-    out[#out + 1] = {0, gen, redis.call('LRANGE', KEYS[i + 2], 0, tonumber(ARGV[1]) - 1)}
+    out[#out + 1] = {0, gen, redis.call('LRANGE', KEYS[i + 2], 0, tonumber(ARGV[2]) - 1)}
   end
 end
 return out
 """
 
-# KEYS: answer keys; ARGV[1]: TTL in seconds, ARGV[i + 1]: the value for KEYS[i].
-_STORE = """
-for i, key in ipairs(KEYS) do
-  redis.call('SET', key, ARGV[i + 1], 'EX', ARGV[1])
-end
-return #KEYS
-"""
 
 @dataclass(frozen=True)
 class Lookup:
@@ -105,6 +106,14 @@ class Lookup:
     payload: bytes | None  # the cached answer, if current
     generation: bytes  # the user's counter when read (on a miss)
     history: tuple[str, ...]  # recent item ids, newest first (on a miss)
+
+
+class _Op(NamedTuple):
+    """A lookup (`value` None) or the write of an answer (`value`: `<gen>:<payload>`)."""
+
+    user_id: str
+    request: str
+    value: bytes | None = None
 
 
 class CircuitBreaker:
@@ -148,62 +157,13 @@ def connect(url: str, *, timeout_s: float | None,
     )
 
 
-A = TypeVar("A")
-R = TypeVar("R")
-
-
-class Batcher(Generic[A, R]):
-    """Auto-pipelining: everything submitted while a call is in flight goes in the next call.
-
-    Idle, a call goes out at once (on the next turn of the loop); under load, calls grow with
-    the load instead of multiplying, so Redis costs one client round trip per batch rather
-    than per request. `send` returns one result per argument, in order.
-    """
-
-    def __init__(self, send: Callable[[list[A]], Awaitable[list[R]]], *,
-                 max_batch: int = 256) -> None:
-        self._send = send
-        self._max_batch = max_batch
-        self._queue: list[tuple[A, asyncio.Future[R]]] = []
-        self._draining: asyncio.Task[None] | None = None
-
-    def submit(self, arg: A) -> asyncio.Future[R]:
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._queue.append((arg, future))
-        if self._draining is None:
-            self._draining = asyncio.create_task(self._drain())
-        return future
-
-    async def _drain(self) -> None:
-        try:
-            while self._queue:
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-                try:
-                    results = await self._send([arg for arg, _ in batch])
-                except Exception as exc:  # every waiter of the batch gets the failure
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():
-                        future.set_result(result)
-        finally:
-            self._draining = None
-
-    async def drain(self) -> None:
-        """Wait until everything submitted so far has been sent."""
-        if self._draining is not None:
-            await asyncio.shield(self._draining)
-
-
 class RedisCache:
     """Cached answers and recent history in Redis; every failure is absorbed and counted.
 
-    Lookups and stores are each batched (`Batcher`) into one Lua script call, which Redis
-    runs atomically: one round trip per batch, and no key of a request is read half-written.
-    The scripts touch several users' keys, so this needs a single Redis, not Redis Cluster.
+    Lookups and the writes of answers share one `Batcher`: each batch is one call of a Lua
+    script, which Redis runs atomically, so a request costs a share of one round trip, and no
+    key of a request is read half-written. The script touches several users' keys, so this
+    needs a single Redis, not Redis Cluster.
     """
 
     def __init__(self, client: aredis.Redis, *, ttl_s: int, history_size: int,
@@ -213,46 +173,40 @@ class RedisCache:
         self._breaker = breaker
         self._metrics = metrics
         self._client = client
-        self._lookup_script = client.register_script(_LOOKUP)
-        self._store_script = client.register_script(_STORE)
-        self._lookups: Batcher[tuple[str, str], Lookup | None] = Batcher(self._lookup_batch)
-        self._stores: Batcher[tuple[str, bytes], None] = Batcher(self._store_batch)
+        self._script = client.register_script(_EXCHANGE)
+        self._ops: Batcher[_Op, Lookup | None] = Batcher(self._exchange)
 
     async def lookup(self, user_id: str, request: str) -> Lookup | None:
         """The cached answer or the user's generation and history; None if Redis is out."""
         if not self._breaker.allows():
             return None
-        return await self._lookups.submit((user_id, request))
+        return await self._ops.submit(_Op(user_id, request))
 
     def store(self, user_id: str, request: str, generation: bytes, payload: bytes) -> None:
         """Write an answer behind the response (the request does not wait for it)."""
         if self._breaker.allows():
-            self._stores.submit((Keys.answer(user_id, request), generation + b":" + payload))
+            self._ops.submit(_Op(user_id, request, generation + b":" + payload))
 
-    async def _lookup_batch(self, requests: list[tuple[str, str]]) -> list[Lookup | None]:
-        keys: list[str] = []
-        for user_id, request in requests:
-            keys += (Keys.generation(user_id), Keys.answer(user_id, request),
-                     Keys.history(user_id))
+    async def _exchange(self, ops: list[_Op]) -> list[Lookup | None]:
+        written: list[str] = []
+        values: list[bytes] = []
+        looked_up: list[str] = []
+        for op in ops:
+            if op.value is None:
+                looked_up += (Keys.generation(op.user_id), Keys.answer(op.user_id, op.request),
+                              Keys.history(op.user_id))
+            else:
+                written.append(Keys.answer(op.user_id, op.request))
+                values.append(op.value)
         try:
-            replies = await self._lookup_script(keys=keys, args=[self._history_size])
+            replies = iter(await self._script(
+                keys=written + looked_up,
+                args=[self._ttl_s, self._history_size, len(values), *values]))
         except REDIS_ERRORS as exc:
-            self._failed("lookup", exc)
-            return [None] * len(requests)
+            self._failed("lookup" if looked_up else "store", exc)
+            return [None] * len(ops)
         self._succeeded()
-        return [
-            Lookup(reply[1], b"", ()) if reply[0] == 1
-            else Lookup(None, reply[1], tuple(item.decode() for item in reply[2]))
-            for reply in replies
-        ]
-
-    async def _store_batch(self, answers: list[tuple[str, bytes]]) -> list[None]:
-        try:
-            await self._store_script(keys=[key for key, _ in answers],
-                                     args=[self._ttl_s, *(value for _, value in answers)])
-        except REDIS_ERRORS as exc:
-            self._failed("store", exc)
-        return [None] * len(answers)
+        return [_lookup(next(replies)) if op.value is None else None for op in ops]
 
     def _failed(self, operation: str, exc: BaseException) -> None:
         self._metrics.redis_errors.labels(operation).inc()
@@ -269,5 +223,12 @@ class RedisCache:
     async def close(self) -> None:
         """Flush pending answer writes (briefly), then close the connections."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stores.drain(), timeout=1.0)
+            await asyncio.wait_for(self._ops.drain(), timeout=1.0)
         await self._client.aclose()
+
+
+def _lookup(reply: list[Any]) -> Lookup:
+    """A reply of `_EXCHANGE` for one lookup."""
+    if reply[0] == 1:
+        return Lookup(reply[1], b"", ())
+    return Lookup(None, reply[1], tuple(item.decode() for item in reply[2]))

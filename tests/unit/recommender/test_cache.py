@@ -1,13 +1,16 @@
-"""The cache's pure parts: key derivation, the in-process tier, the circuit breaker."""
+"""The cache without Redis: key derivation, the in-process tier, the circuit breaker, batching."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+from prometheus_client import CollectorRegistry
 
-from services.recommender.cache import Batcher, CircuitBreaker, request_key
+from services.recommender.batching import Batcher
+from services.recommender.cache import CircuitBreaker, Keys, Lookup, RedisCache, request_key
 from services.recommender.local_cache import LocalAnswers
+from services.recommender.metrics import RecommenderMetrics
 
 
 class Clock:
@@ -139,3 +142,38 @@ async def test_batcher_fails_every_waiter_of_a_failed_call_and_goes_on() -> None
         with pytest.raises(ConnectionError):
             await future
     assert await batcher.submit(2) == 2
+
+
+class FakeScript:
+    """Stands in for the registered `_EXCHANGE` script: records calls, answers lookups."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], list[object]]] = []
+
+    async def __call__(self, *, keys: list[str], args: list[object]) -> list[list[object]]:
+        self.calls.append((keys, args))
+        lookups = (len(keys) - int(args[2])) // 3  # type: ignore[call-overload]
+        return [[0, b"7", [b"i1", b"i2"]]] * lookups
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.script = FakeScript()
+
+    def register_script(self, source: str) -> FakeScript:
+        return self.script
+
+
+async def test_lookups_and_writes_share_one_round_trip() -> None:
+    client = FakeClient()
+    cache = RedisCache(client, ttl_s=60, history_size=2,  # type: ignore[arg-type]
+                       breaker=CircuitBreaker(1.0),
+                       metrics=RecommenderMetrics.create(CollectorRegistry()))
+    lookups = asyncio.gather(cache.lookup("u2", "r2"), cache.lookup("u3", "r3"))
+    cache.store("u1", "r1", b"3", b"payload")  # in the same turn of the loop as the lookups
+    assert await lookups == [Lookup(None, b"7", ("i1", "i2"))] * 2
+    [(keys, args)] = client.script.calls
+    assert keys == [Keys.answer("u1", "r1"),  # writes first, then a triple per lookup
+                    Keys.generation("u2"), Keys.answer("u2", "r2"), Keys.history("u2"),
+                    Keys.generation("u3"), Keys.answer("u3", "r3"), Keys.history("u3")]
+    assert args == [60, 2, 1, b"3:payload"]
