@@ -2,14 +2,17 @@
 
 A Recommend request reads the model reference once, then tries the in-process tier, then Redis
 (one round trip that also returns the user's recent history on a miss), and only then scores.
-Small catalogues are scored on the event loop, where torch takes tens of microseconds and a
-thread hop would cost more; catalogues of `offload_min_items` or more go to a worker thread so
-that cache hits keep flowing meanwhile.
+Misses are scored in batches (`Batcher`): what arrives while a batch is being scored goes in
+the next one, which shares one matrix product and one top-k. Small catalogues are scored on
+the event loop, where a batch takes tens of microseconds and a thread hop would cost more;
+catalogues of `offload_min_items` or more on a worker thread, so that the event loop (cache
+hits, Redis, gRPC) keeps running meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -19,13 +22,17 @@ from typing import Protocol, TypeVar
 
 from recsys.recommender.v1 import recommender_pb2
 from services.core.errors import FailedPrecondition
+from services.recommender.batching import Batcher
 from services.recommender.cache import RedisCache, request_key
 from services.recommender.local_cache import LocalAnswers
 from services.recommender.metrics import RecommenderMetrics
 from services.recommender.model_store import LoadedModel
-from services.recommender.scoring import Ranked, Strategy
+from services.recommender.scoring import Query, Ranked, Scorer, Strategy
 
 T = TypeVar("T")
+
+# Queries scored together at most: the batch's scores take 4 bytes x catalogue size each.
+_MAX_SCORING_BATCH = 64
 
 _STRATEGY_TO_PROTO = {
     Strategy.PERSONALIZED: recommender_pb2.STRATEGY_PERSONALIZED,
@@ -87,6 +94,10 @@ class Recommender:
                           for result, tier in (("hit", "local"), ("hit", "redis"),
                                                ("miss", "redis"), ("error", "redis"))}
         self._strategies = {s: metrics.strategy.labels(s.value) for s in Strategy}
+        self._scoring_seconds = {rpc: metrics.scoring_seconds.labels(rpc)
+                                 for rpc in ("recommend", "similar")}
+        self._queries: Batcher[tuple[Scorer, Query], tuple[Strategy, Ranked]] = Batcher(
+            self._score_queries, max_batch=_MAX_SCORING_BATCH)
 
     def model(self) -> LoadedModel:
         """The model serving now; FailedPrecondition until the first one is loaded."""
@@ -109,10 +120,9 @@ class Recommender:
                 recommender_pb2.RecommendResponse.FromString(lookup.payload))
             self._local.put(user_id, request, answer, epoch=epoch)
             return self._served(answer, "hit", "redis")
-        strategy, items = await self._score(
-            model, "recommend", lambda: model.scorer.recommend(
-                user_id, k=k, exclude_seen=exclude_seen, exclude_item_ids=exclude_item_ids,
-                recent_item_ids=lookup.history if lookup is not None else ()))
+        strategy, items = await self._queries.submit((model.scorer, Query(
+            user_id, k, exclude_seen, exclude_item_ids,
+            recent_item_ids=lookup.history if lookup is not None else ())))
         answer = Recommendation(model.version, strategy, items)
         if lookup is None:
             return self._served(answer, "error", "redis")
@@ -122,7 +132,7 @@ class Recommender:
 
     async def similar(self, item_id: str, *, k: int) -> Similar:
         model = self.model()
-        items = await self._score(model, "similar",
+        items = await self._score(model.scorer, "similar",
                                   lambda: model.scorer.similar(item_id, k=k))
         return Similar(model.version, items)
 
@@ -131,16 +141,30 @@ class Recommender:
         self._strategies[answer.strategy].inc()
         return answer
 
-    async def _score(self, model: LoadedModel, rpc: str, score: Callable[[], T]) -> T:
-        histogram = self._metrics.scoring_seconds.labels(rpc)
+    async def _score_queries(self, batch: list[tuple[Scorer, Query]]
+                             ) -> list[tuple[Strategy, Ranked]]:
+        def score() -> list[tuple[Strategy, Ranked]]:
+            # One scorer per batch, unless a model swap happened while it was filling.
+            return [result for scorer, group in itertools.groupby(batch, key=lambda q: q[0])
+                    for result in scorer.recommend_many([query for _, query in group])]
+
+        return await self._score(batch[0][0], "recommend", score, count=len(batch))
+
+    async def _score(self, scorer: Scorer, rpc: str, score: Callable[[], T], *,
+                     count: int = 1) -> T:
+        """Run `score` on the event loop or, for a large catalogue, on a worker thread; each
+        of the `count` requests it serves observes its duration."""
+        histogram = self._scoring_seconds[rpc]
 
         def timed() -> T:
             start = time.perf_counter()
             try:
                 return score()
             finally:
-                histogram.observe(time.perf_counter() - start)
+                elapsed = time.perf_counter() - start
+                for _ in range(count):
+                    histogram.observe(elapsed)
 
-        if model.item_count < self._offload_min_items:
+        if scorer.n_items < self._offload_min_items:
             return timed()
         return await asyncio.get_running_loop().run_in_executor(self._executor, timed)

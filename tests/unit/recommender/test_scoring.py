@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from services.core.errors import NotFound
-from services.recommender.scoring import Scorer, Strategy
+from services.recommender.scoring import Query, Scorer, Strategy
 from services.trainer.artifact import ModelArtifact
 from tests.unit.recommender.artifacts import small_artifact
 
@@ -106,3 +106,23 @@ def test_similar_items_by_cosine(artifact: ModelArtifact, scorer: Scorer) -> Non
 def test_similar_to_an_unknown_item_is_not_found(scorer: Scorer) -> None:
     with pytest.raises(NotFound, match="'nope'"):
         scorer.similar("nope", k=5)
+
+
+def test_a_batch_ranks_each_query_as_if_alone(scorer: Scorer) -> None:
+    queries = [
+        Query("u3", 5),
+        Query("new-user", 4, recent_item_ids=["i4", "i8"]),  # folded in
+        Query("stranger", 3),  # popularity
+        Query("u3", 7, exclude_seen=False, exclude_item_ids=["i1", "i2"]),
+        Query("u5", 50, recent_item_ids=["i9"]),
+    ]
+    alone = [scorer.recommend(q.user_id, k=q.k, exclude_seen=q.exclude_seen,
+                              exclude_item_ids=q.exclude_item_ids,
+                              recent_item_ids=q.recent_item_ids) for q in queries]
+    batched = scorer.recommend_many(queries)
+    assert [strategy for strategy, _ in batched] == [strategy for strategy, _ in alone]
+    for (strategy, together), (_, single) in zip(batched, alone, strict=True):
+        if strategy is not Strategy.POPULARITY:  # popularity counts tie, in either order
+            assert _ids(together) == _ids(single)
+        np.testing.assert_allclose([s for _, s in together], [s for _, s in single],
+                                   rtol=1e-5)
