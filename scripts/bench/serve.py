@@ -25,7 +25,7 @@ Targets (ratios to echo at concurrency 8): miss QPS >= 0.45, hit QPS >= 0.60, p9
 <= 3x echo's p99.
 
     .venv/bin/python scripts/bench/serve.py [--duration 4] [--warmup 1] [--rounds 3]
-        [--ml100k PATH]
+        [--ml100k PATH] [--catalogues ml100k,synthetic-100k]
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def ml100k_artifact(path: Path | None) -> tuple[object, str]:
         print(f"  trained on {path} in {time.perf_counter() - started:.1f} s", flush=True)
         artifact = ModelArtifact.from_model(model, data, user_ids=[str(u) for u in user_ids],
                                             item_ids=[str(i) for i in item_ids])
-        return artifact, "MovieLens-100k, trained (128 factors)"
+        return artifact, f"MovieLens-100k, trained ({artifact.factors} factors)"
     return random_artifact(943, 1682, 128, seen_per_user=100), \
         "random factors of MovieLens-100k shape (data not found)"
 
@@ -248,12 +248,19 @@ def register(tracking_uri: str, model: str, artifact: object, workdir: Path) -> 
     registry.set_champion(version.version)
 
 
-def catalogues(tracking_uri: str, workdir: Path, ml100k: Path | None) -> list[Catalogue]:
+CATALOGUES = ("ml100k", "synthetic-100k")
+
+
+def catalogues(tracking_uri: str, workdir: Path, ml100k: Path | None,
+               names: Sequence[str] = CATALOGUES) -> list[Catalogue]:
     out = []
     print("building and registering the catalogues ...", flush=True)
-    built = [("ml100k", *ml100k_artifact(ml100k)),
-             ("synthetic-100k", random_artifact(20_000, 100_000, 128, seen_per_user=20),
-              "synthetic: 20,000 users, 100,000 items, random factors (128)")]
+    built = []
+    if "ml100k" in names:
+        built.append(("ml100k", *ml100k_artifact(ml100k)))
+    if "synthetic-100k" in names:
+        built.append(("synthetic-100k", random_artifact(20_000, 100_000, 128, seen_per_user=20),
+                      "synthetic: 20,000 users, 100,000 items, random factors (128)"))
     for name, artifact, description in built:
         register(tracking_uri, f"bench-{name}", artifact, workdir)
         users = artifact.user_ids.tolist()  # type: ignore[attr-defined]
@@ -349,7 +356,8 @@ async def _load_client(target: str, mode: str, users: Sequence[str], items: Sequ
 MODES = ("echo", "hit", "hit-redis", "miss")
 
 
-def bench(duration: float, warmup: float, rounds: int, ml100k: Path | None) -> None:
+def bench(duration: float, warmup: float, rounds: int, ml100k: Path | None,
+          names: Sequence[str]) -> None:
     command = " ".join([Path(sys.executable).name, *sys.argv])
     rows: dict[tuple[str, str, int], Figures] = {}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
@@ -357,7 +365,7 @@ def bench(duration: float, warmup: float, rounds: int, ml100k: Path | None) -> N
         with (RedisServer(workdir / "redis") as redis,
               MlflowServer(workdir / "mlflow") as mlflow,
               Echo(workdir / "echo") as echo):
-            for catalogue in catalogues(mlflow.tracking_uri, workdir, ml100k):
+            for catalogue in catalogues(mlflow.tracking_uri, workdir, ml100k, names):
                 print(f"\n{catalogue.name}: {catalogue.description}", flush=True)
                 catalogue_file = workdir / f"{catalogue.name}.json"
                 catalogue_file.write_text(json.dumps(dataclasses.asdict(catalogue)))
@@ -445,6 +453,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds before each run")
     parser.add_argument("--ml100k", type=Path, default=ROOT.parent / "shared/datasets/ml-100k",
                         help="MovieLens-100k directory (random factors of its shape if absent)")
+    parser.add_argument("--catalogues", default=",".join(CATALOGUES),
+                        help=f"comma-separated, of {', '.join(CATALOGUES)}")
     args = parser.parse_args()
     if args.command == "echo-server":
         echo_server()
@@ -455,7 +465,10 @@ def main() -> None:
             concurrency=args.concurrency, seconds=args.duration, warmup=args.warmup))
         print(json.dumps(dataclasses.asdict(figures)))
     else:
-        bench(args.duration, args.warmup, args.rounds, args.ml100k)
+        names = args.catalogues.split(",")
+        if unknown := set(names) - set(CATALOGUES):
+            parser.error(f"--catalogues: unknown {', '.join(sorted(unknown))}")
+        bench(args.duration, args.warmup, args.rounds, args.ml100k, names)
 
 
 if __name__ == "__main__":
