@@ -299,7 +299,7 @@ async def test_the_cli_trains_with_a_progress_bar_lists_and_promotes(
 
     assert await asyncio.to_thread(cli.main, ["models", "promote", "999", *target]) == 1
     _, err = capsys.readouterr()
-    assert err.startswith("error: NOT_FOUND")
+    assert err.startswith("recsys models: error: NOT_FOUND")
 
 
 async def test_the_consumer_waits_for_kafka_and_stores_duplicates_once(
