@@ -295,7 +295,7 @@ async def test_the_cli_trains_with_a_progress_bar_lists_and_promotes(
 
     assert await asyncio.to_thread(cli.main, ["models", "list", *target]) == 0
     out, _ = capsys.readouterr()
-    assert "champion" in out and out.count("\n") >= 4
+    assert "champion" in out and out.count("\n") >= 2  # the heading and a version at least
 
     assert await asyncio.to_thread(cli.main, ["models", "promote", "999", *target]) == 1
     _, err = capsys.readouterr()
