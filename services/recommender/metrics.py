@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 
-# Scoring is ~50 µs for a MovieLens-size catalogue and milliseconds for 100k+ items.
+# Scoring is tens of µs for a MovieLens-size catalogue and milliseconds for 100k+ items.
 SCORING_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 )
@@ -34,7 +34,8 @@ class RecommenderMetrics:
             ),
             scoring_seconds=Histogram(
                 "recsys_recommender_scoring_seconds",
-                "Time to score and rank the catalogue for one request, in seconds.",
+                "Time to score and rank the catalogue for a request, in seconds: the duration "
+                "of the batch of concurrent requests it was scored with.",
                 ("rpc",), buckets=SCORING_BUCKETS, registry=registry,
             ),
             strategy=Counter(
