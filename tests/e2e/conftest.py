@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,14 +93,14 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         pytest.fail("the local stack did not stop within 90 s of SIGTERM")
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    state = tmp_path_factory.mktemp("local-stack")
+@contextmanager
+def local_stack(state: Path, *options: str) -> Iterator[Stack]:
+    """`python -m scripts.localstack.up --free-ports OPTIONS`, from start to clean stop."""
     log = state / "up.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "scripts.localstack.up", "--free-ports",
-             "--state-dir", str(state)],
+             "--state-dir", str(state), *options],
             cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_serving(process, log)
@@ -111,6 +112,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     assert process.returncode == 0, log.read_text(errors="replace")[-4000:]
     left = [port for port in running.listening_ports() if _listening(port)]
     assert not left, f"still listening after the stack stopped: {left}"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with local_stack(tmp_path_factory.mktemp("local-stack")) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
