@@ -86,7 +86,6 @@ class Recommender:
         self._models = models
         self._cache = cache
         self._local = local
-        self._metrics = metrics
         self._executor = executor
         self._offload_min_items = offload_min_items
         # Bound once: `labels()` costs microseconds on every request otherwise.
