@@ -265,8 +265,12 @@ def test_procfile_runs_the_same_components_under_honcho(tmp_path: Path) -> None:
         seaweed_ports=SeaweedPorts.free(),
     )
     procfile.write_procfile(stack)
-    honcho = subprocess.Popen(procfile.honcho_argv(stack), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, start_new_session=True)
+    # A file, not a pipe: the components share honcho's stdout, and one that sets it
+    # non-blocking makes honcho's own writes fail (EAGAIN) once an unread pipe fills up.
+    log = tmp_path / "honcho.log"
+    with log.open("wb") as out:
+        honcho = subprocess.Popen(procfile.honcho_argv(stack), stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_until_ready(stack.components, timeout=90)
         produce(stack.kafka.bootstrap, "procfile", [b"through-honcho"])
@@ -274,10 +278,11 @@ def test_procfile_runs_the_same_components_under_honcho(tmp_path: Path) -> None:
     finally:
         honcho.send_signal(signal.SIGTERM)
         try:
-            output, _ = honcho.communicate(timeout=20)
+            honcho.wait(30)
         except subprocess.TimeoutExpired:
-            honcho.kill()
-            output, _ = honcho.communicate()
+            os.killpg(honcho.pid, signal.SIGKILL)
+            honcho.wait()
+        output = log.read_bytes()
         needles = (str(stack.state_dir), f"tcp://{stack.kafka.bootstrap}")
         leftovers = _pids_mentioning(*needles)
         for pid in leftovers:  # only ours: the path and the port are unique to this test
