@@ -12,12 +12,14 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
 Command = Callable[[argparse.Namespace], int]
+M = TypeVar("M", bound=Message)
 
 
 @dataclass(frozen=True)
@@ -64,5 +66,10 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
                         help="print the reply as JSON (the REST API's shape) for scripts")
 
 
-def print_json(message: Message) -> None:
-    print(json_format.MessageToJson(message, indent=2))
+def show(args: argparse.Namespace, reply: M, render: Callable[[M], None]) -> int:
+    """Print `reply` as JSON (`--json`) or with `render`, for people; exit status 0."""
+    if args.json:
+        print(json_format.MessageToJson(reply, indent=2))
+    else:
+        render(reply)
+    return 0

@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
-from services.cli.common import RECOMMENDER, add_json_flag, add_target, guarded, print_json
+from services.cli.common import RECOMMENDER, add_json_flag, add_target, guarded, show
 from services.core.client import DEFAULT_TIMEOUT_S, channel
 
 
@@ -45,7 +45,8 @@ def _stub(target: str) -> tuple[grpc.Channel, recommender_pb2_grpc.RecommenderSe
     return chan, recommender_pb2_grpc.RecommenderServiceStub(chan)
 
 
-def _print_items(items: Sequence[recommender_pb2.ScoredItem]) -> None:
+def _print_items(heading: str, items: Sequence[recommender_pb2.ScoredItem]) -> None:
+    print(heading)
     print(f"{'RANK':>4}  {'SCORE':>9}  ITEM")
     for rank, item in enumerate(items, 1):
         print(f"{rank:>4}  {item.score:>9.4f}  {item.item_id}")
@@ -58,13 +59,10 @@ def _recommend(args: argparse.Namespace) -> int:
     chan, stub = _stub(args.target)
     with chan:
         reply = stub.Recommend(request, timeout=DEFAULT_TIMEOUT_S)
-    if args.json:
-        print_json(reply)
-        return 0
-    strategy = recommender_pb2.Strategy.Name(reply.strategy).removeprefix("STRATEGY_").lower()
-    print(f"user {args.user}: model version {reply.model_version}, strategy {strategy}")
-    _print_items(reply.items)
-    return 0
+    return show(args, reply, lambda r: _print_items(
+        f"user {args.user}: model version {r.model_version}, strategy "
+        f"{recommender_pb2.Strategy.Name(r.strategy).removeprefix('STRATEGY_').lower()}",
+        r.items))
 
 
 def _similar(args: argparse.Namespace) -> int:
@@ -73,12 +71,8 @@ def _similar(args: argparse.Namespace) -> int:
         reply = stub.SimilarItems(
             recommender_pb2.SimilarItemsRequest(item_id=args.item, k=args.k),
             timeout=DEFAULT_TIMEOUT_S)
-    if args.json:
-        print_json(reply)
-        return 0
-    print(f"items like {args.item}: model version {reply.model_version}, score = cosine")
-    _print_items(reply.items)
-    return 0
+    return show(args, reply, lambda r: _print_items(
+        f"items like {args.item}: model version {r.model_version}, score = cosine", r.items))
 
 
 def _model_info(args: argparse.Namespace) -> int:
@@ -86,9 +80,10 @@ def _model_info(args: argparse.Namespace) -> int:
     with chan:
         info = stub.GetModelInfo(recommender_pb2.GetModelInfoRequest(),
                                  timeout=DEFAULT_TIMEOUT_S)
-    if args.json:
-        print_json(info)
-        return 0
+    return show(args, info, _print_model_info)
+
+
+def _print_model_info(info: recommender_pb2.GetModelInfoResponse) -> None:
     m, lineage = info.metrics, info.lineage
     offsets = ", ".join(f"{p}:{o}" for p, o in sorted(lineage.partition_offsets.items()))
     rows = (
@@ -103,4 +98,3 @@ def _model_info(args: argparse.Namespace) -> int:
     )
     for name, value in rows:
         print(f"{name + ':':<12} {value}")
-    return 0

@@ -11,7 +11,7 @@ from typing import Any
 from tqdm import tqdm
 
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from services.cli.common import TRAINER, add_json_flag, add_target, guarded, print_json
+from services.cli.common import TRAINER, add_json_flag, add_target, guarded, show
 from services.core.client import DEFAULT_TIMEOUT_S, channel
 
 _HYPERPARAMETERS: tuple[tuple[str, type, str], ...] = (
@@ -138,13 +138,14 @@ def _list_models(args: argparse.Namespace) -> int:
         reply = stub.ListModelVersions(
             trainer_pb2.ListModelVersionsRequest(page_size=args.limit),
             timeout=DEFAULT_TIMEOUT_S)
-    if args.json:
-        print_json(reply)
-        return 0
+    return show(args, reply, _print_versions)
+
+
+def _print_versions(reply: trainer_pb2.ListModelVersionsResponse) -> None:
     versions = reply.versions
     if not versions:
         print("no registered versions yet")
-        return 0
+        return
     print(f"{'VERSION':>7}  {'ALIASES':<10} {'NDCG@10':>7} {'P@10':>6} {'EVENTS':>9}  "
           f"{'CREATED (UTC)':<19}  RUN")
     for v in versions:
@@ -152,7 +153,6 @@ def _list_models(args: argparse.Namespace) -> int:
         print(f"{v.version:>7}  {','.join(v.aliases) or '-':<10} {v.metrics.ndcg_at_10:>7.4f} "
               f"{v.metrics.precision_at_10:>6.4f} {v.lineage.row_count:>9}  {created:<19}  "
               f"{v.mlflow_run_id}")
-    return 0
 
 
 def _promote(args: argparse.Namespace) -> int:

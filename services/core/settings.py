@@ -8,6 +8,7 @@ service's own prefix are rejected, so a typo never silently falls back to a defa
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -110,3 +111,11 @@ def port(value: int) -> bool:
 
 def positive(value: float) -> bool:
     return value > 0
+
+
+def at_least_one(value: int) -> bool:
+    return value >= 1
+
+
+def non_negative(value: float) -> bool:
+    return math.isfinite(value) and value >= 0

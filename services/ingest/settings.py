@@ -6,15 +6,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from services.core.config import KafkaSettings, ServerSettings
-from services.core.settings import SettingsError, env, positive
+from services.core.settings import SettingsError, at_least_one, env, positive
 
 #: Upper bound of RECSYS_INGEST_MAX_BATCH: a failure detail lists up to this many event
 #: positions (<= 5 bytes each), and clients reject trailers over 8 KiB by default.
 MAX_BATCH_LIMIT = 1000
-
-
-def _at_least_one(value: int) -> bool:
-    return value >= 1
 
 
 def _iso_instant(value: str) -> bool:
@@ -29,11 +25,11 @@ class IngestSettings(ServerSettings, KafkaSettings):
     topic_partitions: int = env(
         "RECSYS_INGEST_TOPIC_PARTITIONS", 3,
         "Partitions of the topic when ingest creates it (an existing topic is left as is).",
-        check=_at_least_one, rule=">= 1")
+        check=at_least_one, rule=">= 1")
     topic_replication: int = env(
         "RECSYS_INGEST_TOPIC_REPLICATION", 1,
         "Replication factor of the topic when ingest creates it.",
-        check=_at_least_one, rule=">= 1")
+        check=at_least_one, rule=">= 1")
     max_batch: int = env(
         "RECSYS_INGEST_MAX_BATCH", MAX_BATCH_LIMIT,
         "Most events in one BatchCreateInteractions request or one stream message. A stream "

@@ -6,15 +6,7 @@ from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from services.core.config import KafkaSettings, MlflowSettings, ServerSettings, secret
-from services.core.settings import SettingsError, env, positive
-
-
-def _at_least_one(value: int) -> bool:
-    return value >= 1
-
-
-def _non_negative(value: float) -> bool:
-    return value >= 0
+from services.core.settings import SettingsError, at_least_one, env, non_negative, positive
 
 
 def _redis_url(value: str) -> bool:
@@ -41,29 +33,29 @@ class RecommenderSettings(ServerSettings, KafkaSettings, MlflowSettings):
     mlflow_timeout_s: int = env(
         "RECSYS_RECOMMENDER_MLFLOW_TIMEOUT_S", 10,
         "Timeout of each MLflow HTTP request (alias lookup, download).",
-        check=_at_least_one, rule=">= 1")
+        check=at_least_one, rule=">= 1")
     mlflow_retries: int = env(
         "RECSYS_RECOMMENDER_MLFLOW_RETRIES", 0,
         "Retries of a failed MLflow request within one poll; the next poll retries anyway.",
-        check=_non_negative, rule=">= 0")
+        check=non_negative, rule=">= 0")
     max_k: int = env("RECSYS_RECOMMENDER_MAX_K", 100,
-                     "Largest k a request may ask for.", check=_at_least_one, rule=">= 1")
+                     "Largest k a request may ask for.", check=at_least_one, rule=">= 1")
     cache_ttl_s: int = env(
         "RECSYS_RECOMMENDER_CACHE_TTL_S", 300,
         "Seconds an answer stays in the cache (answers are also keyed by model version and "
-        "dropped when the user interacts).", check=_at_least_one, rule=">= 1")
+        "dropped when the user interacts).", check=at_least_one, rule=">= 1")
     local_cache_size: int = env(
         "RECSYS_RECOMMENDER_LOCAL_CACHE_SIZE", 10_000,
         "Answers kept in process in front of Redis, kept coherent by Redis invalidation "
-        "messages; 0 turns the in-process tier off.", check=_non_negative, rule=">= 0")
+        "messages; 0 turns the in-process tier off.", check=non_negative, rule=">= 0")
     history_size: int = env(
         "RECSYS_RECOMMENDER_HISTORY_SIZE", 50,
         "Recent interactions kept per user (excluded from recommendations; used to fold in "
-        "users the model does not know).", check=_at_least_one, rule=">= 1")
+        "users the model does not know).", check=at_least_one, rule=">= 1")
     history_ttl_s: int = env(
         "RECSYS_RECOMMENDER_HISTORY_TTL_S", 7 * 24 * 3600,
         "Seconds a user's recent history is kept after their last interaction.",
-        check=_at_least_one, rule=">= 1")
+        check=at_least_one, rule=">= 1")
     history_consumer: bool = env(
         "RECSYS_RECOMMENDER_HISTORY_CONSUMER", True,
         "Run the consumer (group \"recommender-history\") that writes recent interactions to "
@@ -79,16 +71,16 @@ class RecommenderSettings(ServerSettings, KafkaSettings, MlflowSettings):
     torch_threads: int = env(
         "RECSYS_RECOMMENDER_TORCH_THREADS", 1,
         "Intra-op threads torch uses for scoring (process-wide).",
-        check=_at_least_one, rule=">= 1")
+        check=at_least_one, rule=">= 1")
     scoring_threads: int = env(
         "RECSYS_RECOMMENDER_SCORING_THREADS", 2,
         "Worker threads that score large catalogues off the event loop.",
-        check=_at_least_one, rule=">= 1")
+        check=at_least_one, rule=">= 1")
     offload_min_items: int = env(
         "RECSYS_RECOMMENDER_OFFLOAD_MIN_ITEMS", 20_000,
         "Catalogues with at least this many items are scored on a worker thread; smaller ones "
         "on the event loop, where scoring costs less than the thread hop.",
-        check=_non_negative, rule=">= 0")
+        check=non_negative, rule=">= 0")
 
     def validate(self) -> None:
         super().validate()

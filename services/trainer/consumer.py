@@ -70,10 +70,10 @@ class EventConsumer:
         batch: int,
         security: KafkaSecurity = PLAINTEXT,
     ) -> None:
-        self._security = security
         self._store = store
         self._metrics = metrics
         self._bootstrap = bootstrap
+        self._security = security
         self._topic = topic
         self._group_id = group_id
         self._batch = batch

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.core.config import KafkaSettings, MlflowSettings, ServerSettings
-from services.core.settings import env, positive
+from services.core.settings import at_least_one, env, non_negative, positive
 from services.trainer.model import TrainConfig
 
 # The InteractionType names (without the INTERACTION_TYPE_ prefix, lower case) the dataset
@@ -35,14 +35,6 @@ def _type_weights(value: Mapping[str, float]) -> bool:
     )
 
 
-def _at_least_one(value: int) -> bool:
-    return value >= 1
-
-
-def _non_negative(value: float) -> bool:
-    return math.isfinite(value) and value >= 0
-
-
 def _unit_interval(value: float) -> bool:
     return 0 <= value <= 1
 
@@ -62,7 +54,7 @@ class TrainerSettings(ServerSettings, KafkaSettings, MlflowSettings):
     consumer_batch: int = env(
         "RECSYS_TRAINER_CONSUMER_BATCH", 5000,
         "Most events appended (and fsynced) per transaction before offsets are committed.",
-        check=_at_least_one, rule=">= 1")
+        check=at_least_one, rule=">= 1")
     type_weights: Mapping[str, float] = env(
         "RECSYS_TRAINER_TYPE_WEIGHTS", DEFAULT_TYPE_WEIGHTS,
         "Confidence weight of each interaction type, type=weight,...; 0 leaves a type out of "
@@ -83,10 +75,10 @@ class TrainerSettings(ServerSettings, KafkaSettings, MlflowSettings):
                        "Default confidence scaling (confidence = 1 + alpha * weight).",
                        check=positive, rule="> 0")
     seed: int = env("RECSYS_TRAINER_SEED", TrainConfig.seed, "Default initialisation seed.",
-                    check=_non_negative, rule=">= 0")
+                    check=non_negative, rule=">= 0")
     threads: int = env("RECSYS_TRAINER_THREADS", 0,
                        "Torch threads for training; 0 keeps torch's default (all cores).",
-                       check=_non_negative, rule=">= 0")
+                       check=non_negative, rule=">= 0")
 
     min_ndcg: float = env(
         "RECSYS_TRAINER_MIN_NDCG", 0.05,
@@ -100,21 +92,21 @@ class TrainerSettings(ServerSettings, KafkaSettings, MlflowSettings):
     trigger_new_events: int = env(
         "RECSYS_TRAINER_TRIGGER_NEW_EVENTS", 0,
         "Start a job once this many new events arrived since the last job; 0 turns it off.",
-        check=_non_negative, rule=">= 0")
+        check=non_negative, rule=">= 0")
     trigger_interval_min: float = env(
         "RECSYS_TRAINER_TRIGGER_INTERVAL_MIN", 0.0,
         "Start a job every this many minutes when new events arrived; 0 turns it off.",
-        check=_non_negative, rule=">= 0")
+        check=non_negative, rule=">= 0")
 
     mlflow_experiment: str = env("RECSYS_TRAINER_MLFLOW_EXPERIMENT", "recsys-trainer",
                                  "MLflow experiment that holds the training runs.")
     mlflow_timeout_s: int = env(
         "RECSYS_TRAINER_MLFLOW_TIMEOUT_S", 10,
-        "Timeout of one MLflow HTTP request, in seconds.", check=_at_least_one, rule=">= 1")
+        "Timeout of one MLflow HTTP request, in seconds.", check=at_least_one, rule=">= 1")
     mlflow_retries: int = env(
         "RECSYS_TRAINER_MLFLOW_RETRIES", 2,
         "Retries (exponential backoff from 1 s) of a failed MLflow request before a job fails.",
-        check=_non_negative, rule=">= 0")
+        check=non_negative, rule=">= 0")
 
     @property
     def store_path(self) -> Path:

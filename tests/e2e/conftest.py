@@ -26,13 +26,10 @@ from urllib.parse import urlsplit
 import grpc
 import pytest
 
-from recsys.ingest.v1 import ingest_pb2_grpc
-from recsys.recommender.v1 import recommender_pb2_grpc
-from recsys.trainer.v1 import trainer_pb2_grpc
 from services.cli.token import mint_token
 from services.core.tls import ClientTLS
 from tests.conftest import REPO
-from tests.integration.edge.conftest import Rest
+from tests.integration.edge.conftest import Rest, Stubs
 
 READY_LINE = "serving until Ctrl-C"
 START_TIMEOUT_S = 600.0
@@ -57,13 +54,6 @@ class Stack:
 
     def listening_ports(self) -> list[int]:
         return [self.port(name) for name in self.endpoints if name != "metrics"]
-
-
-@dataclass(frozen=True)
-class Stubs:
-    ingest: ingest_pb2_grpc.IngestServiceStub
-    trainer: trainer_pb2_grpc.TrainerServiceStub
-    recommender: recommender_pb2_grpc.RecommenderServiceStub
 
 
 def _listening(port: int) -> bool:
@@ -138,9 +128,7 @@ def _stubs(targets: dict[str, str],
                 else grpc.secure_channel(target, credentials)
                 for name, target in targets.items()}
     try:
-        yield Stubs(ingest_pb2_grpc.IngestServiceStub(channels["ingest"]),
-                    trainer_pb2_grpc.TrainerServiceStub(channels["trainer"]),
-                    recommender_pb2_grpc.RecommenderServiceStub(channels["recommender"]))
+        yield Stubs.of(channels)
     finally:
         for channel in channels.values():
             channel.close()

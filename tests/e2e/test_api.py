@@ -19,8 +19,8 @@ from recsys.ingest.v1 import ingest_pb2
 from recsys.recommender.v1 import recommender_pb2
 from recsys.trainer.v1 import trainer_pb2
 from services.cli.token import mint_token
-from tests.e2e.conftest import Stack, Stubs
-from tests.integration.edge.conftest import Reply, Rest
+from tests.e2e.conftest import Stack
+from tests.integration.edge.conftest import Reply, Rest, Stubs
 
 pytestmark = pytest.mark.e2e
 

@@ -78,6 +78,21 @@ class LoopThread:
         self.loop.close()
 
 
+@contextlib.contextmanager
+def serving(apps: list[tuple[str, App, Any]]) -> Iterator[dict[str, RunningServer]]:
+    """Serve (name, app, settings) in this process, on one loop thread; stop them after."""
+    loop = LoopThread()
+    servers: dict[str, RunningServer] = {}
+    try:
+        for name, app, settings in apps:
+            servers[name] = loop.serve(app, settings)
+        yield servers
+    finally:
+        for running in servers.values():
+            loop.run(running.stop(1.0))
+        loop.close()
+
+
 @dataclass(frozen=True)
 class Reply:
     status: int
@@ -211,33 +226,24 @@ def edge(kafka: TansuBroker, mlflow_server: MlflowServer, redis_server: RedisSer
         ("trainer", trainer_app, trainer),
         ("recommender", RecommenderApp(recommender, CollectorRegistry()), recommender),
     ]
-    loop = LoopThread()
-    servers: dict[str, RunningServer] = {}
-    try:
-        for name, app, settings in apps:
-            servers[name] = loop.serve(app, settings)
+    with serving(apps) as servers, contextlib.ExitStack() as stack:
         ports = {name: running_server.port for name, running_server in servers.items()}
-        with contextlib.ExitStack() as stack:
-            envoy = stack.enter_context(Envoy(
-                tmp_path_factory.mktemp("envoy"), ingest=f"{HOST}:{ports['ingest']}",
-                trainer=f"{HOST}:{ports['trainer']}",
-                recommender=f"{HOST}:{ports['recommender']}",
-                security=EdgeSecurity.from_pki(edge_pki)))
-            token = edge_pki.mint_token(ALL_SCOPES, subject="edge-tests")
-            via_envoy = Stubs.of(dict.fromkeys(
-                ports, stack.enter_context(envoy_channel(envoy, edge_pki, token))))
-            direct = Stubs.of({name: stack.enter_context(grpc.insecure_channel(f"{HOST}:{port}"))
-                               for name, port in ports.items()})
-            rest = Rest(envoy.port, ca=edge_pki.ca_cert, token=token)
-            job = _train(rest, via_envoy, trainer_app)
-            wait_for("the recommender to serve the new champion", lambda: (
-                reply := rest.get("/v1/model")).status == 200
-                and reply.body["modelVersion"] == job.model_version)
-            yield Edge(envoy, rest, via_envoy, direct, ports, job, edge_pki, token)
-    finally:
-        for running_server in servers.values():
-            loop.run(running_server.stop(1.0))
-        loop.close()
+        envoy = stack.enter_context(Envoy(
+            tmp_path_factory.mktemp("envoy"), ingest=f"{HOST}:{ports['ingest']}",
+            trainer=f"{HOST}:{ports['trainer']}",
+            recommender=f"{HOST}:{ports['recommender']}",
+            security=EdgeSecurity.from_pki(edge_pki)))
+        token = edge_pki.mint_token(ALL_SCOPES, subject="edge-tests")
+        via_envoy = Stubs.of(dict.fromkeys(
+            ports, stack.enter_context(envoy_channel(envoy, edge_pki, token))))
+        direct = Stubs.of({name: stack.enter_context(grpc.insecure_channel(f"{HOST}:{port}"))
+                           for name, port in ports.items()})
+        rest = Rest(envoy.port, ca=edge_pki.ca_cert, token=token)
+        job = _train(rest, via_envoy, trainer_app)
+        wait_for("the recommender to serve the new champion", lambda: (
+            reply := rest.get("/v1/model")).status == 200
+            and reply.body["modelVersion"] == job.model_version)
+        yield Edge(envoy, rest, via_envoy, direct, ports, job, edge_pki, token)
 
 
 def _train(rest: Rest, stubs: Stubs, trainer: TrainerApp) -> trainer_pb2.TrainingJob:

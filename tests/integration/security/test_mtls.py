@@ -26,7 +26,7 @@ from services.recommender.app import RecommenderApp
 from services.recommender.settings import RecommenderSettings
 from services.trainer.app import TrainerApp
 from services.trainer.settings import TrainerSettings
-from tests.integration.edge.conftest import LoopThread
+from tests.integration.edge.conftest import serving
 from tests.integration.security.conftest import (
     client_tls,
     health_check,
@@ -74,16 +74,8 @@ def mesh(pki: Pki, kafka: TansuBroker, mlflow_server: MlflowServer, redis_server
         ("trainer", TrainerApp(trainer, CollectorRegistry()), trainer),
         ("recommender", RecommenderApp(recommender, CollectorRegistry()), recommender),
     ]
-    loop = LoopThread()
-    servers: dict[str, RunningServer] = {}
-    try:
-        for name, app, settings in apps:
-            servers[name] = loop.serve(app, settings)
+    with serving(apps) as servers:
         yield Mesh(servers)
-    finally:
-        for running in servers.values():
-            loop.run(running.stop(1.0))
-        loop.close()
 
 
 @pytest.mark.parametrize("name", list(SERVICES))
