@@ -3,10 +3,11 @@
 A Recommend request reads the model reference once, then tries the in-process tier, then Redis
 (one round trip that also returns the user's recent history on a miss), and only then scores.
 Misses are scored in batches (`Batcher`): what arrives while a batch is being scored goes in
-the next one, which shares one matrix product and one top-k. Small catalogues are scored on
-the event loop, where a batch takes tens of microseconds and a thread hop would cost more;
-catalogues of `offload_min_items` or more on a worker thread, so that the event loop (cache
-hits, Redis, gRPC) keeps running meanwhile.
+the next one, which shares one matrix product and one top-k. Small catalogues (and large
+ones searched through an item index) are scored on the event loop, where a batch takes tens
+of microseconds and a thread hop would cost more; queries that score `offload_min_items` rows
+or more on a worker thread, so that the event loop (cache hits, Redis, gRPC) keeps running
+meanwhile.
 """
 
 from __future__ import annotations
@@ -164,6 +165,6 @@ class Recommender:
                 for _ in range(count):
                     histogram.observe(elapsed)
 
-        if scorer.n_items < self._offload_min_items:
+        if scorer.scored_per_query < self._offload_min_items:
             return timed()
         return await asyncio.get_running_loop().run_in_executor(self._executor, timed)

@@ -1,10 +1,12 @@
-"""Ranking with one model version: vectorised torch over the whole catalogue, then top-k.
+"""Ranking with one model version: vectorised torch over the catalogue, then top-k.
 
 A `Scorer` is built once per loaded version and never changes, so any number of requests (and
 worker threads) read it at the same time without locks. Recommend queries are scored in
 batches: one matrix product and one top-k serve every query of a batch, so concurrent requests
 share the pass over the item factors (the cost that dominates large catalogues) and the fixed
-cost of each torch call (the one that dominates small ones).
+cost of each torch call (the one that dominates small ones). A large catalogue is searched
+through an `ItemIndex` instead, when one calibrated on the version's own users reaches the
+target recall; popularity answers and queries the index cannot fill are still scored exactly.
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ import numpy as np
 import torch
 
 from services.core.errors import NotFound
+from services.recommender.item_index import BLOCK, ItemIndex
 from services.trainer.artifact import ModelArtifact
 
 # (item_id, score) pairs, best first.
 Ranked = tuple[tuple[str, float], ...]
 
 _NEG_INF = float("-inf")
+# The sample an item index is calibrated on: enough users for a recall within about +-0.02.
+CALIBRATION_USERS = 256
+CALIBRATION_K = 10
 
 
 class Strategy(enum.Enum):
@@ -47,7 +53,10 @@ class Query:
 class Scorer:
     """Scores items for users (dot product) and items for items (cosine)."""
 
-    def __init__(self, artifact: ModelArtifact) -> None:
+    def __init__(self, artifact: ModelArtifact, *, index_min_items: int = 0,
+                 target_recall: float = 0.95) -> None:
+        """Catalogues of `index_min_items` or more (0: never) are searched through an
+        `ItemIndex` calibrated to `target_recall`, if one reaches it (see `item_index`)."""
         self._artifact = artifact
         self.item_ids: list[str] = artifact.item_ids.tolist()
         self._item_index = {item: i for i, item in enumerate(self.item_ids)}
@@ -62,10 +71,21 @@ class Scorer:
         self._popularity = torch.from_numpy(artifact.item_popularity.astype(np.float32))
         self._seen_indptr = artifact.seen_indptr.tolist()
         self._seen = artifact.seen_indices
+        self.index: ItemIndex | None = None
+        if index_min_items and self.n_items >= index_min_items:
+            self.index = self._calibrated_index(target_recall)
 
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
+
+    @property
+    def scored_per_query(self) -> int:
+        """Rows a Recommend query multiplies: the catalogue, or the index's centroids and
+        probed blocks."""
+        if self.index is None:
+            return self.n_items
+        return self.index.n_blocks + self.index.probes * BLOCK
 
     def knows_item(self, item_id: str) -> bool:
         return item_id in self._item_index
@@ -79,11 +99,42 @@ class Scorer:
 
     def recommend_many(self, queries: Sequence[Query]) -> list[tuple[Strategy, Ranked]]:
         """Top-k items for each query, in order."""
-        n = self.n_items
+        vectors, strategies, excluded = self._prepare(queries)
+        k = min(max(q.k for q in queries), self.n_items)
+        popular = [i for i, strategy in enumerate(strategies) if strategy is Strategy.POPULARITY]
+        if self.index is None:
+            values, rows = (t.numpy() for t in self._exact(vectors, excluded, popular, k))
+        else:
+            values, rows = self.index.search(vectors, k, banned=self._flat(excluded))
+            # Scored exactly: the popularity fallback, and the rare query whose probed blocks
+            # held fewer than k items it may be shown.
+            short = np.flatnonzero(values[:, k - 1] == _NEG_INF)
+            if popular or len(short):
+                redo = sorted(set(popular) | set(short.tolist()))
+                exact = self._exact(vectors[redo], [excluded[i] for i in redo],
+                                    [j for j, i in enumerate(redo) if i in popular], k)
+                values[redo], rows[redo] = (t.numpy() for t in exact)
+        return [(strategy, self._ranked(row_values[: query.k], row_rows[: query.k]))
+                for strategy, query, row_values, row_rows
+                in zip(strategies, queries, values.tolist(), rows.tolist(), strict=True)]
+
+    def _calibrated_index(self, target_recall: float) -> ItemIndex | None:
+        """An index calibrated on a sample of the model's users, each query as Recommend's
+        default (k=10, training items excluded)."""
+        users = self._artifact.user_ids
+        sample = np.random.default_rng(0).permutation(len(users))[:CALIBRATION_USERS]
+        vectors, _, excluded = self._prepare([Query(str(users[i]), CALIBRATION_K)
+                                              for i in sample])
+        return ItemIndex.build(self._items, vectors, k=CALIBRATION_K,
+                               target_recall=target_recall, banned=self._flat(excluded))
+
+    def _prepare(self, queries: Sequence[Query]
+                 ) -> tuple[torch.Tensor, list[Strategy], list[np.ndarray]]:
+        """Each query's user vector (zeros for the popularity fallback), strategy and the
+        catalogue rows it excludes."""
         vectors = np.zeros((len(queries), self._users.shape[1]), dtype=np.float32)
         strategies: list[Strategy] = []
-        popular: list[int] = []
-        banned: list[np.ndarray] = []  # positions in the flattened (queries, items) scores
+        excluded: list[np.ndarray] = []
         for i, query in enumerate(queries):
             recent = self._indices(query.recent_item_ids)
             row = self._user_index.get(query.user_id)
@@ -95,24 +146,30 @@ class Scorer:
                 vectors[i] = self._artifact.fold_in(np.asarray(recent))
             else:
                 strategies.append(Strategy.POPULARITY)
-                popular.append(i)
-            excluded = self._indices(query.exclude_item_ids)
+            rows = [np.asarray(self._indices(query.exclude_item_ids), dtype=np.int64)]
             if query.exclude_seen:
-                excluded += recent
+                rows.append(np.asarray(recent, dtype=np.int64))
                 if row is not None:
-                    seen = self._seen[self._seen_indptr[row] : self._seen_indptr[row + 1]]
-                    banned.append(seen + i * n)
-            if excluded:
-                banned.append(np.asarray(excluded) + i * n)
-        scores = torch.from_numpy(vectors) @ self._items_t
+                    rows.append(self._seen[self._seen_indptr[row] : self._seen_indptr[row + 1]])
+            excluded.append(np.concatenate(rows))
+        return torch.from_numpy(vectors), strategies, excluded
+
+    def _exact(self, vectors: torch.Tensor, excluded: list[np.ndarray], popular: list[int],
+               k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k over the whole catalogue; rows in `popular` rank by popularity."""
+        scores = vectors @ self._items_t
         if popular:
             scores[popular] = self._popularity
-        if banned:
-            scores.view(-1)[torch.from_numpy(np.concatenate(banned))] = _NEG_INF
-        values, rows = torch.topk(scores, min(max(q.k for q in queries), n))
-        return [(strategy, self._ranked(row_values[: query.k], row_rows[: query.k]))
-                for strategy, query, row_values, row_rows
-                in zip(strategies, queries, values.tolist(), rows.tolist(), strict=True)]
+        banned = self._flat(excluded)
+        if banned is not None:
+            scores.view(-1)[banned] = _NEG_INF
+        return torch.topk(scores, k)
+
+    def _flat(self, excluded: list[np.ndarray]) -> torch.Tensor | None:
+        """Excluded rows as positions in the flattened (queries, items) scores."""
+        n = self.n_items
+        positions = [rows + i * n for i, rows in enumerate(excluded) if len(rows)]
+        return torch.from_numpy(np.concatenate(positions)) if positions else None
 
     def similar(self, item_id: str, *, k: int) -> Ranked:
         """The k items with the highest cosine similarity to `item_id` (itself left out)."""

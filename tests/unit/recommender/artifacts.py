@@ -27,3 +27,29 @@ def small_artifact(*, n_users: int = 60, n_items: int = 120, factors: int = 8,
     model = fit(data, TrainConfig(factors=factors, epochs=4, num_threads=1))
     return ModelArtifact.from_model(model, data, user_ids=[f"u{u}" for u in range(n_users)],
                                     item_ids=[f"i{i}" for i in range(n_items)])
+
+
+def clustered_artifact(*, n_items: int = 5_003, n_users: int = 400, factors: int = 16,
+                       topics: int = 40, seen_per_user: int = 20) -> ModelArtifact:
+    """Factors with the topic structure trained factors have (what an item index uses), and
+    norms spread as theirs are; users "u0".., items "i0"..; not trained, so it is cheap at
+    thousands of items."""
+    rng = np.random.default_rng(7)
+    centres = rng.normal(0, 1, (topics, factors))
+
+    def around_topics(n: int) -> np.ndarray:
+        points = centres[rng.integers(0, topics, n)] + rng.normal(0, 0.15, (n, factors))
+        return (points * rng.lognormal(0, 0.5, (n, 1))).astype(np.float32)
+
+    items = around_topics(n_items)
+    seen = np.sort(rng.choice(n_items, (n_users, seen_per_user)), axis=1)
+    return ModelArtifact(
+        user_factors=around_topics(n_users), item_factors=items,
+        user_ids=np.asarray([f"u{n}" for n in range(n_users)], dtype=np.str_),
+        item_ids=np.asarray([f"i{n}" for n in range(n_items)], dtype=np.str_),
+        item_popularity=np.bincount(seen.ravel(), minlength=n_items).astype(np.int64),
+        seen_indptr=np.arange(0, seen.size + 1, seen_per_user, dtype=np.int64),
+        seen_indices=seen.ravel().astype(np.int64),
+        item_gram=items.astype(np.float64).T @ items.astype(np.float64),
+        regularization=0.05, reg_exponent=1.0, alpha=10.0,
+    )
