@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from services.recommender.model_store import (
     MlflowChampion,
     ModelStore,
 )
+from services.recommender.scoring import Scorer
 from services.recommender.servicer import SERVICE_NAME, RecommenderServicer
 from services.recommender.settings import RecommenderSettings
 
@@ -47,6 +49,9 @@ class RecommenderApp:
                 timeout_s=settings.mlflow_timeout_s, retries=settings.mlflow_retries),
             model_name=settings.model_name, poll_interval_s=settings.poll_interval_s,
             metrics=self._metrics, on_swap=self._swapped,
+            build_scorer=functools.partial(
+                Scorer, index_min_items=settings.index_min_items,
+                target_recall=settings.index_target_recall),
         )
         self._local: LocalAnswers[Recommendation] = LocalAnswers(
             settings.local_cache_size, settings.cache_ttl_s)

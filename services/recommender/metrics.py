@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 # Scoring is tens of µs for a MovieLens-size catalogue and milliseconds for 100k+ items.
 SCORING_BUCKETS = (
@@ -18,6 +18,8 @@ class RecommenderMetrics:
     scoring_seconds: Histogram
     strategy: Counter
     model: Info
+    index_recall: Gauge
+    index_scanned: Gauge
     model_swaps: Counter
     model_load_failures: Counter
     redis_errors: Counter
@@ -46,6 +48,18 @@ class RecommenderMetrics:
             model=Info(
                 "recsys_recommender_model",
                 "The model version being served.", registry=registry,
+            ),
+            index_recall=Gauge(
+                "recsys_recommender_index_recall",
+                "Recall@10 of the served version's item index against exact scoring, measured "
+                "on a sample of its users when it loaded; 1 when scoring is exact.",
+                registry=registry,
+            ),
+            index_scanned=Gauge(
+                "recsys_recommender_index_scanned_ratio",
+                "Share of the catalogue scored per Recommend query: below 1 when the item "
+                "index serves the version.",
+                registry=registry,
             ),
             model_swaps=Counter(
                 "recsys_recommender_model_swaps_total",

@@ -2,10 +2,11 @@
 
 A poller thread looks the alias up every interval; when it names another version, the thread
 downloads that version's `.npz` into a private temporary directory, loads it, builds its
-`Scorer`, and only then swaps it in with one reference assignment. A request reads `current`
-once and keeps that object, so it never mixes two versions, and the old version is freed when
-the last request holding it finishes. MLflow failures leave the current model serving; they
-are logged, counted and retried at the next poll.
+`Scorer` (with an item index, for a large catalogue), and only then swaps it in with one
+reference assignment. A request reads `current` once and keeps that object, so it never mixes
+two versions, and the old version is freed when the last request holding it finishes. MLflow
+failures leave the current model serving; they are logged, counted and retried at the next
+poll.
 """
 
 from __future__ import annotations
@@ -94,11 +95,13 @@ class ModelStore:
 
     def __init__(self, source: ChampionSource, *, model_name: str, poll_interval_s: float,
                  metrics: RecommenderMetrics,
+                 build_scorer: Callable[[ModelArtifact], Scorer] = Scorer,
                  on_swap: Callable[[LoadedModel], None] = lambda model: None) -> None:
         self._source = source
         self._model_name = model_name
         self._poll_interval_s = poll_interval_s
         self._metrics = metrics
+        self._build_scorer = build_scorer
         self._on_swap = on_swap
         self._current: LoadedModel | None = None
         self._waiting_logged = False
@@ -145,16 +148,22 @@ class ModelStore:
             model_name=self._model_name, version=info.version, alias=CHAMPION,
             run_id=info.run_id, loaded_at=datetime.now(UTC), metrics=dict(info.metrics),
             lineage=info.lineage, user_count=artifact.n_users, item_count=artifact.n_items,
-            factors=artifact.factors, scorer=Scorer(artifact),
+            factors=artifact.factors, scorer=self._build_scorer(artifact),
         )
         previous, self._current = self._current, loaded  # the swap: one reference assignment
         self._metrics.model_swaps.inc()
         self._metrics.model.info({"name": loaded.model_name, "version": loaded.version,
                                   "run_id": loaded.run_id})
+        index = loaded.scorer.index
+        self._metrics.index_recall.set(index.recall if index else 1.0)
+        self._metrics.index_scanned.set(index.scanned if index else 1.0)
         log.info("serving model version", extra={
             "model": loaded.model_name, "version": loaded.version,
             "previous": previous.version if previous else None,
             "users": loaded.user_count, "items": loaded.item_count,
+            "scoring": "index" if index else "exact",
+            **({"index_recall": round(index.recall, 4), "index_scanned": round(index.scanned, 4),
+                "index_probes": index.probes} if index else {}),
         })
         self._on_swap(loaded)
         return True

@@ -9,6 +9,10 @@ from services.core.config import KafkaSettings, MlflowSettings, ServerSettings, 
 from services.core.settings import SettingsError, at_least_one, env, non_negative, positive
 
 
+def _fraction(value: float) -> bool:
+    return 0 < value <= 1
+
+
 def _redis_url(value: str) -> bool:
     return value.startswith(("redis://", "rediss://", "unix://"))
 
@@ -78,9 +82,22 @@ class RecommenderSettings(ServerSettings, KafkaSettings, MlflowSettings):
         check=at_least_one, rule=">= 1")
     offload_min_items: int = env(
         "RECSYS_RECOMMENDER_OFFLOAD_MIN_ITEMS", 20_000,
-        "Catalogues with at least this many items are scored on a worker thread; smaller ones "
-        "on the event loop, where scoring costs less than the thread hop.",
+        "Queries that score at least this many items (the catalogue, or what the item index "
+        "probes) are scored on a worker thread; smaller ones on the event loop, where scoring "
+        "costs less than the thread hop.",
         check=non_negative, rule=">= 0")
+    index_min_items: int = env(
+        "RECSYS_RECOMMENDER_INDEX_MIN_ITEMS", 50_000,
+        "Catalogues with at least this many items are searched through an approximate item "
+        "index (k-means inverted file) instead of scored item by item, when the index reaches "
+        "RECSYS_RECOMMENDER_INDEX_TARGET_RECALL; 0: always exact.",
+        check=non_negative, rule=">= 0")
+    index_target_recall: float = env(
+        "RECSYS_RECOMMENDER_INDEX_TARGET_RECALL", 0.95,
+        "Share of the exact top-10 the item index must find, measured on 256 of the model's "
+        "users each time a version loads; the fewest probes that reach it are used, and an "
+        "index that needs more than 10% of the catalogue to reach it is not used at all.",
+        check=_fraction, rule="> 0 and <= 1")
 
     def validate(self) -> None:
         super().validate()

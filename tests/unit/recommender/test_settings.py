@@ -29,3 +29,15 @@ def test_values_are_read_and_checked() -> None:
 def test_unknown_variables_are_rejected() -> None:
     with pytest.raises(SettingsError, match="unknown setting RECSYS_RECOMMENDER_MAXK"):
         load(RecommenderSettings, {"RECSYS_RECOMMENDER_MAXK": "5"}, prefix=PREFIX)
+
+
+@pytest.mark.parametrize("value", ["0.0", "1.5", "nan"])
+def test_the_index_target_recall_is_a_fraction(value: str) -> None:
+    message = f"RECSYS_RECOMMENDER_INDEX_TARGET_RECALL={value}: must be > 0 and <= 1"
+    with pytest.raises(SettingsError, match=message):
+        load(RecommenderSettings, {"RECSYS_RECOMMENDER_INDEX_TARGET_RECALL": value},
+             prefix=PREFIX)
+    settings = load(RecommenderSettings, {"RECSYS_RECOMMENDER_INDEX_TARGET_RECALL": "1",
+                                          "RECSYS_RECOMMENDER_INDEX_MIN_ITEMS": "0"},
+                    prefix=PREFIX)
+    assert (settings.index_target_recall, settings.index_min_items) == (1.0, 0)
