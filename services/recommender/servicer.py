@@ -8,6 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
 from services.core.errors import InvalidArgument
 from services.recommender.engine import Recommender
+from services.recommender.item_index import ItemIndex
 from services.trainer.messages import lineage_to_proto, metrics_to_proto
 
 SERVICE_NAME = recommender_pb2.DESCRIPTOR.services_by_name["RecommenderService"].full_name
@@ -55,6 +56,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
             loaded_at=loaded_at, metrics=metrics_to_proto(model.metrics),
             lineage=lineage_to_proto(model.lineage), user_count=model.user_count,
             item_count=model.item_count, factors=model.factors,
+            scoring=_scoring(model.scorer.index),
         )
 
     def _k(self, k: int) -> int:
@@ -62,6 +64,13 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
             raise InvalidArgument("k", f"must be 1 to {self._max_k} (0 means {DEFAULT_K}), "
                                        f"got {k}")
         return k or min(DEFAULT_K, self._max_k)
+
+
+def _scoring(index: ItemIndex | None) -> recommender_pb2.Scoring:
+    if index is None:
+        return recommender_pb2.Scoring(approximate=False, recall_at_10=1.0, scanned_ratio=1.0)
+    return recommender_pb2.Scoring(approximate=True, recall_at_10=index.recall,
+                                   scanned_ratio=index.scanned)
 
 
 def _id(field: str, value: str) -> str:

@@ -212,6 +212,7 @@ class GetModelInfoResponse(_message.Message):
     USER_COUNT_FIELD_NUMBER: _builtins.int
     ITEM_COUNT_FIELD_NUMBER: _builtins.int
     FACTORS_FIELD_NUMBER: _builtins.int
+    SCORING_FIELD_NUMBER: _builtins.int
     model_version: _builtins.str
     model_name: _builtins.str
     alias: _builtins.str
@@ -225,6 +226,10 @@ class GetModelInfoResponse(_message.Message):
     def metrics(self) -> _model_pb2.EvaluationMetrics: ...
     @_builtins.property
     def lineage(self) -> _model_pb2.DatasetLineage: ...
+    @_builtins.property
+    def scoring(self) -> Global___Scoring:
+        """How Recommend ranks this version's catalogue."""
+
     def __init__(
         self,
         *,
@@ -237,11 +242,44 @@ class GetModelInfoResponse(_message.Message):
         user_count: _builtins.int = ...,
         item_count: _builtins.int = ...,
         factors: _builtins.int = ...,
+        scoring: Global___Scoring | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["lineage", b"lineage", "loaded_at", b"loaded_at", "metrics", b"metrics"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lineage", b"lineage", "loaded_at", b"loaded_at", "metrics", b"metrics", "scoring", b"scoring"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "factors", b"factors", "item_count", b"item_count", "lineage", b"lineage", "loaded_at", b"loaded_at", "metrics", b"metrics", "model_name", b"model_name", "model_version", b"model_version", "user_count", b"user_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "factors", b"factors", "item_count", b"item_count", "lineage", b"lineage", "loaded_at", b"loaded_at", "metrics", b"metrics", "model_name", b"model_name", "model_version", b"model_version", "scoring", b"scoring", "user_count", b"user_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetModelInfoResponse: _TypeAlias = GetModelInfoResponse  # noqa: Y015
+
+@_typing.final
+class Scoring(_message.Message):
+    """Exact scoring, or the approximate item index of a large catalogue (README: Large catalogues)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPROXIMATE_FIELD_NUMBER: _builtins.int
+    RECALL_AT_10_FIELD_NUMBER: _builtins.int
+    SCANNED_RATIO_FIELD_NUMBER: _builtins.int
+    approximate: _builtins.bool
+    """True when an item index serves Recommend; false when every item is scored."""
+    recall_at_10: _builtins.float
+    """Recall@10 of the index against exact scoring, measured on a sample of the version's users
+    when it loaded; 1 when exact.
+    """
+    scanned_ratio: _builtins.float
+    """Share of the catalogue one Recommend query scores; 1 when exact."""
+    def __init__(
+        self,
+        *,
+        approximate: _builtins.bool = ...,
+        recall_at_10: _builtins.float = ...,
+        scanned_ratio: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approximate", b"approximate", "recall_at_10", b"recall_at_10", "scanned_ratio", b"scanned_ratio"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Scoring: _TypeAlias = Scoring  # noqa: Y015
