@@ -7,7 +7,16 @@ health, reflection) whose RecommenderService returns a fixed 10-item answer. Cat
 
 - ml100k: MovieLens-100k trained with the model core (943 users, 1,682 items, default
   hyper-parameters), or random factors of that shape when the data is not there;
-- synthetic-100k: random factors, 20,000 users and 100,000 items, 128 factors.
+- synthetic-100k: trained with the model core (default hyper-parameters) on 2,000,000 events
+  from the synthetic generator (services.data.synthetic: 20,000 users, 100,000 items, Zipf
+  exponent 0.8), about 99,750 of the items seen, so in the model;
+- random-100k: random factors, 20,000 users, 100,000 items, 128 factors: no structure for the
+  item index to use (it is calibrated, found useless, and scoring stays exact): the worst case.
+
+Before the load, each catalogue's line says how the recommender scores it (exact, or the item
+index with its calibrated recall@10 and the share of the catalogue a query scans, from the
+server's metrics) and how personal the answers are (distinct items in the exact top-10s of
+the load users: all users getting the same 10 items makes any index's work easy).
 
 Each run is a grpc.aio load client in its own process (one channel, `concurrency` requests in
 flight) after a warm-up, on the same machine as the servers; the modes take turns for
@@ -25,7 +34,7 @@ Targets (ratios to echo at concurrency 8): miss QPS >= 0.45, hit QPS >= 0.60, p9
 <= 3x echo's p99.
 
     .venv/bin/python scripts/bench/serve.py [--duration 4] [--warmup 1] [--rounds 3]
-        [--ml100k PATH] [--catalogues ml100k,synthetic-100k]
+        [--ml100k PATH] [--catalogues ml100k,synthetic-100k,random-100k]
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 # Run as a file (`python scripts/bench/serve.py`): make the repository's `scripts` importable.
@@ -209,6 +219,26 @@ def ml100k_artifact(path: Path | None) -> tuple[object, str]:
         "random factors of MovieLens-100k shape (data not found)"
 
 
+def synthetic_artifact() -> tuple[object, str]:
+    """The model core trained on the synthetic generator's events (about 40 s here)."""
+    from services.data.synthetic import SyntheticData, SyntheticSpec
+    from services.trainer.artifact import ModelArtifact
+    from services.trainer.model import Interactions, TrainConfig, fit
+
+    spec = SyntheticSpec(users=20_000, items=100_000, events=2_000_000, popularity_exponent=0.8)
+    started = time.perf_counter()
+    blocks = list(SyntheticData(spec).blocks())
+    user_ids, users = np.unique(np.concatenate([b.user for b in blocks]), return_inverse=True)
+    item_ids, items = np.unique(np.concatenate([b.item for b in blocks]), return_inverse=True)
+    data = Interactions.from_arrays(users, items)
+    model = fit(data, TrainConfig())
+    print(f"  generated and trained in {time.perf_counter() - started:.0f} s", flush=True)
+    artifact = ModelArtifact.from_model(model, data, user_ids=[f"u{u}" for u in user_ids],
+                                        item_ids=[f"i{i}" for i in item_ids])
+    return artifact, (f"synthetic events, trained: {artifact.n_users:,} users, "
+                      f"{artifact.n_items:,} items, {artifact.factors} factors")
+
+
 def random_artifact(n_users: int, n_items: int, factors: int, *, seen_per_user: int) -> object:
     from services.trainer.artifact import ModelArtifact
 
@@ -248,7 +278,7 @@ def register(tracking_uri: str, model: str, artifact: object, workdir: Path) -> 
     registry.set_champion(version.version)
 
 
-CATALOGUES = ("ml100k", "synthetic-100k")
+CATALOGUES = ("ml100k", "synthetic-100k", "random-100k")
 
 
 def catalogues(tracking_uri: str, workdir: Path, ml100k: Path | None,
@@ -259,24 +289,52 @@ def catalogues(tracking_uri: str, workdir: Path, ml100k: Path | None,
     if "ml100k" in names:
         built.append(("ml100k", *ml100k_artifact(ml100k)))
     if "synthetic-100k" in names:
-        built.append(("synthetic-100k", random_artifact(20_000, 100_000, 128, seen_per_user=20),
-                      "synthetic: 20,000 users, 100,000 items, random factors (128)"))
+        built.append(("synthetic-100k", *synthetic_artifact()))
+    if "random-100k" in names:
+        built.append(("random-100k", random_artifact(20_000, 100_000, 128, seen_per_user=20),
+                      "random factors: 20,000 users, 100,000 items, 128 factors"))
     for name, artifact, description in built:
         register(tracking_uri, f"bench-{name}", artifact, workdir)
-        users = artifact.user_ids.tolist()  # type: ignore[attr-defined]
-        out.append(Catalogue(name, description, users[:LOAD_USERS],
+        users = artifact.user_ids.tolist()[:LOAD_USERS]  # type: ignore[attr-defined]
+        personal = (f"{distinct_top10(artifact, users):,} distinct items in the exact top-10s "
+                    f"of the {len(users)} load users")
+        out.append(Catalogue(name, f"{description}; {personal}", users,
                              artifact.item_ids.tolist()))  # type: ignore[attr-defined]
     return out
+
+
+def distinct_top10(artifact: object, users: Sequence[str]) -> int:
+    from services.recommender.scoring import Query, Scorer
+    from services.trainer.artifact import ModelArtifact
+
+    assert isinstance(artifact, ModelArtifact)
+    answers = Scorer(artifact).recommend_many([Query(user, 10) for user in users])
+    return len({item for _, ranked in answers for item, _ in ranked})
 
 
 # -- load ----------------------------------------------------------------------------------
 
 
+def _metric_families(server: _GrpcServer) -> list[Metric]:
+    body = urllib.request.urlopen(f"http://{HOST}:{server.metrics_port}/metrics", timeout=5)
+    return list(text_string_to_metric_families(body.read().decode()))
+
+
+def scoring(server: _GrpcServer) -> str:
+    """How the recommender scores its catalogue, from its index gauges."""
+    gauges = {family.name: family.samples[0].value for family in _metric_families(server)
+              if family.name.startswith("recsys_recommender_index_")}
+    recall, scanned = (gauges["recsys_recommender_index_recall"],
+                       gauges["recsys_recommender_index_scanned_ratio"])
+    if scanned >= 1:
+        return "exact (every item scored)"
+    return f"item index, recall@10 {recall:.3f} at calibration, {scanned:.1%} of items scanned"
+
+
 def cache_outcomes(server: _GrpcServer) -> Counter[str]:
     """recsys_recommender_cache_requests_total by "result/tier", scraped from /metrics."""
-    body = urllib.request.urlopen(f"http://{HOST}:{server.metrics_port}/metrics", timeout=5)
     counts: Counter[str] = Counter()
-    for family in text_string_to_metric_families(body.read().decode()):
+    for family in _metric_families(server):
         if family.name == "recsys_recommender_cache_requests":
             for sample in family.samples:
                 if sample.name.endswith("_total"):
@@ -377,6 +435,7 @@ def bench(duration: float, warmup: float, rounds: int, ml100k: Path | None,
                                   **common) as redis_only):
                     servers = {"echo": echo, "hit": tiered, "hit-redis": redis_only,
                                "miss": tiered}
+                    print(f"scoring: {scoring(tiered)}", flush=True)
                     print(f"{'mode':<10} {'conc':>5} {'qps':>8} {'range':>11} {'p50 ms':>8} "
                           f"{'p99 ms':>8} {'errors':>7}  cache outcomes (server's metrics)",
                           flush=True)
