@@ -20,6 +20,7 @@ import torch
 
 from services.core.errors import NotFound
 from services.recommender.item_index import BLOCK, ItemIndex
+from services.recommender.top_lists import TopLists
 from services.trainer.artifact import ModelArtifact
 
 # (item_id, score) pairs, best first.
@@ -54,9 +55,12 @@ class Scorer:
     """Scores items for users (dot product) and items for items (cosine)."""
 
     def __init__(self, artifact: ModelArtifact, *, index_min_items: int = 0,
-                 target_recall: float = 0.95) -> None:
+                 target_recall: float = 0.95, top_lists_max_cells: int = 0,
+                 top_lists_max_users: int = 0) -> None:
         """Catalogues of `index_min_items` or more (0: never) are searched through an
-        `ItemIndex` calibrated to `target_recall`, if one reaches it (see `item_index`)."""
+        `ItemIndex` calibrated to `target_recall`, if one reaches it (see `item_index`);
+        when users x items is at most `top_lists_max_cells` and users at most
+        `top_lists_max_users`, known users' lists are ranked once (see `top_lists`)."""
         self._artifact = artifact
         self.item_ids: list[str] = artifact.item_ids.tolist()
         self._item_index = {item: i for i, item in enumerate(self.item_ids)}
@@ -74,6 +78,11 @@ class Scorer:
         self.index: ItemIndex | None = None
         if index_min_items and self.n_items >= index_min_items:
             self.index = self._calibrated_index(target_recall)
+        self.top_lists: TopLists | None = None
+        if (0 < artifact.n_users * self.n_items <= top_lists_max_cells
+                and artifact.n_users <= top_lists_max_users):
+            self.top_lists = TopLists.build(torch.from_numpy(self._users), self._items_t,
+                                            artifact.seen_indptr, self._seen)
 
     @property
     def n_items(self) -> int:
@@ -98,7 +107,27 @@ class Scorer:
         return self.recommend_many([query])[0]
 
     def recommend_many(self, queries: Sequence[Query]) -> list[tuple[Strategy, Ranked]]:
-        """Top-k items for each query, in order."""
+        """Top-k items for each query, in order: from the top lists where they hold the
+        answer, else scored."""
+        listed = [self._listed(query) for query in queries]
+        unlisted = [query for query, answer in zip(queries, listed, strict=True) if answer is None]
+        scored = iter(self._scored(unlisted) if unlisted else ())
+        return [answer or next(scored) for answer in listed]
+
+    def _listed(self, query: Query) -> tuple[Strategy, Ranked] | None:
+        """The answer from the user's top list, if it holds one."""
+        row = self._user_index.get(query.user_id)
+        if self.top_lists is None or row is None or not query.exclude_seen:
+            return None
+        excluded = set(self._indices(query.exclude_item_ids))
+        excluded.update(self._indices(query.recent_item_ids))
+        picked = self.top_lists.pick(row, min(query.k, self.n_items), excluded)
+        if picked is None:
+            return None
+        ids = self.item_ids
+        return Strategy.PERSONALIZED, tuple((ids[item], score) for item, score in picked)
+
+    def _scored(self, queries: Sequence[Query]) -> list[tuple[Strategy, Ranked]]:
         vectors, strategies, excluded = self._prepare(queries)
         k = min(max(q.k for q in queries), self.n_items)
         popular = [i for i, strategy in enumerate(strategies) if strategy is Strategy.POPULARITY]
