@@ -51,7 +51,9 @@ class RecommenderApp:
             metrics=self._metrics, on_swap=self._swapped,
             build_scorer=functools.partial(
                 Scorer, index_min_items=settings.index_min_items,
-                target_recall=settings.index_target_recall),
+                target_recall=settings.index_target_recall,
+                top_lists_max_cells=settings.top_lists_max_cells,
+                top_lists_max_users=settings.top_lists_max_users),
         )
         self._local: LocalAnswers[Recommendation] = LocalAnswers(
             settings.local_cache_size, settings.cache_ttl_s)

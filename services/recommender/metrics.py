@@ -20,6 +20,7 @@ class RecommenderMetrics:
     model: Info
     index_recall: Gauge
     index_scanned: Gauge
+    top_lists: Gauge
     model_swaps: Counter
     model_load_failures: Counter
     redis_errors: Counter
@@ -59,6 +60,12 @@ class RecommenderMetrics:
                 "recsys_recommender_index_scanned_ratio",
                 "Share of the catalogue scored per Recommend query: below 1 when the item "
                 "index serves the version.",
+                registry=registry,
+            ),
+            top_lists=Gauge(
+                "recsys_recommender_top_lists",
+                "1 when the served version's known users have top lists ranked at load (their "
+                "default Recommend answers cost no scoring), else 0.",
                 registry=registry,
             ),
             model_swaps=Counter(

@@ -98,6 +98,17 @@ class RecommenderSettings(ServerSettings, KafkaSettings, MlflowSettings):
         "users each time a version loads; the fewest probes that reach it are used, and an "
         "index that needs more than 10% of the catalogue to reach it is not used at all.",
         check=_fraction, rule="> 0 and <= 1")
+    top_lists_max_cells: int = env(
+        "RECSYS_RECOMMENDER_TOP_LISTS_MAX_CELLS", 2_500_000_000,
+        "Rank every known user's best 128 items exactly when a version loads (answers then "
+        "cost no scoring) if users x items is at most this; the ranking takes about 7 s per "
+        "10^9 cells with 64 factors on one core. 0 turns the lists off.",
+        check=non_negative, rule=">= 0")
+    top_lists_max_users: int = env(
+        "RECSYS_RECOMMENDER_TOP_LISTS_MAX_USERS", 1_000_000,
+        "The top lists (RECSYS_RECOMMENDER_TOP_LISTS_MAX_CELLS) are built only for models with "
+        "at most this many users: they take 1 KiB per user.",
+        check=non_negative, rule=">= 0")
 
     def validate(self) -> None:
         super().validate()

@@ -1,4 +1,5 @@
-"""A catalogue served through the item index by a real recommender (MLflow, Redis, gRPC)."""
+"""A catalogue served through the item index by a real recommender (MLflow, Redis, gRPC);
+top lists off, so that every answer is scored."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ async def test_a_large_catalogue_is_served_through_a_calibrated_index(
     version = publish(servers["mlflow_tracking_uri"], model_name, artifact, tmp_path)
     exact = Scorer(artifact).recommend_many([Query(user, 10) for user in USERS])
     async with replica(**servers, index_min_items=artifact.n_items,
-                       index_target_recall=0.9) as r:
+                       index_target_recall=0.9, top_lists_max_cells=0) as r:
         await r.wait_for_version(version)
         recall = r.metric("recsys_recommender_index_recall")
         scanned = r.metric("recsys_recommender_index_scanned_ratio")
@@ -48,7 +49,8 @@ async def test_below_the_size_threshold_scoring_stays_exact(
         tmp_path: Path) -> None:
     artifact = clustered_artifact()
     version = publish(servers["mlflow_tracking_uri"], model_name, artifact, tmp_path)
-    async with replica(**servers, index_min_items=artifact.n_items + 1) as r:
+    async with replica(**servers, index_min_items=artifact.n_items + 1,
+                       top_lists_max_cells=0) as r:
         await r.wait_for_version(version)
         assert r.metric("recsys_recommender_index_scanned_ratio") == 1.0
         assert r.metric("recsys_recommender_index_recall") == 1.0

@@ -25,6 +25,7 @@ async def test_recommend_returns_k_items_none_from_training(
     version = publish(servers["mlflow_tracking_uri"], model_name, artifact, tmp_path)
     async with replica(**servers) as r:
         await r.wait_for_version(version)
+        assert r.metric("recsys_recommender_top_lists") == 1  # answers below come from them
         for user in (0, 7, 33):
             reply = await r.recommend(f"u{user}", k=10)
             assert (reply.model_version, reply.strategy) == \
