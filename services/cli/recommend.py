@@ -95,9 +95,10 @@ def _print_model_info(info: recommender_pb2.GetModelInfoResponse) -> None:
                     f"({m.users_evaluated} users)"),
         ("trained on", f"{lineage.row_count} events from topic {lineage.topic or '-'} "
                        f"(offsets {offsets or '-'}), content {lineage.content_hash[:12] or '-'}"),
-        ("scoring", f"item index: recall@10 {info.scoring.recall_at_10:.3f}, "
-                    f"{info.scoring.scanned_ratio:.1%} of the catalogue per query"
-         if info.scoring.approximate else "exact (every item)"),
+        ("scoring", ("top lists ranked at load, else " if info.scoring.top_lists else "")
+         + (f"item index: recall@10 {info.scoring.recall_at_10:.3f}, "
+            f"{info.scoring.scanned_ratio:.1%} of the catalogue per query"
+            if info.scoring.approximate else "exact (every item)")),
     )
     for name, value in rows:
         print(f"{name + ':':<12} {value}")

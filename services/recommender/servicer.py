@@ -56,7 +56,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
             loaded_at=loaded_at, metrics=metrics_to_proto(model.metrics),
             lineage=lineage_to_proto(model.lineage), user_count=model.user_count,
             item_count=model.item_count, factors=model.factors,
-            scoring=_scoring(model.scorer.index),
+            scoring=_scoring(model.scorer.index, top_lists=model.scorer.top_lists is not None),
         )
 
     def _k(self, k: int) -> int:
@@ -66,11 +66,12 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
         return k or min(DEFAULT_K, self._max_k)
 
 
-def _scoring(index: ItemIndex | None) -> recommender_pb2.Scoring:
+def _scoring(index: ItemIndex | None, *, top_lists: bool) -> recommender_pb2.Scoring:
     if index is None:
-        return recommender_pb2.Scoring(approximate=False, recall_at_10=1.0, scanned_ratio=1.0)
+        return recommender_pb2.Scoring(approximate=False, recall_at_10=1.0, scanned_ratio=1.0,
+                                       top_lists=top_lists)
     return recommender_pb2.Scoring(approximate=True, recall_at_10=index.recall,
-                                   scanned_ratio=index.scanned)
+                                   scanned_ratio=index.scanned, top_lists=top_lists)
 
 
 def _id(field: str, value: str) -> str:

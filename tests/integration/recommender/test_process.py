@@ -81,7 +81,7 @@ async def test_recsys_commands(replica: ReplicaFactory, servers: dict[str, str],
         assert code == 0
         assert f"{model_name} version {version} (alias champion)" in out
         assert "60 users, 120 items, 8 factors" in out
-        assert "scoring:     exact (every item)" in out
+        assert "scoring:     top lists ranked at load, else exact (every item)" in out
         code, _, err = await run("similar", "nope")
         assert code == 1
         assert err.startswith("recsys similar: error: NOT_FOUND: ")

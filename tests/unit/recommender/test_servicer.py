@@ -120,8 +120,8 @@ async def test_model_info(served: Served) -> None:
     assert info.metrics.users_evaluated == 40
     assert dict(info.lineage.partition_offsets) == {0: 400, 1: 200}
     assert info.loaded_at.seconds > 0
-    assert (info.scoring.approximate, info.scoring.recall_at_10, info.scoring.scanned_ratio) \
-        == (False, 1.0, 1.0)
+    assert (info.scoring.approximate, info.scoring.recall_at_10, info.scoring.scanned_ratio,
+            info.scoring.top_lists) == (False, 1.0, 1.0, True)
 
 
 async def test_a_moved_alias_is_swapped_in(served: Served) -> None:

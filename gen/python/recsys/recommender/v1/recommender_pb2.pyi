@@ -261,6 +261,7 @@ class Scoring(_message.Message):
     APPROXIMATE_FIELD_NUMBER: _builtins.int
     RECALL_AT_10_FIELD_NUMBER: _builtins.int
     SCANNED_RATIO_FIELD_NUMBER: _builtins.int
+    TOP_LISTS_FIELD_NUMBER: _builtins.int
     approximate: _builtins.bool
     """True when an item index serves Recommend; false when every item is scored."""
     recall_at_10: _builtins.float
@@ -269,16 +270,21 @@ class Scoring(_message.Message):
     """
     scanned_ratio: _builtins.float
     """Share of the catalogue one Recommend query scores; 1 when exact."""
+    top_lists: _builtins.bool
+    """True when known users' answers come from lists ranked exactly at load (README: Large
+    catalogues); what those lists cannot answer is scored as above.
+    """
     def __init__(
         self,
         *,
         approximate: _builtins.bool = ...,
         recall_at_10: _builtins.float = ...,
         scanned_ratio: _builtins.float = ...,
+        top_lists: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approximate", b"approximate", "recall_at_10", b"recall_at_10", "scanned_ratio", b"scanned_ratio"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approximate", b"approximate", "recall_at_10", b"recall_at_10", "scanned_ratio", b"scanned_ratio", "top_lists", b"top_lists"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
