@@ -247,19 +247,10 @@ def random_artifact(n_users: int, n_items: int, factors: int, *, seen_per_user: 
     from services.trainer.artifact import ModelArtifact
 
     rng = np.random.default_rng(42)
-    items = rng.normal(scale=0.1, size=(n_items, factors)).astype(np.float32)
+    items = rng.normal(scale=0.1, size=(n_items, factors))
     seen = np.sort(rng.integers(0, n_items, size=(n_users, seen_per_user)), axis=1)
-    return ModelArtifact(
-        user_factors=rng.normal(scale=0.1, size=(n_users, factors)).astype(np.float32),
-        item_factors=items,
-        user_ids=np.asarray([f"u{n}" for n in range(n_users)], dtype=np.str_),
-        item_ids=np.asarray([f"i{n}" for n in range(n_items)], dtype=np.str_),
-        item_popularity=np.bincount(seen.ravel(), minlength=n_items).astype(np.int64),
-        seen_indptr=np.arange(0, seen.size + 1, seen_per_user, dtype=np.int64),
-        seen_indices=seen.ravel().astype(np.int64),
-        item_gram=items.astype(np.float64).T @ items.astype(np.float64),
-        regularization=0.05, reg_exponent=1.0, alpha=10.0,
-    )
+    return ModelArtifact.from_factors(rng.normal(scale=0.1, size=(n_users, factors)), items,
+                                      seen)
 
 
 def register(tracking_uri: str, model: str, artifact: object, workdir: Path) -> None:

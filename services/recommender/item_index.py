@@ -63,17 +63,17 @@ class ItemIndex:
         return min(1.0, self.probes * BLOCK / self.n_items)
 
     @classmethod
-    def build(cls, items: torch.Tensor, queries: torch.Tensor, *, k: int,
+    def build(cls, items: torch.Tensor, queries: torch.Tensor, exact: np.ndarray, *,
               target_recall: float, banned: torch.Tensor | None = None,
               seed: int = 0) -> ItemIndex | None:
         """Cluster `items` and calibrate the probes on `queries` (vectors, one per row) so
-        that their top-k finds `target_recall` of the exact top-k; `banned` are flat
-        positions (query row * n_items + item row) left out of both. None when no probe
-        count under `MAX_SCANNED` of the catalogue reaches the target."""
+        that their top-k finds `target_recall` of `exact`, their exact top-k rows; `banned`
+        are flat positions (query row * n_items + item row) they leave out. None when no
+        probe count under `MAX_SCANNED` of the catalogue reaches the target."""
         n_items = len(items)
+        k = exact.shape[1]
         centroids, groups = _kmeans(items, max(1, round(math.sqrt(n_items))), seed=seed)
         index = _layout(items, centroids, groups)
-        exact = torch.topk(_banned_out(queries @ items.T, banned), k).indices.numpy()
 
         @functools.cache
         def recall(probes: int) -> float:
@@ -133,12 +133,6 @@ class ItemIndex:
             scores[banned[nearest] == flat] = -np.inf
         values, top = torch.topk(torch.from_numpy(scores), min(k, scores.shape[1]))
         return values.numpy(), np.take_along_axis(rows, top.numpy(), axis=1)
-
-
-def _banned_out(scores: torch.Tensor, banned: torch.Tensor | None) -> torch.Tensor:
-    if banned is not None:
-        scores.view(-1)[banned] = float("-inf")
-    return scores
 
 
 def _kmeans(points: torch.Tensor, groups: int, *,

@@ -154,18 +154,18 @@ class ModelStore:
         self._metrics.model_swaps.inc()
         self._metrics.model.info({"name": loaded.model_name, "version": loaded.version,
                                   "run_id": loaded.run_id})
-        index = loaded.scorer.index
-        self._metrics.index_recall.set(index.recall if index else 1.0)
-        self._metrics.index_scanned.set(index.scanned if index else 1.0)
-        self._metrics.top_lists.set(loaded.scorer.top_lists is not None)
+        scorer = loaded.scorer
+        self._metrics.index_recall.set(scorer.recall)
+        self._metrics.index_scanned.set(scorer.scanned)
+        self._metrics.top_lists.set(scorer.top_lists is not None)
         log.info("serving model version", extra={
             "model": loaded.model_name, "version": loaded.version,
             "previous": previous.version if previous else None,
             "users": loaded.user_count, "items": loaded.item_count,
-            "scoring": "index" if index else "exact",
-            "top_lists": loaded.scorer.top_lists is not None,
-            **({"index_recall": round(index.recall, 4), "index_scanned": round(index.scanned, 4),
-                "index_probes": index.probes} if index else {}),
+            "scoring": "index" if scorer.index else "exact",
+            "top_lists": scorer.top_lists is not None,
+            "index_recall": round(scorer.recall, 4), "index_scanned": round(scorer.scanned, 4),
+            "index_probes": scorer.index.probes if scorer.index else None,
         })
         self._on_swap(loaded)
         return True

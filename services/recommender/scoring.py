@@ -81,12 +81,21 @@ class Scorer:
         self.top_lists: TopLists | None = None
         if (0 < artifact.n_users * self.n_items <= top_lists_max_cells
                 and artifact.n_users <= top_lists_max_users):
-            self.top_lists = TopLists.build(torch.from_numpy(self._users), self._items_t,
-                                            artifact.seen_indptr, self._seen)
+            self.top_lists = TopLists.build(artifact.n_users, self._rank_users)
 
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
+
+    @property
+    def recall(self) -> float:
+        """Recall@10 of scored answers against exact scoring: the index's, or 1."""
+        return self.index.recall if self.index else 1.0
+
+    @property
+    def scanned(self) -> float:
+        """The share of the catalogue a scored query reads: the index's, or 1."""
+        return self.index.scanned if self.index else 1.0
 
     @property
     def scored_per_query(self) -> int:
@@ -154,8 +163,16 @@ class Scorer:
         sample = np.random.default_rng(0).permutation(len(users))[:CALIBRATION_USERS]
         vectors, _, excluded = self._prepare([Query(str(users[i]), CALIBRATION_K)
                                               for i in sample])
-        return ItemIndex.build(self._items, vectors, k=CALIBRATION_K,
+        _, exact = self._exact(vectors, excluded, [], min(CALIBRATION_K, self.n_items))
+        return ItemIndex.build(self._items, vectors, exact.numpy(),
                                target_recall=target_recall, banned=self._flat(excluded))
+
+    def _rank_users(self, users: range, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The exact (scores, rows) of the best `length` items of users (model rows), their
+        training items left out."""
+        ids = self._artifact.user_ids
+        vectors, _, excluded = self._prepare([Query(str(ids[u]), length) for u in users])
+        return self._exact(vectors, excluded, [], min(length, self.n_items))
 
     def _prepare(self, queries: Sequence[Query]
                  ) -> tuple[torch.Tensor, list[Strategy], list[np.ndarray]]:

@@ -8,7 +8,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
 from services.core.errors import InvalidArgument
 from services.recommender.engine import Recommender
-from services.recommender.item_index import ItemIndex
 from services.trainer.messages import lineage_to_proto, metrics_to_proto
 
 SERVICE_NAME = recommender_pb2.DESCRIPTOR.services_by_name["RecommenderService"].full_name
@@ -56,7 +55,9 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
             loaded_at=loaded_at, metrics=metrics_to_proto(model.metrics),
             lineage=lineage_to_proto(model.lineage), user_count=model.user_count,
             item_count=model.item_count, factors=model.factors,
-            scoring=_scoring(model.scorer.index, top_lists=model.scorer.top_lists is not None),
+            scoring=recommender_pb2.Scoring(
+                approximate=model.scorer.index is not None, recall_at_10=model.scorer.recall,
+                scanned_ratio=model.scorer.scanned, top_lists=model.scorer.top_lists is not None),
         )
 
     def _k(self, k: int) -> int:
@@ -64,14 +65,6 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
             raise InvalidArgument("k", f"must be 1 to {self._max_k} (0 means {DEFAULT_K}), "
                                        f"got {k}")
         return k or min(DEFAULT_K, self._max_k)
-
-
-def _scoring(index: ItemIndex | None, *, top_lists: bool) -> recommender_pb2.Scoring:
-    if index is None:
-        return recommender_pb2.Scoring(approximate=False, recall_at_10=1.0, scanned_ratio=1.0,
-                                       top_lists=top_lists)
-    return recommender_pb2.Scoring(approximate=True, recall_at_10=index.recall,
-                                   scanned_ratio=index.scanned, top_lists=top_lists)
 
 
 def _id(field: str, value: str) -> str:

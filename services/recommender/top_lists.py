@@ -7,13 +7,14 @@ chunks of users, and a request takes its list, drops what it excludes and keeps 
 That is the exact answer whenever at least k items survive; otherwise (or for a query the
 lists do not cover: unknown users, `exclude_seen` off) the caller scores as usual.
 
-Costs: users x items products at load (about 10 s for 20,000 x 100,000 x 64 factors on one
-core here) and users x LENGTH x 8 bytes in memory, hence a size budget (`max_cells`).
+Costs: users x items products at load (about 14 s for 20,000 x 100,000 x 64 factors on one
+core here) and users x LENGTH x 8 bytes in memory, hence the budgets
+RECSYS_RECOMMENDER_TOP_LISTS_MAX_CELLS and RECSYS_RECOMMENDER_TOP_LISTS_MAX_USERS.
 """
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,23 +33,14 @@ class TopLists:
     scores: np.ndarray  # (users, LENGTH) float32; -inf past the user's last allowed item
 
     @classmethod
-    def build(cls, users: torch.Tensor, items_t: torch.Tensor, seen_indptr: np.ndarray,
-              seen: np.ndarray) -> TopLists:
-        """Rank every user (rows of `users`) against `items_t` (factors, items), leaving out
-        each user's training items (CSR `seen_indptr`, `seen`)."""
-        n_items = items_t.shape[1]
-        length = min(LENGTH, n_items)
-        rows = np.empty((len(users), length), dtype=np.int32)
-        scores = np.empty((len(users), length), dtype=np.float32)
-        for first in range(0, len(users), _CHUNK_USERS):
-            last = min(first + _CHUNK_USERS, len(users))
-            chunk = users[first:last] @ items_t
-            start, end = seen_indptr[first], seen_indptr[last]
-            owners = np.repeat(np.arange(last - first), np.diff(seen_indptr[first : last + 1]))
-            chunk.view(-1)[torch.from_numpy(owners * n_items + seen[start:end])] = float("-inf")
-            values, top = torch.topk(chunk, length)
-            rows[first:last], scores[first:last] = top.numpy(), values.numpy()
-        return cls(rows, scores)
+    def build(cls, n_users: int, rank: Callable[[range, int], tuple[torch.Tensor, torch.Tensor]],
+              ) -> TopLists:
+        """Lists for users 0..n_users-1; `rank(users, length)` gives those users' exact
+        (scores, rows) of their best `length` items, training items left out."""
+        parts = [rank(range(first, min(first + _CHUNK_USERS, n_users)), LENGTH)
+                 for first in range(0, n_users, _CHUNK_USERS)]
+        return cls(rows=np.concatenate([rows.numpy() for _, rows in parts]).astype(np.int32),
+                   scores=np.concatenate([scores.numpy() for scores, _ in parts]))
 
     def pick(self, user: int, k: int, excluded: Container[int]) -> list[tuple[int, float]] | None:
         """The user's best k (row, score) without `excluded`, or None when the list holds

@@ -105,6 +105,25 @@ class ModelArtifact:
             alpha=model.config.alpha,
         )
 
+    @classmethod
+    def from_factors(cls, user_factors: np.ndarray, item_factors: np.ndarray,
+                     seen: np.ndarray, *, regularization: float = 0.05,
+                     reg_exponent: float = 1.0, alpha: float = 10.0) -> ModelArtifact:
+        """An artifact for factors made elsewhere (benchmarks, tests): users "u0".., items
+        "i0"..; `seen` (users, n) holds each user's n training items."""
+        items = item_factors.astype(np.float32)
+        n_users, per_user = seen.shape
+        return cls(
+            user_factors=user_factors.astype(np.float32), item_factors=items,
+            user_ids=np.asarray([f"u{n}" for n in range(n_users)], dtype=np.str_),
+            item_ids=np.asarray([f"i{n}" for n in range(len(items))], dtype=np.str_),
+            item_popularity=np.bincount(seen.ravel(), minlength=len(items)).astype(np.int64),
+            seen_indptr=np.arange(0, seen.size + 1, per_user, dtype=np.int64),
+            seen_indices=seen.ravel().astype(np.int64),
+            item_gram=items.astype(np.float64).T @ items.astype(np.float64),
+            regularization=regularization, reg_exponent=reg_exponent, alpha=alpha,
+        )
+
     def seen(self, user: int) -> np.ndarray:
         """Indices of the items ``user`` interacted with in training (to exclude them)."""
         return self.seen_indices[self.seen_indptr[user] : self.seen_indptr[user + 1]]

@@ -43,13 +43,4 @@ def clustered_artifact(*, n_items: int = 5_003, n_users: int = 400, factors: int
 
     items = around_topics(n_items)
     seen = np.sort(rng.choice(n_items, (n_users, seen_per_user)), axis=1)
-    return ModelArtifact(
-        user_factors=around_topics(n_users), item_factors=items,
-        user_ids=np.asarray([f"u{n}" for n in range(n_users)], dtype=np.str_),
-        item_ids=np.asarray([f"i{n}" for n in range(n_items)], dtype=np.str_),
-        item_popularity=np.bincount(seen.ravel(), minlength=n_items).astype(np.int64),
-        seen_indptr=np.arange(0, seen.size + 1, seen_per_user, dtype=np.int64),
-        seen_indices=seen.ravel().astype(np.int64),
-        item_gram=items.astype(np.float64).T @ items.astype(np.float64),
-        regularization=0.05, reg_exponent=1.0, alpha=10.0,
-    )
+    return ModelArtifact.from_factors(around_topics(n_users), items, seen)

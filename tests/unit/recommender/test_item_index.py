@@ -35,7 +35,8 @@ def queries(artifact: ModelArtifact) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def index(items: torch.Tensor, queries: torch.Tensor) -> ItemIndex:
-    built = ItemIndex.build(items, queries[:200], k=10, target_recall=0.9)
+    exact = torch.topk(queries[:200] @ items.T, 10).indices.numpy()
+    built = ItemIndex.build(items, queries[:200], exact, target_recall=0.9)
     assert built is not None
     return built
 
@@ -90,7 +91,8 @@ def test_factors_without_structure_get_no_index() -> None:
     rng = np.random.default_rng(0)
     items = torch.from_numpy(rng.normal(size=(5_000, 64)).astype(np.float32))
     queries = torch.from_numpy(rng.normal(size=(100, 64)).astype(np.float32))
-    assert ItemIndex.build(items, queries, k=10, target_recall=0.95) is None
+    exact = torch.topk(queries @ items.T, 10).indices.numpy()
+    assert ItemIndex.build(items, queries, exact, target_recall=0.95) is None
 
 
 def test_scorer_uses_the_index_only_from_the_configured_size(artifact: ModelArtifact) -> None:
