@@ -14,6 +14,7 @@ import yaml
 from scripts.localstack.components import HOST, free_ports
 from scripts.localstack.envoy import Envoy
 from scripts.localstack.pki import ensure_pki
+from services.core.names import SERVICE_NAMES
 from services.edge.descriptor import DESCRIPTOR
 from services.edge.policy import DEFAULT_POLICIES, EdgeSecurity, RateLimit, RoutePolicy
 from services.edge.profiles import pki_security
@@ -110,12 +111,13 @@ def _routes(security: EdgeSecurity) -> dict[str, dict[str, Any]]:
 
 
 def test_a_method_can_override_its_service_policy(tmp_path: Path) -> None:
-    method = "/recsys.trainer.v1.TrainerService/StartTrainingJob"
+    prefix = f"/{SERVICE_NAMES['trainer']}/"
+    method = f"{prefix}StartTrainingJob"
     pki = ensure_pki(tmp_path)
     policies = {**DEFAULT_POLICIES, method: RoutePolicy(
         scope="admin", rate_limit=RateLimit(1, interval_s=60), timeout="30s")}
     routes = _routes(pki_security(pki.directory, policies=policies))
-    override, service = routes[method], routes["/recsys.trainer.v1.TrainerService/"]
+    override, service = routes[method], routes[prefix]
     assert override["route"]["timeout"] == "30s"
     assert override["route"]["max_stream_duration"] == {"grpc_timeout_header_max": "30s"}
     limit = override["typed_per_filter_config"]["envoy.filters.http.local_ratelimit"]
@@ -123,7 +125,7 @@ def test_a_method_can_override_its_service_policy(tmp_path: Path) -> None:
                                      "fill_interval": "60s"}
     assert service["route"]["timeout"] == "10s"
     # The override comes first, so it wins over the service's prefix.
-    assert list(routes).index(method) < list(routes).index("/recsys.trainer.v1.TrainerService/")
+    assert list(routes).index(method) < list(routes).index(prefix)
 
 
 def test_every_service_needs_a_policy(tmp_path: Path) -> None:
