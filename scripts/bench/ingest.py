@@ -44,10 +44,11 @@ from recsys.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from scripts.localstack.components import HOST, TansuBroker, free_ports
 from services.core.client import aio_channel
 from services.core.kafka import producer_config
+from services.core.names import SERVICE_NAMES
 from services.data.synthetic import SyntheticData, SyntheticSpec
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICE = "recsys.ingest.v1.IngestService"
+SERVICE = SERVICE_NAMES["ingest"]
 TOPIC = "bench-interactions"
 RAW_TOPIC = "bench-raw"
 PARTITIONS = 3

@@ -73,9 +73,10 @@ from scripts.localstack.components import (
     free_port,
     free_ports,
 )
+from services.core.names import SERVICE_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICE = "recsys.recommender.v1.RecommenderService"
+SERVICE = SERVICE_NAMES["recommender"]
 CONCURRENCIES = (8, 64)
 LOAD_USERS = 500
 TARGETS = {"hit_qps": 0.60, "miss_qps": 0.45, "p99": 3.0}

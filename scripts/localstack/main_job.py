@@ -21,12 +21,12 @@ from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
 from scripts.localstack.components import VENV_BIN
 from services.cli.token import mint_token
 from services.core.client import channel
+from services.core.names import SERVICE_NAMES
 
 # The embedded default: big enough for a real model, small enough to train in seconds.
 SYNTHETIC = ("--users", "2000", "--items", "1000", "--events", "100000", "--seed", "7")
 SHOWN_USERS_SYNTHETIC = ("u1", "u2", "u3")
 SHOWN_USERS_MOVIELENS = ("1", "2", "3")
-RECOMMENDER = "recsys.recommender.v1.RecommenderService"
 
 
 def _step(title: str) -> None:
@@ -106,7 +106,7 @@ def run_main_job(endpoints: Mapping[str, str], *, movielens: Path | None = None,
     tls = (["-cacert", security["ca_file"], "-cert", security["client_cert_file"],
             "-key", security["client_key_file"]] if security["mtls"] else ["-plaintext"])
     _run([str(VENV_BIN / "grpcurl"), *tls, "-d", request, recommender,
-          f"{RECOMMENDER}/Recommend"])
+          f"{SERVICE_NAMES['recommender']}/Recommend"])
     token = mint_token(["recommend:read"], key_file=security["token_signing_key"],
                        subject="main-job", ttl_s=300)
     print("$ TOKEN=$(recsys token --scope recommend:read)   # a JWT the edge accepts")

@@ -35,7 +35,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from scripts.localstack.components import HOST, ComponentError, free_ports, http_ok
-from scripts.localstack.envoy import EdgeSecurity, Envoy
+from scripts.localstack.envoy import Envoy
 from scripts.localstack.pki import Pki, ensure_pki
 from scripts.localstack.procfile import (
     STATE_DIR,
@@ -48,13 +48,9 @@ from scripts.localstack.procfile import (
     write_procfile,
 )
 from services.core.client import channel
+from services.core.names import SERVICE_NAMES
 from services.core.tls import ClientTLS
-
-SERVICES = {
-    "ingest": "recsys.ingest.v1.IngestService",
-    "trainer": "recsys.trainer.v1.TrainerService",
-    "recommender": "recsys.recommender.v1.RecommenderService",
-}
+from services.edge.profiles import pki_security
 
 
 def _log(message: str) -> None:
@@ -79,7 +75,7 @@ def envoy_for(stack: LocalStack, pki: Pki, *, mtls: bool = False) -> Envoy:
     return Envoy(stack.state_dir / "envoy", port=p.envoy, admin_port=p.envoy_admin,
                  ingest=f"{HOST}:{p.ingest_grpc}", trainer=f"{HOST}:{p.trainer_grpc}",
                  recommender=f"{HOST}:{p.recommender_grpc}",
-                 security=EdgeSecurity.from_pki(pki, mutual_tls=mtls))
+                 security=pki_security(pki.directory, mutual_tls=mtls))
 
 
 def security_info(pki: Pki, *, mtls: bool) -> dict[str, object]:
@@ -139,7 +135,7 @@ def wait_ready(stack: LocalStack, envoy: Envoy, honcho: subprocess.Popen[bytes],
         name: (lambda t=f"{HOST}:{port}", s=service, need=(name != "recommender"):
                _answers_health(t, s, serving=need, tls=tls))
         for (name, service), port in zip(
-            SERVICES.items(), (p.ingest_grpc, p.trainer_grpc, p.recommender_grpc), strict=True)
+            SERVICE_NAMES.items(), (p.ingest_grpc, p.trainer_grpc, p.recommender_grpc), strict=True)
     }
     checks["envoy"] = lambda: http_ok(envoy.admin_port, "/ready")
     deadline = time.monotonic() + timeout

@@ -26,10 +26,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-ISSUER = "recsys-local"
-AUDIENCE = "recsys-edge"
+from services.edge.tokens import AUDIENCE, ISSUER, SCOPES
+
 ALGORITHM = "ES256"
-SCOPES = ("ingest:write", "recommend:read", "admin")
 DEFAULT_TTL_S = 3600
 MAX_TTL_S = 7 * 24 * 3600
 KEY_FILE_ENV = "RECSYS_CLI_TOKEN_KEY_FILE"

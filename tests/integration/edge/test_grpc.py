@@ -18,7 +18,8 @@ from recsys.ingest.v1 import ingest_pb2
 from recsys.recommender.v1 import recommender_pb2
 from recsys.trainer.v1 import trainer_pb2
 from scripts.localstack.components import HOST, VENV_BIN
-from scripts.localstack.envoy import DESCRIPTOR, SERVICES
+from services.core.names import SERVICE_NAMES
+from services.edge.descriptor import DESCRIPTOR
 from tests.integration.edge.conftest import ITEMS, USERS, Edge, Stubs
 
 pytestmark = pytest.mark.integration
@@ -88,19 +89,19 @@ def grpcurl(*args: str, plaintext: bool = True) -> subprocess.CompletedProcess[s
                            *args], capture_output=True, text=True, timeout=30, check=False)
 
 
-@pytest.mark.parametrize("name", list(SERVICES))
+@pytest.mark.parametrize("name", list(SERVICE_NAMES))
 def test_grpcurl_lists_and_describes_each_service_by_reflection(edge: Edge, name: str) -> None:
     address = f"{HOST}:{edge.ports[name]}"
     listed = grpcurl(address, "list")
     assert listed.returncode == 0, listed.stderr
-    assert {SERVICES[name], "grpc.health.v1.Health"} <= set(listed.stdout.split())
-    described = grpcurl(address, "describe", SERVICES[name])
+    assert {SERVICE_NAMES[name], "grpc.health.v1.Health"} <= set(listed.stdout.split())
+    described = grpcurl(address, "describe", SERVICE_NAMES[name])
     assert described.returncode == 0, described.stderr
-    assert f"service {SERVICES[name].rpartition('.')[2]} {{" in described.stdout
+    assert f"service {SERVICE_NAMES[name].rpartition('.')[2]} {{" in described.stdout
 
 
 def test_grpcurl_calls_recommend_directly_and_through_envoy(edge: Edge) -> None:
-    method = f"{SERVICES['recommender']}/Recommend"
+    method = f"{SERVICE_NAMES['recommender']}/Recommend"
     data = json.dumps({"userId": USERS[5], "k": 3})
     rest: dict[str, Any] = edge.rest.get(f"/v1/users/{USERS[5]}/recommendations?k=3").body
     direct = grpcurl("-d", data, f"{HOST}:{edge.ports['recommender']}", method)

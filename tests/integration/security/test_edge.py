@@ -31,19 +31,16 @@ from recsys.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from scripts.localstack.components import HOST, VENV_BIN, free_port
-from scripts.localstack.envoy import (
-    DEFAULT_POLICIES,
-    DESCRIPTOR,
-    MAX_REQUEST_BODY_BYTES,
-    MAX_REQUEST_HEADERS_KB,
-    EdgeSecurity,
-    Envoy,
-    RateLimit,
-    RoutePolicy,
-)
+from scripts.localstack.envoy import Envoy
 from scripts.localstack.pki import Pki
 from services.core.config import ServerSettings
+from services.core.names import SERVICE_NAMES
 from services.core.server import RunningServer
+from services.edge.descriptor import DESCRIPTOR
+from services.edge.listeners import MAX_REQUEST_BODY_BYTES, MAX_REQUEST_HEADERS_KB
+from services.edge.policy import DEFAULT_POLICIES, RateLimit, RoutePolicy
+from services.edge.profiles import pki_security
+from services.edge.tokens import SCOPES
 from tests.integration.edge.conftest import LoopThread, Rest
 from tests.integration.security.conftest import client_tls, refused, secure_channel
 from tests.support.probe_app import ProbeApp
@@ -51,7 +48,7 @@ from tests.support.probe_app import ProbeApp
 pytestmark = pytest.mark.integration
 
 BURST = 5  # the recommender's bucket per client here: 5 calls, then one an hour
-SIMILAR = "/recsys.recommender.v1.RecommenderService/SimilarItems"
+SIMILAR = f"/{SERVICE_NAMES['recommender']}/SimilarItems"
 POLICIES = {
     **DEFAULT_POLICIES,
     "recommender": RoutePolicy(scope="recommend:read",
@@ -92,7 +89,7 @@ def secure(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secur
         tls_cert_file=str(pki.server_cert), tls_key_file=str(pki.server_key),
         tls_ca_file=str(pki.ca_cert)))
     dead = f"{HOST}:{free_port()}"
-    security = EdgeSecurity.from_pki(pki, mutual_tls=True, policies=POLICIES)
+    security = pki_security(pki.directory, mutual_tls=True, policies=POLICIES)
     try:
         with Envoy(tmp_path_factory.mktemp("envoy"), ingest=dead, trainer=dead,
                    recommender=f"{HOST}:{probe.port}", security=security) as envoy:
@@ -200,7 +197,6 @@ ROUTES: dict[str, tuple[str, tuple[str, str, Any], Grpc]] = {
     "recommender": ("recommend:read", ("GET", "/v1/users/u1/recommendations", None),
                     _recommend),
 }
-SCOPES = ("ingest:write", "recommend:read", "admin")
 
 
 @pytest.mark.parametrize("route", list(ROUTES))
@@ -345,7 +341,7 @@ def _grpcurl(edge: SecureEdge, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(VENV_BIN / "grpcurl"), "-cacert", str(edge.pki.ca_cert), "-protoset",
          str(DESCRIPTOR), *args, "-d", '{"userId": "u1"}', edge.envoy.target,
-         "recsys.recommender.v1.RecommenderService/Recommend"],
+         f"{SERVICE_NAMES['recommender']}/Recommend"],
         capture_output=True, text=True, timeout=30, check=False)
 
 

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
 from scripts.localstack.components import HOST, MlflowServer, RedisServer, TansuBroker, free_port
 from scripts.localstack.pki import Pki
+from services.core.names import SERVICE_NAMES
 from services.core.server import App, RunningServer
 from services.ingest.app import IngestApp
 from services.ingest.settings import IngestSettings
@@ -35,13 +36,6 @@ from tests.integration.security.conftest import (
 )
 
 pytestmark = pytest.mark.integration
-
-SERVICES = {
-    "ingest": "recsys.ingest.v1.IngestService",
-    "trainer": "recsys.trainer.v1.TrainerService",
-    "recommender": "recsys.recommender.v1.RecommenderService",
-}
-
 
 @dataclass(frozen=True)
 class Mesh:
@@ -78,7 +72,7 @@ def mesh(pki: Pki, kafka: TansuBroker, mlflow_server: MlflowServer, redis_server
         yield Mesh(servers)
 
 
-@pytest.mark.parametrize("name", list(SERVICES))
+@pytest.mark.parametrize("name", list(SERVICE_NAMES))
 def test_clients_without_a_mesh_certificate_are_refused(
     mesh: Mesh, pki: Pki, foreign_pki: Pki, name: str
 ) -> None:
@@ -93,7 +87,7 @@ def test_clients_without_a_mesh_certificate_are_refused(
             assert refused(lambda c=channel: health_check(c)) == grpc.StatusCode.UNAVAILABLE, what
 
 
-@pytest.mark.parametrize("name", list(SERVICES))
+@pytest.mark.parametrize("name", list(SERVICE_NAMES))
 def test_clients_with_a_mesh_certificate_are_served(mesh: Mesh, pki: Pki, name: str) -> None:
     with secure_channel(mesh.target(name), client_tls(pki, cert=pki)) as channel:
         assert health_check(channel, "liveness") == health_pb2.HealthCheckResponse.SERVING
@@ -102,16 +96,16 @@ def test_clients_with_a_mesh_certificate_are_served(mesh: Mesh, pki: Pki, name: 
         replies = stub.ServerReflectionInfo(
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
         listed = {s.name for reply in replies for s in reply.list_services_response.service}
-        assert SERVICES[name] in listed
+        assert SERVICE_NAMES[name] in listed
 
 
-@pytest.mark.parametrize("name", list(SERVICES))
+@pytest.mark.parametrize("name", list(SERVICE_NAMES))
 def test_probes_get_health_and_nothing_else_in_plaintext(mesh: Mesh, name: str) -> None:
     port = mesh.servers[name].health_port
     assert port is not None
     with grpc.insecure_channel(f"{HOST}:{port}") as channel:
         assert health_check(channel, "liveness") == health_pb2.HealthCheckResponse.SERVING
-        assert health_check(channel, SERVICES[name]) in (
+        assert health_check(channel, SERVICE_NAMES[name]) in (
             health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING)
         stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
         assert refused(lambda: stub.GetModelInfo(
@@ -146,6 +140,6 @@ def test_grpcurl_with_the_client_certificate(mesh: Mesh, pki: Pki) -> None:
 
     listed = grpcurl(*pki.grpcurl_args())
     assert listed.returncode == 0, listed.stderr
-    assert SERVICES["trainer"] in listed.stdout.split()
+    assert SERVICE_NAMES["trainer"] in listed.stdout.split()
     assert grpcurl(*pki.grpcurl_args(client_cert=False)).returncode != 0
     assert grpcurl("-plaintext").returncode != 0

@@ -1,0 +1,62 @@
+"""Upstream clusters: the three gRPC services, and Envoy's own admin endpoint."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from services.core.names import SERVICE_NAMES
+from services.edge.blocks import socket, tls_context, tls_socket, typed
+from services.edge.policy import TlsFiles
+
+
+def static_cluster(name: str, host: str, port: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": socket(host, port)}}]}]},
+    }
+
+
+def grpc_cluster(name: str, address: str, tls: TlsFiles | None = None) -> dict[str, Any]:
+    """HTTP/2 to every host of service `name` at `address` ("host:port"), health-checked over
+    grpc.health.v1; with `tls`, mutual TLS: Envoy's client certificate, and the service's
+    certificate checked against the CA and the service's name (its cluster name: a DNS SAN of
+    the server certificate)."""
+    host, _, port = address.rpartition(":")
+    cluster = static_cluster(name, host, int(port))
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:  # a DNS name: every address it resolves to, refreshed
+        cluster.update(type="STRICT_DNS", dns_lookup_family="V4_PREFERRED",
+                       dns_refresh_rate="5s", respect_dns_ttl=True)
+    cluster.update({
+        "lb_policy": "ROUND_ROBIN",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                explicit_http_config={"http2_protocol_options": {}}),
+        },
+        "health_checks": [{
+            "timeout": "1s",
+            "interval": "2s",
+            "no_traffic_interval": "5s",
+            "unhealthy_threshold": 2,
+            "healthy_threshold": 1,
+            "grpc_health_check": {"service_name": SERVICE_NAMES[name]},
+        }],
+        "outlier_detection": {
+            "consecutive_5xx": 5,
+            "consecutive_gateway_failure": 3,
+            "interval": "5s",
+            "base_ejection_time": "15s",
+            "max_ejection_percent": 50,
+        },
+    })
+    if tls is not None:
+        cluster["transport_socket"] = tls_socket(
+            "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            tls_context(tls, alpn=["h2"], peer_names=[name]), sni=name)
+    return cluster

