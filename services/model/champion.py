@@ -35,8 +35,8 @@ _CHUNK_BYTES = 1 << 20
 
 
 def mlflow_session(*, retries: int) -> requests.Session:
-    """The HTTP session for MLflow's REST API; every request through it is made here, so
-    credentials, when MLflow asks for them, are added in this one place.
+    """The HTTP session for MLflow's REST API, built in this one place: credentials, once
+    MLflow asks for them, are added here.
 
     A GET that fails to connect or gets 429/5xx is retried up to `retries` times with urllib3's
     exponential backoff (factor 1 s, as MLflow's own client is configured in the trainer).
