@@ -38,10 +38,11 @@ RUN if grep -q '^torch\b' requirements.txt; then \
  && pip install --no-cache-dir -r requirements.txt
 
 # The code: the generated contracts, and the service's package with every services.* package
-# it imports, transitively (the recommender reads the trainer's model artifact and registry
-# modules; their dependencies are in the recommender's extra). tests/static/test_images.py
-# runs this same script and imports the service from what it copies. Byte-compiled here
-# because the root filesystem is read-only at run time. /data: see the trainer's stage.
+# it imports, transitively: core, and model (the contract between training and serving) for
+# the trainer and the recommender. No service imports another's package, so no image carries
+# another service's code. tests/static/test_images.py runs this same script and imports the
+# service from what it copies. Byte-compiled here because the root filesystem is read-only at
+# run time. /data: see the trainer's stage.
 ARG SERVICE
 COPY gen/python /app/gen/python
 COPY services /build/services

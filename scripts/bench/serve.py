@@ -206,8 +206,8 @@ class Catalogue:
 
 def ml100k_artifact(path: Path | None) -> tuple[object, str]:
     """MovieLens-100k trained with the model core, or random factors of its shape."""
-    from services.trainer.artifact import ModelArtifact
     from services.trainer.model import Interactions, TrainConfig, fit
+    from services.trainer.packaging import package_model
 
     if path is not None and (path / "u.data").is_file():
         raw = np.loadtxt(path / "u.data", dtype=np.int64, usecols=(0, 1))
@@ -217,8 +217,8 @@ def ml100k_artifact(path: Path | None) -> tuple[object, str]:
         started = time.perf_counter()
         model = fit(data, TrainConfig())
         print(f"  trained on {path} in {time.perf_counter() - started:.1f} s", flush=True)
-        artifact = ModelArtifact.from_model(model, data, user_ids=[str(u) for u in user_ids],
-                                            item_ids=[str(i) for i in item_ids])
+        artifact = package_model(model, data, user_ids=[str(u) for u in user_ids],
+                                 item_ids=[str(i) for i in item_ids])
         return artifact, f"MovieLens-100k, trained ({artifact.factors} factors)"
     return random_artifact(943, 1682, 128, seen_per_user=100), \
         "random factors of MovieLens-100k shape (data not found)"
@@ -227,8 +227,8 @@ def ml100k_artifact(path: Path | None) -> tuple[object, str]:
 def synthetic_artifact() -> tuple[object, str]:
     """The model core trained on the synthetic generator's events (about 40 s here)."""
     from services.data.synthetic import SyntheticData, SyntheticSpec
-    from services.trainer.artifact import ModelArtifact
     from services.trainer.model import Interactions, TrainConfig, fit
+    from services.trainer.packaging import package_model
 
     spec = SyntheticSpec(users=20_000, items=100_000, events=2_000_000, popularity_exponent=0.8)
     started = time.perf_counter()
@@ -238,14 +238,14 @@ def synthetic_artifact() -> tuple[object, str]:
     data = Interactions.from_arrays(users, items)
     model = fit(data, TrainConfig())
     print(f"  generated and trained in {time.perf_counter() - started:.0f} s", flush=True)
-    artifact = ModelArtifact.from_model(model, data, user_ids=[f"u{u}" for u in user_ids],
-                                        item_ids=[f"i{i}" for i in item_ids])
+    artifact = package_model(model, data, user_ids=[f"u{u}" for u in user_ids],
+                             item_ids=[f"i{i}" for i in item_ids])
     return artifact, (f"synthetic events, trained: {artifact.n_users:,} users, "
                       f"{artifact.n_items:,} items, {artifact.factors} factors")
 
 
 def random_artifact(n_users: int, n_items: int, factors: int, *, seen_per_user: int) -> object:
-    from services.trainer.artifact import ModelArtifact
+    from services.model.artifact import ModelArtifact
 
     rng = np.random.default_rng(42)
     items = rng.normal(scale=0.1, size=(n_items, factors))
@@ -256,9 +256,9 @@ def random_artifact(n_users: int, n_items: int, factors: int, *, seen_per_user: 
 
 def register(tracking_uri: str, model: str, artifact: object, workdir: Path) -> None:
     """Register `artifact` as the champion of `model`, as the trainer does."""
-    from services.trainer.artifact import ModelArtifact
-    from services.trainer.dataset import Lineage
-    from services.trainer.registry import MlflowRegistry
+    from services.model.artifact import ModelArtifact
+    from services.model.lineage import Lineage
+    from services.trainer.registry import MlflowRegistry, configure_mlflow_client
 
     assert isinstance(artifact, ModelArtifact)
     path = workdir / model / "model.npz"
@@ -267,6 +267,7 @@ def register(tracking_uri: str, model: str, artifact: object, workdir: Path) -> 
     lineage = Lineage(topic="bench", row_count=len(artifact.seen_indices), content_hash="0" * 64,
                       partition_offsets={0: len(artifact.seen_indices)},
                       user_count=artifact.n_users, item_count=artifact.n_items)
+    configure_mlflow_client(timeout_s=10, retries=2)  # bounded retries, telemetry off
     registry = MlflowRegistry(tracking_uri=tracking_uri, model_name=model, experiment="bench")
     run_id = registry.start_run(job_id=model, params={}, lineage=lineage, tags={})
     version = registry.register(run_id, metrics={}, lineage=lineage, artifact=path, tags={})
@@ -300,8 +301,8 @@ def catalogues(tracking_uri: str, workdir: Path, ml100k: Path | None,
 
 
 def distinct_top10(artifact: object, users: Sequence[str]) -> int:
+    from services.model.artifact import ModelArtifact
     from services.recommender.scoring import Query, Scorer
-    from services.trainer.artifact import ModelArtifact
 
     assert isinstance(artifact, ModelArtifact)
     answers = Scorer(artifact).recommend_many([Query(user, 10) for user in users])

@@ -19,17 +19,13 @@ from prometheus_client import CollectorRegistry
 from recsys.recommender.v1 import recommender_pb2_grpc
 from services.core.health import HealthReporter
 from services.core.server import ServiceBinding
+from services.model.champion import ChampionReader, mlflow_session
 from services.recommender.cache import CircuitBreaker, RedisCache, connect
 from services.recommender.engine import Recommendation, Recommender
 from services.recommender.history import HistoryConsumer, HistoryWriter
 from services.recommender.local_cache import LocalAnswers, follow_invalidations
 from services.recommender.metrics import RecommenderMetrics
-from services.recommender.model_store import (
-    ChampionSource,
-    LoadedModel,
-    MlflowChampion,
-    ModelStore,
-)
+from services.recommender.model_store import ChampionSource, LoadedModel, ModelStore
 from services.recommender.scoring import Scorer
 from services.recommender.servicer import SERVICE_NAME, RecommenderServicer
 from services.recommender.settings import RecommenderSettings
@@ -44,9 +40,10 @@ class RecommenderApp:
         self._settings = settings
         self._metrics = RecommenderMetrics.create(registry)
         self._store = ModelStore(
-            source or MlflowChampion(
+            source or ChampionReader(
                 tracking_uri=settings.mlflow_tracking_uri, model_name=settings.model_name,
-                timeout_s=settings.mlflow_timeout_s, retries=settings.mlflow_retries),
+                timeout_s=settings.mlflow_timeout_s,
+                session=mlflow_session(retries=settings.mlflow_retries)),
             model_name=settings.model_name, poll_interval_s=settings.poll_interval_s,
             metrics=self._metrics, on_swap=self._swapped,
             build_scorer=functools.partial(

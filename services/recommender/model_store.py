@@ -1,12 +1,12 @@
 """Follows the registered model's "champion" alias and hot-swaps the served version.
 
-A poller thread looks the alias up every interval; when it names another version, the thread
-downloads that version's `.npz` into a private temporary directory, loads it, builds its
-`Scorer` (with an item index, for a large catalogue), and only then swaps it in with one
-reference assignment. A request reads `current` once and keeps that object, so it never mixes
-two versions, and the old version is freed when the last request holding it finishes. MLflow
-failures leave the current model serving; they are logged, counted and retried at the next
-poll.
+A poller thread looks the alias up every interval (services.model.champion reads MLflow); when
+it names another version, the thread downloads that version's `.npz` into a private temporary
+directory, loads it, builds its `Scorer` (with an item index, for a large catalogue), and only
+then swaps it in with one reference assignment. A request reads `current` once and keeps that
+object, so it never mixes two versions, and the old version is freed when the last request
+holding it finishes. MLflow failures leave the current model serving; they are logged, counted
+and retried at the next poll.
 """
 
 from __future__ import annotations
@@ -20,19 +20,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-import mlflow.artifacts
-
+from services.model.artifact import ModelArtifact
+from services.model.lineage import Lineage
+from services.model.versions import CHAMPION, VersionInfo
 from services.recommender.metrics import RecommenderMetrics
 from services.recommender.scoring import Scorer
-from services.trainer.artifact import ModelArtifact
-from services.trainer.dataset import Lineage
-from services.trainer.registry import (
-    ARTIFACT_DIR,
-    ARTIFACT_FILE,
-    CHAMPION,
-    MlflowRegistry,
-    VersionInfo,
-)
 
 log = logging.getLogger(__name__)
 
@@ -61,33 +53,14 @@ class LoadedModel:
 
 
 class ChampionSource(Protocol):
-    """Where versions come from: the MLflow registry, or a fake in unit tests."""
+    """Where versions come from: services.model.champion's ChampionReader (MLflow), or a fake
+    in unit tests."""
 
     def champion(self) -> VersionInfo | None: ...
 
-    def download(self, version: VersionInfo, dst: Path) -> Path: ...
-
-
-class MlflowChampion:
-    """The champion of a registered model in MLflow, looked up with the trainer's registry
-    (one reading of the version tags, one bounded HTTP retry policy)."""
-
-    def __init__(self, *, tracking_uri: str, model_name: str, timeout_s: int,
-                 retries: int) -> None:
-        # The registry's experiment only receives training runs; serving creates none.
-        self._registry = MlflowRegistry(tracking_uri=tracking_uri, model_name=model_name,
-                                        experiment="", timeout_s=timeout_s, retries=retries)
-        self._tracking_uri = tracking_uri
-
-    def champion(self) -> VersionInfo | None:
-        return self._registry.champion()
-
-    def download(self, version: VersionInfo, dst: Path) -> Path:
-        """The version's `.npz`, downloaded into `dst` (never MLflow's shared temp dirs)."""
-        return Path(mlflow.artifacts.download_artifacts(
-            run_id=version.run_id, artifact_path=f"{ARTIFACT_DIR}/{ARTIFACT_FILE}",
-            dst_path=str(dst), tracking_uri=self._tracking_uri,
-        ))
+    def load(self, version: VersionInfo, dst: Path) -> ModelArtifact:
+        """The version's artifact, downloaded into the directory `dst` and loaded."""
+        ...
 
 
 class ModelStore:
@@ -143,7 +116,7 @@ class ModelStore:
         if self._current is not None and self._current.version == info.version:
             return False
         with tempfile.TemporaryDirectory(prefix="recsys-model-") as tmp:
-            artifact = ModelArtifact.load(self._source.download(info, Path(tmp)))
+            artifact = self._source.load(info, Path(tmp))
         loaded = LoadedModel(
             model_name=self._model_name, version=info.version, alias=CHAMPION,
             run_id=info.run_id, loaded_at=datetime.now(UTC), metrics=dict(info.metrics),

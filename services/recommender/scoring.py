@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from services.core.errors import NotFound
+from services.model.artifact import ModelArtifact
 from services.recommender.item_index import BLOCK, ItemIndex
 from services.recommender.top_lists import TopLists
-from services.trainer.artifact import ModelArtifact
 
 # (item_id, score) pairs, best first.
 Ranked = tuple[tuple[str, float], ...]

@@ -7,8 +7,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
 from services.core.errors import InvalidArgument
+from services.model.messages import lineage_to_proto, metrics_to_proto
 from services.recommender.engine import Recommender
-from services.trainer.messages import lineage_to_proto, metrics_to_proto
 
 SERVICE_NAME = recommender_pb2.DESCRIPTOR.services_by_name["RecommenderService"].full_name
 DEFAULT_K = 10

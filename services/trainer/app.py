@@ -16,7 +16,7 @@ from services.trainer.consumer import EventConsumer
 from services.trainer.dataset import DatasetStore
 from services.trainer.jobs import JobManager
 from services.trainer.metrics import TrainerMetrics
-from services.trainer.registry import MlflowRegistry
+from services.trainer.registry import MlflowRegistry, configure_mlflow_client
 from services.trainer.servicer import SERVICE_NAME, TrainerServicer
 from services.trainer.settings import TrainerSettings
 from services.trainer.training import TrainingOptions
@@ -28,10 +28,13 @@ class TrainerApp:
     def __init__(self, settings: TrainerSettings, registry: CollectorRegistry) -> None:
         self._settings = settings
         self._metrics = TrainerMetrics.create(registry)
+        # Process-wide on purpose: MLflow's client takes its timeout, retries and telemetry
+        # switch only from the environment, and the trainer is the one MLflow user here.
+        configure_mlflow_client(timeout_s=settings.mlflow_timeout_s,
+                                retries=settings.mlflow_retries)
         self._mlflow = MlflowRegistry(
             tracking_uri=settings.mlflow_tracking_uri, model_name=settings.model_name,
-            experiment=settings.mlflow_experiment, timeout_s=settings.mlflow_timeout_s,
-            retries=settings.mlflow_retries,
+            experiment=settings.mlflow_experiment,
         )
         self.store: DatasetStore | None = None
         self._jobs: JobManager | None = None

@@ -29,7 +29,8 @@ from services.core.errors import (
     NotFound,
     RecsysError,
 )
-from services.trainer.dataset import DatasetStore, Lineage
+from services.model.lineage import Lineage
+from services.trainer.dataset import DatasetStore
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.model import TrainConfig, TrainingCancelled
 from services.trainer.registry import ModelRegistry, RunStatus

@@ -9,7 +9,8 @@ total confidence of its loss terms, so heavy users and popular items are not und
 Each half-epoch solves every row exactly with a batched Cholesky factorisation, using the Gram
 trick ``YᵀY + Yᵤᵀ(Cᵤ - I)Yᵤ`` so that the cost is linear in the number of interactions.
 Items are solved before users, so the final user factors are the exact solution for the final
-item factors: folding a known user's items back in (see ``artifact.fold_in``) reproduces them.
+item factors: folding a known user's items back in (``ModelArtifact.fold_in`` in
+services.model.artifact) reproduces them.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""MLflow: the run of each job, the registered model's versions and its "champion" alias.
+"""MLflow's write side: the run of each job, the registered model's versions and its
+"champion" alias, through MLflow's client.
 
-Every version carries its held-out metrics and dataset lineage as tags (`metrics.<name>`,
-`lineage.<field>`), so the recommender and `ListModelVersions` read them without the run. The
-model is one `.npz` logged as a plain artifact under `model/` (see DESIGN.md: no flavour).
-Any MLflow failure becomes `Unavailable` naming the server; an unknown version `NotFound`.
+What a version is made of (its tags, the artifact's place in the run) is the contract in
+services.model.versions, which the recommender reads back. Any MLflow failure becomes
+`Unavailable` naming the server; an unknown version `NotFound`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -23,28 +22,17 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from services.core.errors import InvalidArgument, NotFound, RecsysError, Unavailable
-from services.trainer.dataset import Lineage
-
-CHAMPION = "champion"
-ARTIFACT_DIR = "model"
-ARTIFACT_FILE = "model.npz"
-METRIC_TAG = "metrics."
-LINEAGE_TAG = "lineage."
+from services.model.lineage import Lineage
+from services.model.versions import (
+    ARTIFACT_DIR,
+    ARTIFACT_FILE,
+    CHAMPION,
+    VersionInfo,
+    parse_tags,
+    version_tags,
+)
 
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    """One registered version, with what its tags say about it."""
-
-    version: str
-    model_name: str
-    aliases: tuple[str, ...]
-    run_id: str
-    metrics: Mapping[str, float]
-    lineage: Lineage | None
-    created_at_ms: int
 
 
 class ModelRegistry(Protocol):
@@ -67,35 +55,15 @@ class ModelRegistry(Protocol):
     def set_champion(self, version: str) -> None: ...
 
 
-def version_tags(metrics: Mapping[str, float], lineage: Lineage) -> dict[str, str]:
-    """The tags that describe a version: held-out metrics and the lineage of its data."""
-    tags = {f"{METRIC_TAG}{k}": repr(float(v)) for k, v in metrics.items()}
-    for key, value in lineage.as_dict().items():
-        tags[f"{LINEAGE_TAG}{key}"] = json.dumps(value) if isinstance(value, dict) else str(value)
-    tags["recsys.artifact"] = f"{ARTIFACT_DIR}/{ARTIFACT_FILE}"
-    return tags
+def configure_mlflow_client(*, timeout_s: int, retries: int) -> None:
+    """Set MLflow's client up for this process: call once, at start, before any MLflow call.
 
-
-def _parse_tags(tags: Mapping[str, str]) -> tuple[dict[str, float], Lineage | None]:
-    metrics = {k.removeprefix(METRIC_TAG): float(v) for k, v in tags.items()
-               if k.startswith(METRIC_TAG)}
-    fields = {k.removeprefix(LINEAGE_TAG): v for k, v in tags.items()
-              if k.startswith(LINEAGE_TAG)}
-    try:
-        fields["partition_offsets"] = json.loads(fields["partition_offsets"])
-        lineage = Lineage.from_dict(fields)
-    except (KeyError, ValueError, TypeError):  # a version registered by something else
-        lineage = None
-    return metrics, lineage
-
-
-def _configure_mlflow(timeout_s: int, retries: int) -> None:
-    """MLflow's client reads its HTTP policy and telemetry switch only from the environment,
-    so these are process-wide (one registry per process).
-
-    Telemetry is switched off (nothing may leave loopback) and re-evaluated, since importing
-    mlflow already created its client; the retry policy keeps an outage from stalling a job
-    for MLflow's default four minutes; run URLs are not printed into the structured logs.
+    MLflow's client reads its HTTP policy and telemetry switch only from environment
+    variables, so this changes `os.environ` for the whole process, which is why it is a call
+    of its own and not hidden in a constructor. Telemetry is switched off (nothing may leave
+    loopback) and re-evaluated, since importing mlflow already created its client; the retry
+    policy keeps an outage from stalling a job for MLflow's default four minutes; run URLs are
+    not printed into the structured logs.
     """
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
@@ -108,11 +76,10 @@ def _configure_mlflow(timeout_s: int, retries: int) -> None:
 
 
 class MlflowRegistry:
-    """Blocking MLflow calls; run them off the event loop."""
+    """Blocking MLflow calls; run them off the event loop. Its HTTP policy is the process's
+    (`configure_mlflow_client`)."""
 
-    def __init__(self, *, tracking_uri: str, model_name: str, experiment: str,
-                 timeout_s: int = 10, retries: int = 2) -> None:
-        _configure_mlflow(timeout_s, retries)
+    def __init__(self, *, tracking_uri: str, model_name: str, experiment: str) -> None:
         self.tracking_uri = tracking_uri
         self.model_name = model_name
         self._experiment = experiment
@@ -257,12 +224,13 @@ class MlflowRegistry:
                 previous.version if previous is not None else None)
 
     def _info(self, version: Any, *, aliases: tuple[str, ...]) -> VersionInfo:
-        metrics, lineage = _parse_tags(version.tags or {})
+        metrics, lineage = parse_tags(version.tags or {})
         return VersionInfo(
             version=str(version.version),
             model_name=self.model_name,
             aliases=aliases,
             run_id=version.run_id or "",
+            source=version.source or "",
             metrics=metrics,
             lineage=lineage,
             created_at_ms=int(version.creation_timestamp or 0),

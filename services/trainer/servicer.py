@@ -9,12 +9,11 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from recsys.model.v1 import model_pb2
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from services.core.errors import InvalidArgument
+from services.model.messages import lineage_to_proto, metrics_to_proto, version_to_proto
 from services.trainer.jobs import Job, JobManager
-from services.trainer.messages import lineage_to_proto, metrics_to_proto
-from services.trainer.registry import MlflowRegistry, VersionInfo
+from services.trainer.registry import MlflowRegistry
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
 DEFAULT_PAGE_SIZE = 20
@@ -123,16 +122,4 @@ def job_to_proto(job: Job) -> trainer_pb2.TrainingJob:
         created_at=_timestamp(job.created_at),
         started_at=_timestamp(job.started_at),
         finished_at=_timestamp(job.finished_at),
-    )
-
-
-def version_to_proto(version: VersionInfo) -> model_pb2.ModelVersion:
-    return model_pb2.ModelVersion(
-        version=version.version,
-        model_name=version.model_name,
-        aliases=list(version.aliases),
-        mlflow_run_id=version.run_id,
-        metrics=metrics_to_proto(version.metrics),
-        lineage=lineage_to_proto(version.lineage),
-        created_at=_timestamp(version.created_at_ms / 1000 if version.created_at_ms else None),
     )

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from services.core.errors import FailedPrecondition
-from services.trainer.artifact import ModelArtifact
-from services.trainer.dataset import DatasetStore, Lineage, TrainingData
+from services.model.lineage import Lineage
+from services.model.versions import ARTIFACT_FILE, VersionInfo
+from services.trainer.dataset import DatasetStore, TrainingData
 from services.trainer.evaluation import evaluate, stratified_split
 from services.trainer.model import FactorModel, Interactions, TrainConfig, TrainingCancelled, fit
-from services.trainer.registry import ARTIFACT_FILE, ModelRegistry, VersionInfo
+from services.trainer.packaging import package_model
+from services.trainer.registry import ModelRegistry
 
 GATE_METRIC = "ndcg_at_10"
 Update = Callable[..., Any]
@@ -158,8 +160,8 @@ def _register(model: FactorModel, full: Interactions, data: TrainingData,
               registry: ModelRegistry, *, run_id: str, metrics: Mapping[str, float],
               lineage: Lineage, tags: Mapping[str, str]) -> VersionInfo:
     """Save the served model as one .npz and register it as a new version."""
-    artifact = ModelArtifact.from_model(model, full, user_ids=data.user_ids.tolist(),
-                                        item_ids=data.item_ids.tolist())
+    artifact = package_model(model, full, user_ids=data.user_ids.tolist(),
+                             item_ids=data.item_ids.tolist())
     with tempfile.TemporaryDirectory(prefix="recsys-model-") as tmp:
         path = Path(tmp) / ARTIFACT_FILE
         artifact.save(path)

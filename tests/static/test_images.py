@@ -196,10 +196,9 @@ def test_image_layout_has_every_package_the_service_imports(
         pending |= imported_services_packages(package) - closure
     assert copied == closure
     assert "core" in copied
-    if service == "recommender":
-        assert "trainer" in copied  # the model artifact and the registry
-    if service == "ingest":
-        assert "trainer" not in copied and "recommender" not in copied
+    assert copied & set(SERVICES) == {service}  # no image carries another service
+    if service != "ingest":
+        assert "model" in copied  # the contract between training and serving
     assert not list(app.rglob("Dockerfile"))
 
 

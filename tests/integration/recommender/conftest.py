@@ -25,11 +25,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
 from scripts.localstack.components import MlflowServer, RedisServer
 from services.core import server
+from services.model.artifact import ModelArtifact
+from services.model.lineage import Lineage
 from services.recommender.app import RecommenderApp
 from services.recommender.servicer import SERVICE_NAME
 from services.recommender.settings import RecommenderSettings
-from services.trainer.artifact import ModelArtifact
-from services.trainer.dataset import Lineage
 from services.trainer.registry import MlflowRegistry
 
 _jobs = itertools.count(1)

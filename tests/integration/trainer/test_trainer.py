@@ -23,7 +23,7 @@ from recsys.trainer.v1 import trainer_pb2
 from scripts.localstack.components import MlflowServer, TansuBroker, free_port
 from services.cli import __main__ as cli
 from services.core.kafka import producer_config
-from services.trainer.artifact import ModelArtifact
+from services.model.artifact import ModelArtifact
 from services.trainer.servicer import SERVICE_NAME
 from tests.integration.trainer.support import (
     ML100K_EVENTS,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.trainer.artifact import ModelArtifact
+from services.model.artifact import ModelArtifact
 from services.trainer.model import Interactions, TrainConfig, fit
+from services.trainer.packaging import package_model
 
 
 def small_artifact(*, n_users: int = 60, n_items: int = 120, factors: int = 8,
@@ -25,8 +26,8 @@ def small_artifact(*, n_users: int = 60, n_items: int = 120, factors: int = 8,
     data = Interactions.from_arrays(np.array(users), np.array(items), n_users=n_users,
                                     n_items=n_items)
     model = fit(data, TrainConfig(factors=factors, epochs=4, num_threads=1))
-    return ModelArtifact.from_model(model, data, user_ids=[f"u{u}" for u in range(n_users)],
-                                    item_ids=[f"i{i}" for i in range(n_items)])
+    return package_model(model, data, user_ids=[f"u{u}" for u in range(n_users)],
+                         item_ids=[f"i{i}" for i in range(n_items)])
 
 
 def clustered_artifact(*, n_items: int = 5_003, n_users: int = 400, factors: int = 16,

@@ -14,11 +14,11 @@ from recsys.recommender.v1 import recommender_pb2_grpc
 from scripts.localstack.components import free_port
 from services.core import server
 from services.core.errors import Unavailable
+from services.model.artifact import ModelArtifact
+from services.model.lineage import Lineage
+from services.model.versions import CHAMPION, VersionInfo
 from services.recommender.app import RecommenderApp
 from services.recommender.settings import RecommenderSettings
-from services.trainer.artifact import ModelArtifact
-from services.trainer.dataset import Lineage
-from services.trainer.registry import CHAMPION, VersionInfo
 from tests.unit.recommender.artifacts import small_artifact
 
 
@@ -39,6 +39,7 @@ class FakeSource:
         return VersionInfo(
             version=self.champion_version, model_name="test", aliases=(CHAMPION,),
             run_id=f"run-{self.champion_version}",
+            source=f"mlflow-artifacts:/1/run-{self.champion_version}/artifacts/model",
             metrics={"precision_at_10": 0.25, "ndcg_at_10": 0.5, "users_evaluated": 40.0},
             lineage=Lineage(topic="interactions", row_count=600, content_hash="ab" * 32,
                             partition_offsets={0: 400, 1: 200}, user_count=artifact.n_users,
@@ -46,10 +47,10 @@ class FakeSource:
             created_at_ms=0,
         )
 
-    def download(self, version: VersionInfo, dst: Path) -> Path:
+    def load(self, version: VersionInfo, dst: Path) -> ModelArtifact:
         path = dst / "model.npz"
         self.artifacts[version.version].save(path)
-        return path
+        return ModelArtifact.load(path)
 
 
 @dataclass

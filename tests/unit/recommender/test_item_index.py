@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from services.model.artifact import ModelArtifact
 from services.recommender import item_index
 from services.recommender.item_index import BLOCK, MAX_SCANNED, ItemIndex
 from services.recommender.scoring import Query, Scorer, Strategy
-from services.trainer.artifact import ModelArtifact
 from tests.unit.recommender.artifacts import clustered_artifact
 
 N_ITEMS = 5_003  # not a multiple of BLOCK: some blocks are padded

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from services.core.errors import NotFound
+from services.model.artifact import ModelArtifact
 from services.recommender.scoring import Query, Scorer, Strategy
-from services.trainer.artifact import ModelArtifact
 from tests.unit.recommender.artifacts import small_artifact
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from services.model.artifact import ModelArtifact
 from services.recommender.scoring import Query, Scorer, Strategy
 from services.recommender.top_lists import LENGTH
-from services.trainer.artifact import ModelArtifact
 from tests.unit.recommender.artifacts import clustered_artifact
 
 

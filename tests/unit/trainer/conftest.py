@@ -13,10 +13,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.core.errors import Unavailable
-from services.trainer.artifact import ModelArtifact
-from services.trainer.dataset import DatasetStore, Lineage, StoredEvent
+from services.model.artifact import ModelArtifact
+from services.model.lineage import Lineage
+from services.model.versions import CHAMPION, VersionInfo
+from services.trainer.dataset import DatasetStore, StoredEvent
 from services.trainer.metrics import TrainerMetrics
-from services.trainer.registry import CHAMPION, VersionInfo
 
 
 @dataclass
@@ -57,8 +58,8 @@ class FakeRegistry:
         self.runs[run_id]["artifact"] = ModelArtifact.load(artifact)
         self.runs[run_id]["version_tags"] = dict(tags)
         info = VersionInfo(version=str(len(self.versions) + 1), model_name=self.model_name,
-                           aliases=(), run_id=run_id, metrics=dict(metrics), lineage=lineage,
-                           created_at_ms=0)
+                           aliases=(), run_id=run_id, source=f"mlflow-artifacts:/{run_id}",
+                           metrics=dict(metrics), lineage=lineage, created_at_ms=0)
         self.versions.append(info)
         return info
 

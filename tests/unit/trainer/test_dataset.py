@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.trainer.dataset import DatasetStore, Lineage, StoredEvent
+from services.trainer.dataset import DatasetStore, StoredEvent
 from services.trainer.settings import DEFAULT_TYPE_WEIGHTS
 
 
@@ -104,13 +104,6 @@ def test_training_data_weighs_types_values_and_ratings(store: DatasetStore) -> N
              for u, i, w in zip(data.users, data.items, data.weights, strict=True)}
     assert pairs == {("a", "x"): 10.0, ("a", "y"): 1.0, ("b", "x"): 2.0}
     assert data.users.dtype == np.int64
-
-
-def test_lineage_round_trips_through_a_dict() -> None:
-    lineage = Lineage(topic="t", row_count=3, content_hash="ab", partition_offsets={0: 1, 2: 9},
-                      user_count=2, item_count=1)
-    assert lineage.as_dict()["partition_offsets"] == {"0": 1, "2": 9}
-    assert Lineage.from_dict(lineage.as_dict()) == lineage
 
 
 def test_jobs_are_saved_replaced_and_listed_newest_first(store: DatasetStore) -> None:

@@ -8,11 +8,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.model.versions import CHAMPION
 from services.trainer.dataset import DatasetStore
 from services.trainer.jobs import RESTARTED, Job, JobManager, JobState, Trigger, resolve_config
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.model import TrainConfig
-from services.trainer.registry import CHAMPION
 from services.trainer.settings import DEFAULT_TYPE_WEIGHTS
 from services.trainer.training import Phase, TrainingOptions
 from tests.unit.trainer.conftest import FakeRegistry

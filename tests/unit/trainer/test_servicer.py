@@ -1,13 +1,12 @@
-"""Domain values to protos; every RPC of the contract is implemented."""
+"""Jobs to protos; every RPC of the contract is implemented."""
 
 from __future__ import annotations
 
 from recsys.trainer.v1 import trainer_pb2
-from services.trainer.dataset import Lineage
+from services.model.lineage import Lineage
 from services.trainer.jobs import Job, JobState, Trigger
 from services.trainer.model import TrainConfig
-from services.trainer.registry import VersionInfo
-from services.trainer.servicer import TrainerServicer, job_to_proto, version_to_proto
+from services.trainer.servicer import TrainerServicer, job_to_proto
 from services.trainer.training import Phase
 
 LINEAGE = Lineage(topic="t", row_count=7, content_hash="ff", partition_offsets={0: 3, 1: 4},
@@ -43,13 +42,3 @@ def test_a_finished_job() -> None:
     assert proto.metrics.ndcg_at_10 == 0.5 and proto.metrics.users_evaluated == 9
     assert dict(proto.lineage.partition_offsets) == {0: 3, 1: 4}
     assert proto.finished_at.seconds == 3
-
-
-def test_a_model_version() -> None:
-    proto = version_to_proto(VersionInfo(
-        version="3", model_name="m", aliases=("champion",), run_id="r",
-        metrics={"ndcg_at_10": 0.5}, lineage=None, created_at_ms=1_500))
-    assert list(proto.aliases) == ["champion"]
-    assert proto.metrics.ndcg_at_10 == 0.5
-    assert not proto.HasField("lineage")
-    assert proto.created_at.ToMilliseconds() == 1_500

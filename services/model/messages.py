@@ -1,12 +1,15 @@
-"""Trainer results as `recsys.model.v1` messages: the trainer's API and the recommender's
-GetModelInfo describe a model the same way."""
+"""Models as `recsys.model.v1` messages: the trainer's API and the recommender's GetModelInfo
+describe a model the same way."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from recsys.model.v1 import model_pb2
-from services.trainer.dataset import Lineage
+from services.model.lineage import Lineage
+from services.model.versions import VersionInfo
 
 _METRIC_FIELDS = ("precision_at_10", "recall_at_10", "ndcg_at_10", "map_at_10")
 
@@ -27,4 +30,20 @@ def lineage_to_proto(lineage: Lineage | None) -> model_pb2.DatasetLineage | None
         row_count=lineage.row_count, content_hash=lineage.content_hash,
         partition_offsets=dict(lineage.partition_offsets), topic=lineage.topic,
         user_count=lineage.user_count, item_count=lineage.item_count,
+    )
+
+
+def version_to_proto(version: VersionInfo) -> model_pb2.ModelVersion:
+    created_at = None
+    if version.created_at_ms:
+        created_at = Timestamp()
+        created_at.FromMilliseconds(version.created_at_ms)
+    return model_pb2.ModelVersion(
+        version=version.version,
+        model_name=version.model_name,
+        aliases=list(version.aliases),
+        mlflow_run_id=version.run_id,
+        metrics=metrics_to_proto(version.metrics),
+        lineage=lineage_to_proto(version.lineage),
+        created_at=created_at,
     )

@@ -1,20 +1,18 @@
 """The served model: factors, id maps and what fold-in needs, as one pickle-free ``.npz`` file.
 
-It depends on numpy only, so the recommender loads a model in milliseconds without torch.
+It depends on numpy only, so the recommender loads a model in milliseconds without torch. The
+trainer makes one from a fitted model (``services.trainer.packaging``). What makes a valid
+artifact is checked in one place, ``__post_init__``, which every constructor and ``load`` pass.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from services.trainer.model import FactorModel, Interactions
 
 FORMAT_VERSION = 1
 _ARRAYS = (
@@ -80,32 +78,6 @@ class ModelArtifact:
         return int(self.user_factors.shape[1])
 
     @classmethod
-    def from_model(
-        cls,
-        model: FactorModel,
-        data: Interactions,
-        *,
-        user_ids: Sequence[str],
-        item_ids: Sequence[str],
-    ) -> ModelArtifact:
-        """Package a model with the interactions it was trained on and its index -> id maps."""
-        items = model.item_factors.detach().numpy().astype(np.float32)
-        gram = items.astype(np.float64).T @ items.astype(np.float64)
-        return cls(
-            user_factors=model.user_factors.detach().numpy().astype(np.float32),
-            item_factors=items,
-            user_ids=np.asarray(list(user_ids), dtype=np.str_),
-            item_ids=np.asarray(list(item_ids), dtype=np.str_),
-            item_popularity=np.bincount(data.items, minlength=data.n_items).astype(np.int64),
-            seen_indptr=data.indptr(),
-            seen_indices=data.items.astype(np.int64),
-            item_gram=gram,
-            regularization=model.config.regularization,
-            reg_exponent=model.config.reg_exponent,
-            alpha=model.config.alpha,
-        )
-
-    @classmethod
     def from_factors(cls, user_factors: np.ndarray, item_factors: np.ndarray,
                      seen: np.ndarray, *, regularization: float = 0.05,
                      reg_exponent: float = 1.0, alpha: float = 10.0) -> ModelArtifact:
@@ -132,7 +104,7 @@ class ModelArtifact:
         """Factor vector for a new user from their items, by the training's exact user solve.
 
         Repeated items have their weights summed, as in training; no items gives a zero vector.
-        The maths mirrors ``model._solve`` and ``model._row_penalty`` (kept torch-free here);
+        The maths mirrors the trainer's ``_solve`` and ``_row_penalty`` (kept torch-free here);
         tests check that folding in a trained user's items gives back their trained vector.
         """
         idx = np.asarray(item_indices, dtype=np.int64).reshape(-1)

@@ -1,4 +1,5 @@
-"""The served model file: exact round trip, no pickle, and fold-in that matches training."""
+"""The served model file: exact round trip, no pickle, and fold-in that matches training
+(the trainer packages a fitted model, services.model serves it)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.trainer.artifact import ModelArtifact
+from services.model.artifact import ModelArtifact
 from services.trainer.model import Interactions, TrainConfig, fit
+from services.trainer.packaging import package_model
 
 _FIELDS = [field.name for field in dataclasses.fields(ModelArtifact)]
 
@@ -26,7 +28,7 @@ def data() -> Interactions:
 @pytest.fixture(scope="module")
 def artifact(data: Interactions) -> ModelArtifact:
     model = fit(data, TrainConfig(factors=12, epochs=5, alpha=4.0, reg_exponent=0.8))
-    return ModelArtifact.from_model(
+    return package_model(
         model,
         data,
         user_ids=[f"user-{u}" for u in range(data.n_users)],
@@ -57,7 +59,7 @@ def test_file_is_plain_arrays_without_pickle(artifact: ModelArtifact, tmp_path: 
         assert all(npz[name].dtype != object for name in npz.files)
 
 
-def test_from_model_keeps_the_id_maps_popularity_and_seen_items(
+def test_packaging_keeps_the_id_maps_popularity_and_seen_items(
     artifact: ModelArtifact, data: Interactions
 ) -> None:
     assert (artifact.n_users, artifact.n_items, artifact.factors) == (80, 110, 12)
