@@ -2,10 +2,10 @@
 # The image of each gRPC service, one Dockerfile for all three. Build from the repository root
 # (see .dockerignore), naming the service:
 #   docker build --build-arg SERVICE=recommender -t recsys-recommender .
-# (ci/images.sh builds all three.) What differs between the images is derived, not repeated:
-# the dependencies are the core list plus the service's extra in pyproject.toml; torch, when
-# that extra needs it, comes first from the CPU index; the code is the service's package and
-# every services.* package it imports; ports and entry point are in the service's stage below.
+# What differs between the images is derived, not repeated: the dependencies are the core list
+# plus the service's extra in pyproject.toml; torch, when that extra needs it, comes first from
+# the CPU index; the code is the service's package and every services.* package it imports;
+# ports and entry point are in the service's stage below.
 #
 # Base: the official python:3.11.13-slim-bookworm, pinned by its multi-arch index digest so a
 # rebuild gets the same interpreter and system libraries; bump tag and digest together.

@@ -13,13 +13,14 @@ from tqdm import tqdm
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from services.cli.common import TRAINER, add_json_flag, add_target, guarded, show
 from services.core.client import DEFAULT_TIMEOUT_S, channel
+from services.trainer.hyperparameters import BOUNDS
 
 _HYPERPARAMETERS: tuple[tuple[str, type, str], ...] = (
-    ("factors", int, "latent dimensions, 1 to 1024"),
-    ("epochs", int, "alternating least-squares sweeps, 1 to 200"),
-    ("regularization", float, "L2 regularisation strength, > 0"),
-    ("alpha", float, "confidence scaling (1 + alpha * weight), > 0"),
-    ("seed", int, "initialisation seed, >= 0"),
+    ("factors", int, "latent dimensions"),
+    ("epochs", int, "alternating least-squares sweeps"),
+    ("regularization", float, "L2 regularisation strength"),
+    ("alpha", float, "confidence scaling (1 + alpha * weight)"),
+    ("seed", int, "initialisation seed"),
 )
 
 
@@ -30,7 +31,7 @@ def register(subparsers: Any) -> None:
                     "Unset hyper-parameters take the trainer's defaults.")
     add_target(train, TRAINER)
     for name, kind, text in _HYPERPARAMETERS:
-        train.add_argument(f"--{name}", type=kind, help=text)
+        train.add_argument(f"--{name}", type=kind, help=f"{text}, {BOUNDS[name].rule}")
     train.add_argument("--no-wait", action="store_true",
                        help="print the job id and return at once")
     train.add_argument("--timeout", type=float, default=3600.0,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from services.core.config import KafkaSettings, ServerSettings
+from services.core.contract import MIN_OCCURRED_AT
 from services.core.settings import SettingsError, at_least_one, env, positive
 
 #: Upper bound of RECSYS_INGEST_MAX_BATCH: a failure detail lists up to this many event
@@ -57,7 +58,7 @@ class IngestSettings(ServerSettings, KafkaSettings):
         "How far ahead of the server's clock occurred_at may be (clock skew allowance).",
         check=lambda v: v >= 0, rule=">= 0")
     min_occurred_at: str = env(
-        "RECSYS_INGEST_MIN_OCCURRED_AT", "1995-01-01T00:00:00+00:00",
+        "RECSYS_INGEST_MIN_OCCURRED_AT", MIN_OCCURRED_AT.isoformat(),
         "Earliest occurred_at accepted, ISO 8601 with a UTC offset.",
         check=_iso_instant, rule="an ISO 8601 instant with a UTC offset")
 

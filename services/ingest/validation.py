@@ -2,7 +2,9 @@
 
 The `recsys.events.v1.Interaction` message is the domain type here: it is what the topic
 carries, so events are checked and published as they arrived, without a conversion per event.
-This code runs for every event ingested; keep it to attribute reads and comparisons.
+This code runs for every event ingested; keep it to attribute reads and comparisons (so the
+id rule of services/core/contract.py is spelled inline here, with its constants, rather than
+called: tests/unit/ingest/test_validation.py checks that both agree).
 """
 
 from __future__ import annotations
@@ -10,17 +12,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import NamedTuple
 
 from recsys.events.v1 import interaction_pb2
+from services.core.contract import ID_RULE, MAX_ID_CHARS, MIN_OCCURRED_AT
 
-MAX_ID_CHARS = 128
 MAX_CONTEXT_ENTRIES = 16
 MAX_CONTEXT_KEY_CHARS = 64
 MAX_CONTEXT_VALUE_CHARS = 256
-
-DEFAULT_MIN_OCCURRED_AT = datetime(1995, 1, 1, tzinfo=UTC)
 
 RATING = interaction_pb2.INTERACTION_TYPE_RATING
 KNOWN_TYPES = frozenset(
@@ -44,7 +44,7 @@ class Limits:
     rating_max: float = 5.0
     max_weight: float = 1e6
     max_future_s: float = 300.0
-    min_occurred_at: datetime = DEFAULT_MIN_OCCURRED_AT
+    min_occurred_at: datetime = MIN_OCCURRED_AT
 
 
 class Validator:
@@ -56,9 +56,8 @@ class Validator:
         self._max_future_s = limits.max_future_s
         self._min_seconds = int(limits.min_occurred_at.timestamp())
         floor = limits.min_occurred_at.isoformat()
-        ids = f"must be 1 to {MAX_ID_CHARS} printable characters"
-        self._bad_user = Problem("user_id", ids)
-        self._bad_item = Problem("item_id", ids)
+        self._bad_user = Problem("user_id", ID_RULE)
+        self._bad_item = Problem("item_id", ID_RULE)
         self._bad_event_id = Problem(
             "event_id", f"must be empty or at most {MAX_ID_CHARS} printable characters")
         self._bad_type = Problem("type", "must be a known interaction type, not UNSPECIFIED")

@@ -6,13 +6,13 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
+from services.core.contract import id_problem
 from services.core.errors import InvalidArgument
 from services.model.messages import lineage_to_proto, metrics_to_proto
 from services.recommender.engine import Recommender
 
 SERVICE_NAME = recommender_pb2.DESCRIPTOR.services_by_name["RecommenderService"].full_name
 DEFAULT_K = 10
-MAX_ID_LENGTH = 128
 MAX_EXCLUDED = 1000
 
 
@@ -68,8 +68,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
 
 
 def _id(field: str, value: str) -> str:
-    if not value:
-        raise InvalidArgument(field, "is required")
-    if len(value) > MAX_ID_LENGTH:
-        raise InvalidArgument(field, f"at most {MAX_ID_LENGTH} characters, got {len(value)}")
+    problem = id_problem(value)
+    if problem is not None:
+        raise InvalidArgument(field, problem)
     return value

@@ -13,11 +13,10 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -31,26 +30,19 @@ from services.core.errors import (
 )
 from services.model.lineage import Lineage
 from services.trainer.dataset import DatasetStore
+from services.trainer.hyperparameters import OutOfBounds
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.model import TrainConfig, TrainingCancelled
 from services.trainer.registry import ModelRegistry, RunStatus
-from services.trainer.settings import EPOCHS_RANGE, FACTORS_RANGE
 from services.trainer.training import Phase, TrainingOptions, run_training
 
 log = logging.getLogger(__name__)
 
 RESTARTED = "trainer restarted while the job ran"
 
-# Hyper-parameters a request may override: a check and the rule it enforces (trainer.proto).
-OVERRIDES: dict[str, tuple[Callable[[float], bool], str]] = {
-    "factors": (lambda v: FACTORS_RANGE[0] <= v <= FACTORS_RANGE[1],
-                f"{FACTORS_RANGE[0]} to {FACTORS_RANGE[1]}"),
-    "epochs": (lambda v: EPOCHS_RANGE[0] <= v <= EPOCHS_RANGE[1],
-               f"{EPOCHS_RANGE[0]} to {EPOCHS_RANGE[1]}"),
-    "regularization": (lambda v: math.isfinite(v) and v > 0, "> 0"),
-    "alpha": (lambda v: math.isfinite(v) and v > 0, "> 0"),
-    "seed": (lambda v: v >= 0, ">= 0"),
-}
+# Hyper-parameters a request may override: the fields of trainer.proto's Hyperparameters.
+# Their bounds are services/trainer/hyperparameters.py's, checked by TrainConfig.validate.
+OVERRIDES = frozenset({"factors", "epochs", "regularization", "alpha", "seed"})
 _TRIGGER_CHECK_S = 1.0
 _CLOSE_WAIT_S = 30.0
 
@@ -120,18 +112,14 @@ class Job:
 
 def resolve_config(defaults: TrainConfig, overrides: Mapping[str, int | float]) -> TrainConfig:
     """`defaults` with `overrides` applied; InvalidArgument names the first bad field."""
-    for name, value in overrides.items():
+    for name in overrides:
         if name not in OVERRIDES:
             raise InvalidArgument(f"hyperparameters.{name}", "cannot be overridden")
-        check, rule = OVERRIDES[name]
-        if not check(value):
-            raise InvalidArgument(f"hyperparameters.{name}", f"must be {rule}, got {value}")
     config = replace(defaults, **dict[str, Any](overrides))
     try:
         config.validate()
-    except ValueError as exc:
-        name, _, reason = str(exc).partition(": ")
-        raise InvalidArgument(f"hyperparameters.{name}", reason or str(exc)) from None
+    except OutOfBounds as exc:
+        raise InvalidArgument(f"hyperparameters.{exc.name}", exc.reason) from None
     return config
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from services.trainer.hyperparameters import BOUNDS, check
+
 ProgressCallback = Callable[[int, int, float], None]
 CancelCheck = Callable[[], bool]
 
@@ -59,20 +61,12 @@ class TrainConfig:
     num_threads: int | None = None
 
     def validate(self) -> None:
-        """Raise ValueError naming the first field with an unusable value."""
-        checks = (
-            ("factors", self.factors >= 1),
-            ("epochs", self.epochs >= 1),
-            ("regularization", math.isfinite(self.regularization) and self.regularization > 0),
-            ("reg_exponent", math.isfinite(self.reg_exponent) and self.reg_exponent >= 0),
-            ("alpha", math.isfinite(self.alpha) and self.alpha >= 0),
-            ("init_std", math.isfinite(self.init_std) and self.init_std > 0),
-            ("seed", self.seed >= 0),
-            ("num_threads", self.num_threads is None or self.num_threads >= 1),
-        )
-        for name, ok in checks:
-            if not ok:
-                raise ValueError(f"{name}: invalid value {getattr(self, name)!r}")
+        """Raise ValueError naming the first field with an unusable value (`OutOfBounds` for a
+        hyper-parameter: the bounds are in services/trainer/hyperparameters.py)."""
+        for name in BOUNDS:
+            check(name, getattr(self, name))
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"num_threads: must be >= 1 or None, got {self.num_threads}")
 
     def as_dict(self) -> dict[str, int | float | None]:
         return dataclasses.asdict(self)

@@ -1,18 +1,20 @@
 """TrainerService settings: the dataset store, the consumer, MLflow, the quality gate, triggers.
 
-Hyper-parameter defaults come from the model's own (`TrainConfig`); a job's overrides replace
-them one field at a time.
+Hyper-parameter defaults come from the model's own (`TrainConfig`), their bounds from
+services/trainer/hyperparameters.py; a job's overrides replace them one field at a time.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from services.core.config import KafkaSettings, MlflowSettings, ServerSettings
-from services.core.settings import at_least_one, env, non_negative, positive
+from services.core.settings import at_least_one, env, non_negative
+from services.trainer.hyperparameters import BOUNDS
 from services.trainer.model import TrainConfig
 
 # The InteractionType names (without the INTERACTION_TYPE_ prefix, lower case) the dataset
@@ -23,10 +25,6 @@ DEFAULT_TYPE_WEIGHTS = {
     "view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 5.0,
     "rating": 1.0, "like": 3.0, "share": 3.0,
 }
-
-# Hyper-parameter ranges from the Hyperparameters message in trainer.proto.
-FACTORS_RANGE = (1, 1024)
-EPOCHS_RANGE = (1, 200)
 
 
 def _type_weights(value: Mapping[str, float]) -> bool:
@@ -39,8 +37,9 @@ def _unit_interval(value: float) -> bool:
     return 0 <= value <= 1
 
 
-def _within(low: int, high: int) -> Callable[[int], bool]:
-    return lambda value: low <= value <= high
+def _bounded(name: str) -> dict[str, Any]:
+    """`env`'s check and rule for hyper-parameter `name`."""
+    return {"check": BOUNDS[name].contains, "rule": BOUNDS[name].rule}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,19 +62,17 @@ class TrainerSettings(ServerSettings, KafkaSettings, MlflowSettings):
         check=_type_weights, rule=f"a weight >= 0 for each of {', '.join(INTERACTION_TYPES)}")
 
     factors: int = env("RECSYS_TRAINER_FACTORS", TrainConfig.factors,
-                       "Default latent dimensions.", check=_within(*FACTORS_RANGE),
-                       rule=f"{FACTORS_RANGE[0]} to {FACTORS_RANGE[1]}")
+                       "Default latent dimensions.", **_bounded("factors"))
     epochs: int = env("RECSYS_TRAINER_EPOCHS", TrainConfig.epochs,
-                      "Default alternating least-squares sweeps.", check=_within(*EPOCHS_RANGE),
-                      rule=f"{EPOCHS_RANGE[0]} to {EPOCHS_RANGE[1]}")
+                      "Default alternating least-squares sweeps.", **_bounded("epochs"))
     regularization: float = env("RECSYS_TRAINER_REGULARIZATION", TrainConfig.regularization,
-                                "Default L2 regularisation strength.", check=positive,
-                                rule="> 0")
+                                "Default L2 regularisation strength.",
+                                **_bounded("regularization"))
     alpha: float = env("RECSYS_TRAINER_ALPHA", TrainConfig.alpha,
                        "Default confidence scaling (confidence = 1 + alpha * weight).",
-                       check=positive, rule="> 0")
+                       **_bounded("alpha"))
     seed: int = env("RECSYS_TRAINER_SEED", TrainConfig.seed, "Default initialisation seed.",
-                    check=non_negative, rule=">= 0")
+                    **_bounded("seed"))
     threads: int = env("RECSYS_TRAINER_THREADS", 0,
                        "Torch threads for training; 0 keeps torch's default (all cores).",
                        check=non_negative, rule=">= 0")

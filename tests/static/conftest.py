@@ -2,7 +2,7 @@
 
 Each check runs a real tool: found in the project's environments (.venv, .venv-tools) or on
 PATH. A missing tool skips its checks with a reason naming it, or fails them when
-RECSYS_STATIC_STRICT=1 (ci/static.sh): the pipeline must never pass a check it did not run.
+RECSYS_STATIC_STRICT=1 (tox -e static): the pipeline must never pass a check it did not run.
 """
 
 from __future__ import annotations

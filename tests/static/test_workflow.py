@@ -1,8 +1,10 @@
 """The GitHub Actions pipeline: actionlint (with shellcheck on every run: block), zizmor,
-the workflow schema, and every action pinned to a full commit SHA."""
+the workflow schema, every action pinned to a full commit SHA, and the checks run as tox
+environments."""
 
 from __future__ import annotations
 
+import configparser
 import re
 
 import yaml
@@ -49,3 +51,22 @@ def test_jobs_get_least_privilege() -> None:
         assert granted.get("contents") == "read", name
         writes = {scope for scope, level in granted.items() if level == "write"}
         assert writes <= ({"packages"} if name == "images" else set()), f"{name}: {writes}"
+
+
+def test_the_checks_are_the_tox_environments_developers_run() -> None:
+    """Past set-up, the lint and test jobs only call tox: every environment in tox.ini's
+    envlist, and buf-breaking (which needs a ref to compare with)."""
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    tox = configparser.ConfigParser(interpolation=None)
+    tox.read(REPO / "tox.ini")
+    envlist = {env.strip() for env in tox["tox"]["envlist"].split(",")}
+    ran: set[str] = set()
+    for name in ("lint", "test"):
+        for step in workflow["jobs"][name]["steps"]:
+            if "run" not in step or step["name"].startswith("Set up"):
+                continue
+            called = re.fullmatch(r"\.venv/bin/tox run -e ([\w,-]+)", step["run"].strip())
+            assert called, f"{name}: {step['name']!r} runs more than tox: {step['run']}"
+            ran |= set(called[1].split(","))
+    assert ran == envlist | {"buf-breaking"}
+    assert all(tox.has_section(f"testenv:{env}") for env in ran)

@@ -85,6 +85,14 @@ def test_path_parameters_are_percent_decoded(rest: Rest) -> None:
                  "user_id: at most 128 characters, got 129")
 
 
+@pytest.mark.parametrize("user", ["u%0A1", "u%C2%A01"])  # a line break, a no-break space
+def test_an_id_that_is_not_printable_is_refused(rest: Rest, user: str) -> None:
+    assert_error(rest.get(f"/v1/users/{user}/recommendations"), 400, 3,
+                 "user_id: must be 1 to 128 printable characters")
+    assert_error(rest.get(f"/v1/items/{user}/similar"), 400, 3,
+                 "item_id: must be 1 to 128 printable characters")
+
+
 @pytest.mark.parametrize(("query", "fragment"), [
     ("k=101", "k: must be 1 to 100"),
     ("k=-1", "k: must be 1 to 100"),

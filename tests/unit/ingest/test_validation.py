@@ -7,7 +7,9 @@ from datetime import UTC, datetime
 import pytest
 
 from recsys.events.v1 import interaction_pb2
+from services.core.contract import ID_RULE, id_problem
 from services.ingest.validation import Limits, Problem, Validator, derive_event_id
+from tests.unit.core.test_contract import INVALID_IDS, VALID_IDS
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC).timestamp()
 VALIDATOR = Validator(Limits())
@@ -82,6 +84,15 @@ def test_limits_at_their_bounds_are_accepted() -> None:
     assert problem(occurred_s=NOW + 300) is None
     assert problem(occurred_s=datetime(1995, 1, 1, tzinfo=UTC).timestamp()) is None
     assert problem(context={f"k{i}": "v" * 256 for i in range(16)}) is None
+
+
+@pytest.mark.parametrize("value", VALID_IDS + [value for value, _ in INVALID_IDS])
+def test_ids_follow_the_contracts_rule(value: str) -> None:
+    """The validator spells the id rule inline (it runs per event); it agrees with core's."""
+    expected = None if id_problem(value) is None else ID_RULE
+    for field in ("user_id", "item_id"):
+        found = problem(**{field: value})
+        assert (found.reason if found else None) == expected, field
 
 
 def test_invalid_nanos_are_rejected() -> None:

@@ -10,6 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
+from services.core.contract import ID_RULE
 from services.recommender.servicer import SERVICE_NAME, RecommenderServicer
 from tests.unit.recommender.conftest import Served
 
@@ -75,6 +76,16 @@ async def test_bad_recommend_requests_name_the_field(served: Served, request_: R
     code, message = await _code(served.stub.Recommend(request_, timeout=5))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert message.startswith(f"{field}: ")
+
+
+async def test_ids_that_are_not_printable_are_refused_naming_the_field(served: Served) -> None:
+    await _serving_version(served, "1")
+    for bad in ("u\n1", "u\x001", "no\u00a0break"):
+        recommend = served.stub.Recommend(Request(user_id=bad), timeout=5)
+        assert await _code(recommend) == (grpc.StatusCode.INVALID_ARGUMENT, f"user_id: {ID_RULE}")
+        similar = served.stub.SimilarItems(
+            recommender_pb2.SimilarItemsRequest(item_id=bad), timeout=5)
+        assert await _code(similar) == (grpc.StatusCode.INVALID_ARGUMENT, f"item_id: {ID_RULE}")
 
 
 async def test_bad_similar_items_requests(served: Served) -> None:

@@ -86,8 +86,8 @@ class Interaction(_message.Message):
     CONTEXT_FIELD_NUMBER: _builtins.int
     INGESTED_AT_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
-    """Idempotency key, at most 128 characters. Empty on input: IngestService derives one from
-    the event's content (same content, same id) and returns it.
+    """Idempotency key, at most 128 characters of printable text. Empty on input: IngestService
+    derives one from the event's content (same content, same id) and returns it.
     """
     user_id: _builtins.str
     """The user, 1 to 128 characters of printable text."""

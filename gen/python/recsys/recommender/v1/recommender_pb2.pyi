@@ -79,7 +79,7 @@ class RecommendRequest(_message.Message):
     EXCLUDE_SEEN_FIELD_NUMBER: _builtins.int
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
-    """1 to 128 characters."""
+    """1 to 128 characters of printable text (as Interaction.user_id and item_id)."""
     k: _builtins.int
     """Number of items, 1 to the configured maximum (100 by default); 0 means 10."""
     exclude_seen: _builtins.bool
@@ -142,7 +142,7 @@ class SimilarItemsRequest(_message.Message):
     ITEM_ID_FIELD_NUMBER: _builtins.int
     K_FIELD_NUMBER: _builtins.int
     item_id: _builtins.str
-    """1 to 128 characters."""
+    """1 to 128 characters of printable text (as Interaction.user_id and item_id)."""
     k: _builtins.int
     """Number of items, 1 to the configured maximum; 0 means 10."""
     def __init__(

@@ -104,7 +104,7 @@ class Hyperparameters(_message.Message):
     ALPHA_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     factors: _builtins.int
-    """Latent dimensions, 1 to 1,024."""
+    """Latent dimensions, 1 to 1024."""
     epochs: _builtins.int
     """Alternating least-squares sweeps, 1 to 200."""
     regularization: _builtins.float
@@ -112,7 +112,7 @@ class Hyperparameters(_message.Message):
     alpha: _builtins.float
     """Confidence scaling of observed interactions (confidence = 1 + alpha * weight), > 0."""
     seed: _builtins.int
-    """Seed for initialisation."""
+    """Seed for initialisation, >= 0."""
     def __init__(
         self,
         *,
