@@ -49,6 +49,8 @@ def decode(message: type[M], value: bytes | None) -> M | None:
 
 @dataclass(frozen=True, slots=True)
 class Record(Generic[M]):
+    """One record's place in the topic and its decoded value."""
+
     partition: int
     offset: int
     message: M | None  # None: the record has no value or it does not decode
@@ -156,7 +158,7 @@ class ConsumerLoop(Generic[M]):
                 batch = self._poll(consumer)
                 if batch.records:
                     self._handler(batch)
-                    consumer.commit(self._positions(batch.next_offsets()))
+                    self._commit(consumer, batch)
             except Exception as exc:  # one rule for all: count, log, back off, read it again
                 delay_s = self._failed(exc)
                 if consumer is not None and not self._rewind(consumer, batch):
@@ -184,21 +186,23 @@ class ConsumerLoop(Generic[M]):
         return Batch([Record(tp.partition, record.offset, decode(self._message, record.value))
                       for tp, records in polled.items() for record in records])
 
-    def _positions(self, offsets: dict[int, int]) -> dict[TopicPartition, OffsetAndMetadata]:
+    def _commit(self, consumer: KafkaConsumer, batch: Batch[Any]) -> None:
         topic = self._subscription.topic
-        return {TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
-                for partition, offset in offsets.items()}
+        consumer.commit({TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
+                         for partition, offset in batch.next_offsets().items()})
 
     def _rewind(self, consumer: KafkaConsumer, batch: Batch[Any] | None) -> bool:
         """Seek back to `batch`'s first offsets (on the partitions still assigned: the others'
         new owner reads them from the committed offsets); False when that is not possible."""
         if batch is None:
             return False
+        topic = self._subscription.topic
         try:
             assigned = consumer.assignment()
-            for tp, position in self._positions(batch.first_offsets()).items():
+            for partition, offset in batch.first_offsets().items():
+                tp = TopicPartition(topic, partition)
                 if tp in assigned:
-                    consumer.seek(tp, position.offset)
+                    consumer.seek(tp, offset)
         except Exception:  # a consumer that cannot seek is replaced
             return False
         return True
