@@ -16,13 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from prometheus_client import CollectorRegistry
 
+from recsys.events.v1.interaction_pb2 import Interaction
 from recsys.recommender.v1 import recommender_pb2_grpc
+from services.core.consumer import ConsumerLoop
 from services.core.health import HealthReporter
 from services.core.server import ServiceBinding
 from services.model.champion import ChampionReader, mlflow_session
 from services.recommender.cache import CircuitBreaker, RedisCache, connect
 from services.recommender.engine import Recommendation, Recommender
-from services.recommender.history import HistoryConsumer, HistoryWriter
+from services.recommender.history import HistoryWriter, history_consumer
 from services.recommender.local_cache import LocalAnswers, follow_invalidations
 from services.recommender.metrics import RecommenderMetrics
 from services.recommender.model_store import ChampionSource, LoadedModel, ModelStore
@@ -66,15 +68,13 @@ class RecommenderApp:
             self._store, cache=self._cache, local=self._local, metrics=self._metrics,
             executor=self._executor, offload_min_items=settings.offload_min_items,
         )
-        self._history: HistoryConsumer | None = None
+        self._history_writer: HistoryWriter | None = None
+        self._history: ConsumerLoop[Interaction] | None = None
         if settings.history_consumer:
-            self._history = HistoryConsumer(
-                bootstrap=settings.kafka_bootstrap, topic=settings.kafka_topic,
-                writer=HistoryWriter.connect(settings.redis_connection_url,
-                                             history_size=settings.history_size,
-                                             ttl_s=settings.history_ttl_s),
-                metrics=self._metrics, security=settings.kafka_security(),
-            )
+            self._history_writer = HistoryWriter.connect(
+                settings.redis_connection_url, history_size=settings.history_size,
+                ttl_s=settings.history_ttl_s)
+            self._history = history_consumer(self._history_writer, self._metrics, settings)
         self._invalidations: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._health: HealthReporter | None = None
@@ -120,6 +120,8 @@ class RecommenderApp:
         await asyncio.to_thread(self._store.stop)
         if self._history is not None:
             await asyncio.to_thread(self._history.stop)
+        if self._history_writer is not None:
+            self._history_writer.close()
         if self._invalidations is not None:
             self._invalidations.cancel()
             with contextlib.suppress(asyncio.CancelledError):

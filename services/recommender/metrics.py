@@ -25,6 +25,7 @@ class RecommenderMetrics:
     model_load_failures: Counter
     redis_errors: Counter
     history_events: Counter
+    history_errors: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> RecommenderMetrics:
@@ -86,6 +87,12 @@ class RecommenderMetrics:
             history_events=Counter(
                 "recsys_recommender_history_events_total",
                 "Interaction events written to the per-user recent history.",
+                registry=registry,
+            ),
+            history_errors=Counter(
+                "recsys_recommender_history_errors_total",
+                "Failed attempts of the history consumer (Kafka, Redis, a commit); each batch "
+                "is read again after a backoff until Redis took it.",
                 registry=registry,
             ),
         )

@@ -8,11 +8,13 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry
 
+from recsys.events.v1.interaction_pb2 import Interaction
 from recsys.trainer.v1 import trainer_pb2_grpc
+from services.core.consumer import ConsumerLoop
 from services.core.errors import Unavailable
 from services.core.health import HealthReporter
 from services.core.server import ServiceBinding
-from services.trainer.consumer import EventConsumer
+from services.trainer.consumer import dataset_consumer
 from services.trainer.dataset import DatasetStore
 from services.trainer.jobs import JobManager
 from services.trainer.metrics import TrainerMetrics
@@ -38,7 +40,7 @@ class TrainerApp:
         )
         self.store: DatasetStore | None = None
         self._jobs: JobManager | None = None
-        self._consumer: EventConsumer | None = None
+        self._consumer: ConsumerLoop[Interaction] | None = None
         self._triggers: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -67,11 +69,7 @@ class TrainerApp:
         )
         await jobs.open()
         self._jobs = jobs
-        self._consumer = EventConsumer(
-            store, self._metrics, bootstrap=settings.kafka_bootstrap, topic=settings.kafka_topic,
-            group_id=settings.consumer_group, batch=settings.consumer_batch,
-            security=settings.kafka_security(),
-        )
+        self._consumer = dataset_consumer(store, self._metrics, settings)
         self._consumer.start()
         if settings.trigger_new_events or settings.trigger_interval_min:
             self._triggers = asyncio.get_running_loop().create_task(jobs.run_triggers(

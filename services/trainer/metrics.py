@@ -18,6 +18,7 @@ class TrainerMetrics:
     last_metric: Gauge
     events_consumed: Counter
     consumer_lag: Gauge
+    consumer_errors: Counter
     dataset_rows: Gauge
 
     @classmethod
@@ -48,6 +49,12 @@ class TrainerMetrics:
                 "recsys_trainer_consumer_lag",
                 "Events in the topic not yet consumed (high watermark minus position, summed "
                 "over the assigned partitions).",
+                registry=registry,
+            ),
+            consumer_errors=Counter(
+                "recsys_trainer_consumer_errors_total",
+                "Failed consumer attempts (Kafka, the dataset store, a commit); each batch is "
+                "read again after a backoff until it is stored and committed.",
                 registry=registry,
             ),
             dataset_rows=Gauge(

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
+from kafka import KafkaProducer
 
+from recsys.events.v1 import interaction_pb2
 from recsys.recommender.v1 import recommender_pb2
-from scripts.localstack.components import MlflowServer, RedisServer
+from scripts.localstack.components import MlflowServer, RedisServer, TansuBroker
+from services.core.kafka import producer_config
+from services.recommender.cache import Keys
 from tests.integration.recommender.conftest import ReplicaFactory, publish
 from tests.unit.recommender.artifacts import small_artifact
 
@@ -79,3 +85,44 @@ async def test_without_mlflow_the_loaded_model_keeps_serving(
                 assert (len(reply.items), reply.model_version) == (5, version)
                 await asyncio.sleep(0.1)
         assert await r.serving()
+
+
+async def until(condition: Callable[[], bool], within_s: float = 30.0) -> None:
+    """Poll `condition` until it holds; fails after `within_s`."""
+    async with asyncio.timeout(within_s):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.1)
+
+
+async def test_history_read_while_redis_is_down_is_written_once_it_is_back(
+        replica: ReplicaFactory, mlflow_server: MlflowServer, own_redis: RedisServer,
+        kafka: TansuBroker) -> None:
+    topic = f"interactions-{uuid.uuid4().hex[:8]}"
+    async with replica(mlflow_tracking_uri=mlflow_server.tracking_uri, redis_url=own_redis.url,
+                       kafka_bootstrap=kafka.bootstrap, kafka_topic=topic,
+                       history_consumer=True) as r:
+        await asyncio.to_thread(own_redis.stop)
+        event = interaction_pb2.Interaction(event_id="e1", user_id="u1", item_id="i7")
+        producer = KafkaProducer(**producer_config(kafka.bootstrap, client_id="outage-test"))
+        try:
+            await asyncio.to_thread(lambda: producer.send(
+                topic, key=b"u1", value=event.SerializeToString()).get(timeout=10))
+        finally:
+            await asyncio.to_thread(producer.close)
+
+        # The consumer joins its group, reads the event, and Redis fails.
+        await until(lambda: r.metric("recsys_recommender_redis_errors_total",
+                                     operation="history") >= 1)
+        assert r.metric("recsys_recommender_history_errors_total") >= 1
+        assert r.metric("recsys_recommender_history_events_total") == 0
+
+        await asyncio.to_thread(own_redis.start().wait_ready, 20)
+        # The batch is retried until Redis takes it.
+        await until(lambda: r.metric("recsys_recommender_history_events_total") == 1)
+        client = redis.Redis.from_url(own_redis.url)
+        try:
+            assert client.lrange(Keys.history("u1"), 0, -1) == [b"i7"]
+        finally:
+            client.close()

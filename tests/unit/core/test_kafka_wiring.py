@@ -1,7 +1,7 @@
 """The Kafka security settings reach every Kafka client the services make.
 
-The clients are replaced by recorders (the boundary); the settings themselves are covered in
-test_kafka_security.py.
+The clients are replaced by recorders and fakes (the boundary); the settings themselves are
+covered in test_kafka_security.py.
 """
 
 from __future__ import annotations
@@ -12,32 +12,38 @@ import pytest
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
+from services.core import consumer as consumer_module
+from services.core.consumer import ConsumerLoop
 from services.core.kafka import KafkaSecurity
 from services.ingest import publisher as publisher_module
 from services.ingest.publisher import Publisher
-from services.recommender import history as history_module
-from services.recommender.history import HistoryConsumer
+from services.recommender.history import history_consumer
 from services.recommender.metrics import RecommenderMetrics
-from services.trainer import consumer as consumer_module
-from services.trainer.consumer import EventConsumer
+from services.recommender.settings import RecommenderSettings
+from services.trainer.consumer import dataset_consumer
 from services.trainer.metrics import TrainerMetrics
+from services.trainer.settings import TrainerSettings
+from tests.support.fake_kafka import FakeBroker
 
 SECURITY = KafkaSecurity(protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-512",
                          sasl_username="recsys",
                          sasl_password="from-a-secret")  # pragma: allowlist secret - a test value
+SECURITY_SETTINGS: dict[str, Any] = {
+    "kafka_bootstrap": "127.0.0.1:1", "kafka_topic": "t",
+    "kafka_security_protocol": "SASL_PLAINTEXT", "kafka_sasl_mechanism": "SCRAM-SHA-512",
+    "kafka_sasl_username": "recsys",
+    "kafka_sasl_password": "from-a-secret",  # pragma: allowlist secret - a test value
+}
 
 
 class Recorder:
     """Stands in for a kafka-python client class: records its options, then fails."""
 
-    def __init__(self, on_create: Any = None) -> None:
+    def __init__(self) -> None:
         self.options: list[dict[str, Any]] = []
-        self._on_create = on_create
 
     def __call__(self, *args: Any, **options: Any) -> Any:
         self.options.append(options)
-        if self._on_create is not None:
-            self._on_create()
         raise KafkaError("recorded")
 
 
@@ -58,21 +64,25 @@ async def test_ingest_admin_client(monkeypatch: pytest.MonkeyPatch) -> None:
     await publisher.close()
 
 
+def connected_options(monkeypatch: pytest.MonkeyPatch, loop: ConsumerLoop[Any]) -> dict[str, Any]:
+    """The options `loop` gave its KafkaConsumer, through the fake broker."""
+    broker = FakeBroker("t")
+    monkeypatch.setattr(consumer_module, "KafkaConsumer", broker)
+    loop.start()
+    try:
+        broker.wait_for(lambda: bool(broker.consumers))
+    finally:
+        loop.stop()
+    return broker.consumers[0].options
+
+
 def test_trainer_consumer(monkeypatch: pytest.MonkeyPatch) -> None:
-    consumer = EventConsumer(None, TrainerMetrics.create(CollectorRegistry()),  # type: ignore[arg-type]
-                             bootstrap="127.0.0.1:1", topic="t", group_id="g", batch=10,
-                             security=SECURITY)
-    recorder = Recorder(on_create=consumer._stopping.set)
-    monkeypatch.setattr(consumer_module, "KafkaConsumer", recorder)
-    consumer._run()
-    assert_secured(recorder.options[0])
+    loop = dataset_consumer(None, TrainerMetrics.create(CollectorRegistry()),  # type: ignore[arg-type]
+                            TrainerSettings(**SECURITY_SETTINGS))
+    assert_secured(connected_options(monkeypatch, loop))
 
 
 def test_recommender_history_consumer(monkeypatch: pytest.MonkeyPatch) -> None:
-    history = HistoryConsumer(bootstrap="127.0.0.1:1", topic="t", writer=None,  # type: ignore[arg-type]
-                              metrics=RecommenderMetrics.create(CollectorRegistry()),
-                              retry_s=0.01, security=SECURITY)
-    recorder = Recorder(on_create=history._stopping.set)
-    monkeypatch.setattr(history_module, "KafkaConsumer", recorder)
-    history._run()
-    assert_secured(recorder.options[0])
+    loop = history_consumer(None, RecommenderMetrics.create(CollectorRegistry()),  # type: ignore[arg-type]
+                            RecommenderSettings(**SECURITY_SETTINGS))
+    assert_secured(connected_options(monkeypatch, loop))

@@ -1,0 +1,247 @@
+"""The one Kafka consumer loop: poll, decode, hand the batch to a handler, then commit.
+
+kafka-python blocks, so each loop runs in a thread of its own that owns its consumer. A batch's
+offsets are committed only after its handler returned, so a crash re-reads what was not done.
+
+One rule for every failure (connecting, polling, the handler raising anything at all, the
+commit): count it through `on_error`, log it once per streak of failures, wait (`Backoff`:
+0.5 s doubling to 30 s, reset by a success) and read the same records again. After a failure
+that follows a poll, the consumer seeks back to the batch's first offsets; when there is no
+batch, or the seek fails, it is closed and a new one resumes from the group's committed
+offsets. Delivery is at least once, in order per partition: handlers must tolerate repeats.
+
+Lag is the high watermark that fetch responses carry minus the position, never
+`end_offsets()`: the local broker (Tansu) answers ListOffsets(latest) wrongly.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, overload
+
+from google.protobuf.message import DecodeError, Message
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from recsys.events.v1.interaction_pb2 import Interaction
+from services.core.kafka import PLAINTEXT, KafkaSecurity, consumer_config
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+
+OnError = Callable[[Exception], None]
+
+
+def decode(message: type[M], value: bytes | None) -> M | None:
+    """`value` parsed as `message`; None when it is absent or is not one."""
+    if value is None:
+        return None
+    try:
+        return message.FromString(value)
+    except DecodeError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Record(Generic[M]):
+    """One record's place in the topic and its decoded value."""
+
+    partition: int
+    offset: int
+    message: M | None  # None: the record has no value or it does not decode
+
+
+@dataclass(frozen=True)
+class Batch(Generic[M]):
+    """What one poll returned, in order within each partition."""
+
+    records: Sequence[Record[M]]
+
+    def first_offsets(self) -> dict[int, int]:
+        first: dict[int, int] = {}
+        for record in self.records:
+            first.setdefault(record.partition, record.offset)
+        return first
+
+    def next_offsets(self) -> dict[int, int]:
+        """Per partition, the offset after the batch's last record: what the loop commits."""
+        return {record.partition: record.offset + 1 for record in self.records}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Subscription:
+    """What a loop reads, in which consumer group, and how it polls."""
+
+    bootstrap: str
+    topic: str
+    group_id: str
+    name: str  # the thread's and the Kafka client's name; logs call the loop by it
+    security: KafkaSecurity = PLAINTEXT
+    max_records: int = 500  # most records handed to the handler at once
+    poll_timeout_ms: int = 500  # how long a poll waits for records (and `stop()` for a poll)
+    fetch_max_wait_ms: int = 500  # how long the broker may hold a fetch that found nothing
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Waits between retries: `first_s`, doubling after each failure in a row, at most
+    `longest_s`."""
+
+    first_s: float = 0.5
+    longest_s: float = 30.0
+
+    def delay_s(self, failures: int) -> float:
+        """The wait after the `failures`-th failure in a row (from 1)."""
+        return min(self.first_s * 2.0 ** min(failures - 1, 64), self.longest_s)
+
+
+RETRY_BACKOFF = Backoff()
+
+
+class ConsumerLoop(Generic[M]):
+    """A consumer-group thread; `start()` returns at once, `stop()` ends it.
+
+    `handler` gets each batch of `message`s (Interaction unless told otherwise); `on_error` is
+    called with every failure, for the service's metrics; exceptions of the `outages` types
+    (and KafkaError) mean a dependency is down and are logged without a traceback.
+    """
+
+    @overload
+    def __init__(self: ConsumerLoop[Interaction], subscription: Subscription,
+                 handler: Callable[[Batch[Interaction]], None], *, on_error: OnError,
+                 outages: tuple[type[Exception], ...] = (),
+                 backoff: Backoff = RETRY_BACKOFF) -> None: ...
+
+    @overload
+    def __init__(self, subscription: Subscription, handler: Callable[[Batch[M]], None], *,
+                 message: type[M], on_error: OnError, outages: tuple[type[Exception], ...] = (),
+                 backoff: Backoff = RETRY_BACKOFF) -> None: ...
+
+    def __init__(self, subscription: Subscription, handler: Callable[[Batch[Any]], None], *,
+                 message: type[Message] = Interaction, on_error: OnError,
+                 outages: tuple[type[Exception], ...] = (),
+                 backoff: Backoff = RETRY_BACKOFF) -> None:
+        self._subscription = subscription
+        self._handler = handler
+        self._message = message
+        self._on_error = on_error
+        self._outages = (KafkaError, *outages)
+        self._backoff = backoff
+        self._failures = 0  # in a row; 0 while the loop works
+        #: Records in the topic not consumed yet, over the assigned partitions (0 until known).
+        self.lag = 0
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=subscription.name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the loop to end after its batch and close the consumer, uncommitted offsets left
+        for the group's next owner; idempotent."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        consumer: KafkaConsumer | None = None
+        while not self._stopping.is_set():
+            batch: Batch[Any] | None = None
+            try:
+                if consumer is None:
+                    consumer = self._connect()
+                batch = self._poll(consumer)
+                if batch.records:
+                    self._handler(batch)
+                    self._commit(consumer, batch)
+            except Exception as exc:  # one rule for all: count, log, back off, read it again
+                delay_s = self._failed(exc)
+                if consumer is not None and not self._rewind(consumer, batch):
+                    _close(consumer)
+                    consumer = None
+                self._stopping.wait(delay_s)
+            else:
+                self._succeeded()
+        if consumer is not None:
+            _close(consumer)
+
+    def _connect(self) -> KafkaConsumer:
+        sub = self._subscription
+        return KafkaConsumer(
+            sub.topic,
+            **consumer_config(sub.bootstrap, group_id=sub.group_id, client_id=sub.name,
+                              security=sub.security),
+            max_poll_records=sub.max_records,
+            fetch_max_wait_ms=sub.fetch_max_wait_ms,
+        )
+
+    def _poll(self, consumer: KafkaConsumer) -> Batch[Any]:
+        polled = consumer.poll(timeout_ms=self._subscription.poll_timeout_ms)
+        self.lag = _lag(consumer)
+        return Batch([Record(tp.partition, record.offset, decode(self._message, record.value))
+                      for tp, records in polled.items() for record in records])
+
+    def _commit(self, consumer: KafkaConsumer, batch: Batch[Any]) -> None:
+        topic = self._subscription.topic
+        consumer.commit({TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
+                         for partition, offset in batch.next_offsets().items()})
+
+    def _rewind(self, consumer: KafkaConsumer, batch: Batch[Any] | None) -> bool:
+        """Seek back to `batch`'s first offsets (on the partitions still assigned: the others'
+        new owner reads them from the committed offsets); False when that is not possible."""
+        if batch is None:
+            return False
+        topic = self._subscription.topic
+        try:
+            assigned = consumer.assignment()
+            for partition, offset in batch.first_offsets().items():
+                tp = TopicPartition(topic, partition)
+                if tp in assigned:
+                    consumer.seek(tp, offset)
+        except Exception:  # a consumer that cannot seek is replaced
+            return False
+        return True
+
+    def _failed(self, exc: Exception) -> float:
+        """Count and (once per streak) log `exc`; the seconds to wait before the retry."""
+        self._failures += 1
+        self._on_error(exc)
+        delay_s = self._backoff.delay_s(self._failures)
+        if self._failures == 1:
+            extra = {"consumer": self._subscription.name, "topic": self._subscription.topic,
+                     "retry_in_s": delay_s}
+            if isinstance(exc, self._outages):
+                log.warning("consumer failed, retrying: %r", exc, extra=extra)
+            else:
+                log.error("consumer failed, retrying", exc_info=exc, extra=extra)
+        return delay_s
+
+    def _succeeded(self) -> None:
+        if self._failures:
+            log.info("consumer recovered", extra={"consumer": self._subscription.name,
+                                                  "failures": self._failures})
+        self._failures = 0
+
+
+def _lag(consumer: KafkaConsumer) -> int:
+    lag = 0
+    for tp in consumer.assignment():
+        highwater = consumer.highwater(tp)
+        position = consumer.position(tp)
+        if highwater is not None and position is not None:
+            lag += max(highwater - position, 0)
+    return lag
+
+
+def _close(consumer: KafkaConsumer) -> None:
+    """Leave the group if the broker answers, committing nothing; a failure here must not end
+    the thread."""
+    try:
+        consumer.close(autocommit=False)
+    except Exception:
+        log.warning("closing the consumer failed", exc_info=True)
