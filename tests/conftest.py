@@ -2,7 +2,8 @@
 
 Each fixture starts its component, waits until it answers, and stops it (process group and
 all) when its scope ends, even if a test failed; `pytest_sessionfinish` sweeps whatever is
-left, and an atexit hook in `components` is the last resort.
+left, and an atexit hook in `components` is the last resort. Under CI=true a skipped test
+fails the run (`tests/support/ci_skips.py`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from scripts.localstack.components import (
     SeaweedS3,
     TansuBroker,
     stop_all,
+)
+from tests.support.ci_skips import (  # noqa: F401 (hooks, found by name)
+    pytest_make_collect_report,
+    pytest_runtest_makereport,
 )
 
 REPO = Path(__file__).resolve().parents[1]
