@@ -34,7 +34,7 @@ class Replica:
     def target(self) -> str:
         return f"127.0.0.1:{self.running.port}"
 
-    def metric(self, name: str, **labels: str) -> float:
+    def metric(self, name: str, /, **labels: str) -> float:
         """The sum of the samples `name` whose labels include `labels`, scraped from /metrics."""
         url = f"http://127.0.0.1:{self.running.metrics_port}/metrics"
         body = urllib.request.urlopen(url, timeout=5).read().decode()
