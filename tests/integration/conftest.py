@@ -1,6 +1,6 @@
 """Servers and data that tests of more than one package use: an ingest server, a topic of
 synthetic events that went through IngestService, trainers that consumed it, recommender
-replicas, and an MLflow a test may stop."""
+replicas, and a Redis and an MLflow of a test's own."""
 
 from __future__ import annotations
 
@@ -98,6 +98,13 @@ def replica(model_name: str) -> ReplicaFactory:
         return running_replica(RecommenderSettings(**{**values, **settings}))  # type: ignore[arg-type]
 
     return start
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own: the test may stop it, and no other test sees its keys."""
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from kafka.admin import NewTopic
 
 from recsys.events.v1 import interaction_pb2
 from recsys.recommender.v1 import recommender_pb2
-from scripts.localstack.components import TansuBroker
+from scripts.localstack.components import MlflowServer, RedisServer, TansuBroker
 from services.core.kafka import producer_config
 from tests.support.artifacts import small_artifact
 from tests.support.model_registry import publish
@@ -56,14 +56,23 @@ async def answer_until(replica: Replica, user: str,
     return await eventually_async(answer, timeout=30, what=what)
 
 
-async def test_an_interaction_leaves_the_users_recommendations_on_every_replica(
-        replica: ReplicaFactory, servers: dict[str, str], kafka: TansuBroker, model_name: str,
-        tmp_path: Path) -> None:
+@pytest.fixture
+def common(mlflow_server: MlflowServer, own_redis: RedisServer,
+           kafka: TansuBroker) -> dict[str, str]:
+    """Replica settings: the session's MLflow, and a Redis and a topic of the test's own (the
+    users' histories it writes are seen by no other test)."""
     topic = f"interactions-{uuid.uuid4().hex[:8]}"
-    await asyncio.to_thread(_create_topic, kafka.bootstrap, topic)
-    version = publish(servers["mlflow_tracking_uri"], model_name, small_artifact(), tmp_path)
-    common = {**servers, "kafka_bootstrap": kafka.bootstrap, "kafka_topic": topic}
-    producer = KafkaProducer(**producer_config(kafka.bootstrap, client_id="recommender-test"))
+    _create_topic(kafka.bootstrap, topic)
+    return {"mlflow_tracking_uri": mlflow_server.tracking_uri, "redis_url": own_redis.url,
+            "kafka_bootstrap": kafka.bootstrap, "kafka_topic": topic}
+
+
+async def test_an_interaction_leaves_the_users_recommendations_on_every_replica(
+        replica: ReplicaFactory, common: dict[str, str], model_name: str,
+        tmp_path: Path) -> None:
+    topic, bootstrap = common["kafka_topic"], common["kafka_bootstrap"]
+    version = publish(common["mlflow_tracking_uri"], model_name, small_artifact(), tmp_path)
+    producer = KafkaProducer(**producer_config(bootstrap, client_id="recommender-test"))
     # Only `writer` consumes; `reader` hears of new events through Redis alone.
     async with replica(**common, history_consumer=True) as writer, \
             replica(**common) as reader:

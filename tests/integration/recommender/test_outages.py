@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,13 +23,6 @@ from tests.support.recommender_replica import ReplicaFactory
 pytestmark = pytest.mark.integration
 
 HITS = "recsys_recommender_cache_requests_total"
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis of this test's own: the test stops it."""
-    with RedisServer(tmp_path / "redis") as server:
-        yield server
 
 
 async def test_without_redis_answers_continue_and_caching_resumes_after(
