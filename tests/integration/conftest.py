@@ -7,7 +7,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from tests.support.trainer_server import (
     TRAINER_EVENTS,
     Ingested,
     Trainer,
+    TrainerData,
     ingest_synthetic,
     start_trainer,
     stop_trainer,
@@ -41,14 +41,6 @@ async def ingest(kafka: TansuBroker) -> AsyncIterator[Ingest]:
 def synthetic_topic(kafka: TansuBroker) -> Ingested:
     """TRAINER_EVENTS streamed through a real IngestService, read back from the topic."""
     return ingest_synthetic(kafka.bootstrap, TRAINER_EVENTS)
-
-
-@dataclass(frozen=True)
-class TrainerData:
-    """A dataset store and the consumer group that fed it (its offsets are the store's)."""
-
-    directory: Path
-    consumer_group: str
 
 
 @pytest.fixture(scope="session")

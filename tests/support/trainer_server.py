@@ -73,6 +73,15 @@ def ingest_synthetic(bootstrap: str, spec: SyntheticSpec) -> Ingested:
     return Ingested(topic, event_ids, highwater)
 
 
+@dataclass(frozen=True)
+class TrainerData:
+    """A dataset store's directory and the consumer group that feeds it: the group's committed
+    offsets are the store's, so a trainer started on both reads only what is new."""
+
+    directory: Path
+    consumer_group: str
+
+
 def trainer_settings(kafka: TansuBroker, mlflow: MlflowServer, topic: str, data_dir: Path,
                      **overrides: object) -> TrainerSettings:
     """Settings of a trainer with its own consumer group, registered model and experiment."""
