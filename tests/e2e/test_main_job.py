@@ -10,7 +10,7 @@ import pytest
 
 from scripts.localstack.components import VENV_BIN
 from services.core.names import SERVICE_NAMES
-from tests.e2e.conftest import Stack
+from tests.support.local_stack import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.core.tls import ClientTLS
-from tests.e2e.conftest import Stack, local_stack
+from tests.support.local_stack import Stack, local_stack
 
 pytestmark = pytest.mark.e2e
 

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import json
 import math
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.conftest import Stack
-from tests.integration.edge.conftest import Rest
-from tests.static.promql import dashboard_expressions, recording_rule_expressions
+from tests.support.clients import Rest
+from tests.support.local_stack import Stack
+from tests.support.polling import eventually
+from tests.support.promql import dashboard_expressions, recording_rule_expressions
 
 pytestmark = pytest.mark.e2e
 
@@ -58,11 +58,14 @@ def has_a_number(result: list[dict[str, object]]) -> bool:
 def test_the_expression_returns_data(stack: Stack, traffic: Callable[[], None], where: str,
                                      expr: str) -> None:
     prometheus = stack.endpoints["prometheus_ui"]
-    deadline = time.monotonic() + WAIT_S
-    while not has_a_number(result := query(prometheus, expr)):
-        assert time.monotonic() < deadline, f"{where}: no data after {WAIT_S:.0f} s: {result}"
-        traffic()
-        time.sleep(2)
+
+    def has_data() -> bool:
+        if has_a_number(query(prometheus, expr)):
+            return True
+        traffic()  # a rate needs the counter to rise again between two scrapes
+        return False
+
+    eventually(has_data, timeout=WAIT_S, what=f"{where}: data for {expr}", interval=2)
 
 
 def test_every_scrape_target_is_up(stack: Stack) -> None:

@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -33,6 +32,8 @@ from scripts.localstack.components import (
     tcp_open,
 )
 from services.core.kafka import consumer_config, producer_config
+from tests.support.polling import eventually
+from tests.support.topics import at_end
 
 pytestmark = pytest.mark.integration
 
@@ -49,18 +50,17 @@ def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
         producer.close(timeout=5)
 
 
-def consume(consumer: KafkaConsumer, expected: int, timeout: float = 30.0) -> list[bytes]:
-    """Poll until `expected` records arrived, then 1 s more to catch any extra ones."""
+def consume(consumer: KafkaConsumer) -> list[bytes]:
+    """Every record on the consumer's partitions: polled until each position reached the high
+    watermark of its last fetch, so an extra record would have been read too."""
     values: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    settle_until: float | None = None
-    while time.monotonic() < deadline:
+
+    def read_to_the_end() -> bool:
         for records in consumer.poll(timeout_ms=250).values():
-            values += [r.value for r in records]
-        if len(values) >= expected:
-            settle_until = settle_until or time.monotonic() + 1.0
-            if time.monotonic() > settle_until:
-                break
+            values.extend(r.value for r in records)
+        return at_end(consumer)
+
+    eventually(read_to_the_end, timeout=30, what="the topic read to its end", interval=0)
     return values
 
 
@@ -72,7 +72,7 @@ def test_kafka_produce_and_consume_in_a_group(kafka: TansuBroker) -> None:
     consumer = KafkaConsumer(topic, **consumer_config(kafka.bootstrap, group_id=topic,
                                                       client_id="test"))
     try:
-        got = consume(consumer, len(sent))
+        got = consume(consumer)
     finally:
         consumer.close()
     assert sorted(got) == sorted(sent)
@@ -94,7 +94,7 @@ def test_durable_kafka_keeps_acknowledged_events_across_kill_9(
     consumer = KafkaConsumer(topic, bootstrap_servers=durable_kafka.bootstrap,
                              auto_offset_reset="earliest", enable_auto_commit=False)
     try:
-        got = consume(consumer, n)
+        got = consume(consumer)
     finally:
         consumer.close()
     assert len(got) == n
@@ -160,16 +160,17 @@ def test_prometheus_scrapes_itself(tmp_path: Path) -> None:
     prometheus = Prometheus(tmp_path / "data", config_file=config)
     config.write_text(minimal_prometheus_config({"self": [f"{HOST}:{prometheus.port}"]}))
     with prometheus:
-        deadline = time.monotonic() + 15
-        health = ""
-        while health != "up" and time.monotonic() < deadline:
+        def target_health() -> str:
             conn = http.client.HTTPConnection(HOST, prometheus.port, timeout=5)
-            conn.request("GET", "/api/v1/targets")
-            targets = json.loads(conn.getresponse().read())["data"]["activeTargets"]
-            conn.close()
-            health = targets[0]["health"] if targets else ""
-            time.sleep(0.2)
-        assert health == "up"
+            try:
+                conn.request("GET", "/api/v1/targets")
+                targets = json.loads(conn.getresponse().read())["data"]["activeTargets"]
+            finally:
+                conn.close()
+            return str(targets[0]["health"]) if targets else ""
+
+        eventually(lambda: target_health() == "up", timeout=30,
+                   what="Prometheus scraping itself")
 
 
 def test_failed_start_raises_with_log_tail_and_leaves_nothing(tmp_path: Path) -> None:
@@ -242,18 +243,11 @@ def _pids_mentioning(*needles: str) -> list[int]:
     return pids
 
 
-def _wait_until_ready(components: tuple[Component, ...], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    pending = list(components)
-    while pending and time.monotonic() < deadline:
-        for component in list(pending):
-            try:
-                if component.probe():
-                    pending.remove(component)
-            except Exception:  # not up yet
-                continue
-        time.sleep(0.2)
-    assert not pending, f"not ready under honcho: {[c.name for c in pending]}"
+def _ready(component: Component) -> bool:
+    try:
+        return component.probe()
+    except Exception:  # not up yet
+        return False
 
 
 def test_procfile_runs_the_same_components_under_honcho(tmp_path: Path) -> None:
@@ -272,7 +266,12 @@ def test_procfile_runs_the_same_components_under_honcho(tmp_path: Path) -> None:
         honcho = subprocess.Popen(procfile.honcho_argv(stack), stdout=out,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_until_ready(stack.components, timeout=90)
+        def all_ready() -> bool:
+            pending = [c.name for c in stack.components if not _ready(c)]
+            assert not pending, f"not ready under honcho: {pending}"
+            return True
+
+        eventually(all_ready, timeout=90, what="every component ready under honcho")
         produce(stack.kafka.bootstrap, "procfile", [b"through-honcho"])
         assert http_ok(mlflow, "/health")
     finally:

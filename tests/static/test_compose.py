@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import yaml
 
-from tests.static.conftest import REPO, check, find_tool
+from tests.support.paths import REPO
+from tests.support.tools import check, find_tool
 
 COMPOSE = REPO / "docker-compose.yml"
 

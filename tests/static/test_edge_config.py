@@ -10,7 +10,8 @@ from scripts.localstack.pki import ensure_pki
 from services.edge.__main__ import main as render
 from services.edge.descriptor import DESCRIPTOR
 from services.edge.profiles import COMPOSE_PKI
-from tests.static.conftest import REPO, check, find_tool
+from tests.support.paths import REPO
+from tests.support.tools import check, find_tool
 
 MANIFESTS = REPO / "manifests" / "envoy"
 

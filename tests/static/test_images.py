@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.static.conftest import REPO, SERVICES, check, find_tool
+from tests.support.manifests import SERVICES
+from tests.support.paths import REPO
+from tests.support.tools import check, find_tool
 
 DOCKERFILE = REPO / "Dockerfile"
 TORCH_VERSION = "2.13.0"

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.static.conftest import REPO, find_tool
+from tests.support.paths import REPO
+from tests.support.tools import find_tool
 
 CONTRACTS = {contract["id"]: contract["name"] for contract in tomllib.loads(
     (REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]}

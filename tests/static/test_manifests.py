@@ -14,32 +14,14 @@ import pytest
 import yaml
 
 from services.core.names import SERVICE_NAMES
-from tests.static.conftest import OVERLAYS, REPO, SERVICES, check, find_tool, run
+from tests.support.manifests import OVERLAYS, SERVICES, find, pod_spec, workloads
+from tests.support.paths import REPO
+from tests.support.tools import check, find_tool, run
 
 # The oldest Kubernetes the manifests support (native gRPC probes, the preStop sleep action)
 # and the newest schema kubernetes-validate knows.
 KUBERNETES_VERSIONS = ("1.31.0", "1.37.0")
-WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job"}
 SHUTDOWN_GRACE_S = 10.0
-
-
-def workloads(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [o for o in objects if o["kind"] in WORKLOAD_KINDS]
-
-
-def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
-    spec: dict[str, Any] = workload["spec"]["template"]["spec"]
-    return spec
-
-
-def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    """The one object of `kind` named `name` (for a ConfigMap, with its content hash)."""
-    generated = kind == "ConfigMap"
-    matches = [o for o in objects if o["kind"] == kind and (
-        o["metadata"]["name"] == name
-        or (generated and o["metadata"]["name"].rsplit("-", 1)[0] == name))]
-    assert len(matches) == 1, f"expected one {kind}/{name}, found {len(matches)}"
-    return matches[0]
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.static.conftest import check, find_tool
-from tests.static.promql import (
+from tests.support.promql import (
     DASHBOARDS,
     OBSERVABILITY,
     RULES,
     dashboard_expressions,
     recording_rule_expressions,
 )
+from tests.support.tools import check, find_tool
 
 PROMTOOL = "promtool, from the Debian package prometheus"
 

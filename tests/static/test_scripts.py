@@ -8,7 +8,8 @@ import base64
 import re
 from pathlib import Path
 
-from tests.static.conftest import REPO, check, find_tool, run, tool_env
+from tests.support.paths import REPO
+from tests.support.tools import check, find_tool, run, tool_env
 
 SCRIPTS = [REPO / "scripts" / "deploy.sh", REPO / "manifests" / "base" / "kafka-start.sh",
            *sorted((REPO / "ci").glob("*.sh"))]

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.static.conftest import OVERLAYS, REPO, SERVICES
-from tests.static.test_manifests import find, pod_spec, workloads
+from tests.support.manifests import OVERLAYS, SERVICES, find, pod_spec, workloads
+from tests.support.paths import REPO
 
 # Names that say "this is a secret value".
 SECRET_NAME = re.compile(r"passw(or)?d|secret|token|credential|private|api_?key|_auth$",

@@ -9,7 +9,8 @@ import re
 
 import yaml
 
-from tests.static.conftest import REPO, check, find_tool
+from tests.support.paths import REPO
+from tests.support.tools import check, find_tool
 
 WORKFLOW = REPO / ".github" / "workflows" / "mlops-pipeline.yml"
 

@@ -3,6 +3,8 @@
 `FakeBroker` holds one topic's partitions and one group's committed offsets; called like the
 KafkaConsumer class (monkeypatch `services.core.consumer.KafkaConsumer` with it), it returns a
 `FakeConsumer` that starts from the committed offsets, as a real group member does.
+`expect_committed` waits until the group committed given offsets: everything before them has
+been handled.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 from kafka import TopicPartition
 from kafka.errors import CommitFailedError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
+
+from tests.support.polling import eventually
 
 
 @dataclass(frozen=True)
@@ -38,11 +42,6 @@ class FakeBroker:
         with self.changed:
             self.log[partition].extend(values)
             self.changed.notify_all()
-
-    def wait_for(self, condition: Any, timeout: float = 10.0) -> None:
-        """Until `condition()` holds after a poll or a commit (fails after `timeout`)."""
-        with self.changed:
-            assert self.changed.wait_for(condition, timeout), "not within the timeout"
 
     def __call__(self, topic: str, **options: Any) -> FakeConsumer:
         assert topic == self.topic
@@ -109,3 +108,9 @@ class FakeConsumer:
         with self._broker.changed:
             self.closed = True
             self._broker.changed.notify_all()
+
+
+def expect_committed(broker: FakeBroker, offsets: dict[int, int]) -> None:
+    """Until `broker`'s group has committed exactly `offsets` (partition → next offset)."""
+    eventually(lambda: broker.committed == offsets, timeout=10,
+               what=f"offsets {offsets} committed")

@@ -7,28 +7,26 @@ service's __main__ does, for the signal-handling tests.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import grpc
 from prometheus_client import CollectorRegistry
 
 from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
-from services.core import errors, main
+from services.core import main
 from services.core.config import ServerSettings
 from services.core.health import HealthReporter
 from services.core.server import ServiceBinding
+from tests.support.errors import example, recsys_errors
 
 SERVICE = recommender_pb2.DESCRIPTOR.services_by_name["RecommenderService"].full_name
 
-# user_id → exception the probe raises, for testing the error mapping.
-FAILURES: dict[str, Exception] = {
-    "invalid": errors.InvalidArgument("user_id", "must be 1 to 128 characters"),
-    "not-found": errors.NotFound("user u1 not found"),
-    "exists": errors.AlreadyExists("job j1 is running"),
-    "precondition": errors.FailedPrecondition("no model loaded yet"),
-    "unavailable": errors.Unavailable("broker unreachable"),
-    "deadline": errors.DeadlineExceeded("broker too slow"),
-    "bug": RuntimeError("secret internal detail"),
+#: user_id → the exception the probe raises: "raise-<RecsysError subclass>" for each of
+#: them, and "bug" for an unexpected exception.
+FAILURES: dict[str, Callable[[], Exception]] = {
+    **{f"raise-{error.__name__}": partial(example, error) for error in recsys_errors()},
+    "bug": lambda: RuntimeError("secret internal detail"),
 }
 
 
@@ -39,7 +37,7 @@ class ProbeServicer(recommender_pb2_grpc.RecommenderServiceServicer):
         if request.user_id.startswith("sleep-"):
             await asyncio.sleep(float(request.user_id.removeprefix("sleep-")))
         elif request.user_id in FAILURES:
-            raise FAILURES[request.user_id]
+            raise FAILURES[request.user_id]()
         return recommender_pb2.RecommendResponse(model_version="probe", items=[
             recommender_pb2.ScoredItem(item_id="i1", score=1.0)
         ])

@@ -1,4 +1,5 @@
-"""Every RPC in the contracts is implemented, and every unary RPC has a REST face."""
+"""Every RPC in the contracts is implemented by its service's servicer, and every unary RPC has
+a REST face: once for each service of the mesh (services.core.names)."""
 
 from __future__ import annotations
 
@@ -6,44 +7,47 @@ import importlib
 
 import pytest
 from google.api import annotations_pb2
+from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import ServiceDescriptor
 
-from recsys.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
-from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from services.core.names import SERVICE_NAMES
 
-# (service descriptor, generated base servicer, our servicer as "module:Class")
-SERVICES = [
-    (ingest_pb2.DESCRIPTOR.services_by_name["IngestService"],
-     ingest_pb2_grpc.IngestServiceServicer, "services.ingest.servicer:IngestServicer"),
-    (trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"],
-     trainer_pb2_grpc.TrainerServiceServicer, "services.trainer.servicer:TrainerServicer"),
-    (recommender_pb2.DESCRIPTOR.services_by_name["RecommenderService"],
-     recommender_pb2_grpc.RecommenderServiceServicer,
-     "services.recommender.servicer:RecommenderServicer"),
-]
+each_service = pytest.mark.parametrize("name", list(SERVICE_NAMES))
 
-each_service = pytest.mark.parametrize(
-    ("service", "base", "path"), SERVICES, ids=[s.name for s, _, _ in SERVICES]
-)
+
+def descriptor(name: str) -> ServiceDescriptor:
+    return descriptor_pool.Default().FindServiceByName(SERVICE_NAMES[name])
+
+
+def generated_base(service: ServiceDescriptor) -> type:
+    """The servicer base class protoc generated for `service` (every method UNIMPLEMENTED)."""
+    module = importlib.import_module(
+        service.file.name.removesuffix(".proto").replace("/", ".") + "_pb2_grpc")
+    base: type = getattr(module, f"{service.name}Servicer")
+    return base
 
 
 @each_service
-def test_every_rpc_is_implemented(service: ServiceDescriptor, base: type, path: str) -> None:
-    module, _, name = path.partition(":")
-    servicer = getattr(importlib.import_module(module), name)
-    assert issubclass(servicer, base)
-    missing = [
-        m.name for m in service.methods if getattr(servicer, m.name) is getattr(base, m.name)
-    ]
+def test_every_rpc_is_implemented(name: str) -> None:
+    service = descriptor(name)
+    base = generated_base(service)
+    module = importlib.import_module(f"services.{name}.servicer")
+    servicers = [value for value in vars(module).values()
+                 if isinstance(value, type) and issubclass(value, base) and value is not base]
+    assert len(servicers) == 1, f"services.{name}.servicer: one {base.__name__}, not {servicers}"
+    servicer = servicers[0]
+    # The module names the service it serves (health and bindings use that name) as the
+    # descriptors do.
+    assert {value for key, value in vars(module).items()
+            if key in ("SERVICE", "SERVICE_NAME")} == {service.full_name}
+    missing = [m.name for m in service.methods
+               if getattr(servicer, m.name) is getattr(base, m.name)]
     assert not missing, f"{service.full_name} does not implement {missing}"
 
 
 @each_service
-def test_unary_rpcs_have_rest_and_streaming_ones_do_not(
-    service: ServiceDescriptor, base: type, path: str
-) -> None:
-    for method in service.methods:
+def test_unary_rpcs_have_rest_and_streaming_ones_do_not(name: str) -> None:
+    for method in descriptor(name).methods:
         rule = method.GetOptions().Extensions[annotations_pb2.http]
         streaming = method.client_streaming or method.server_streaming
         assert bool(rule.ListFields()) != streaming, method.full_name

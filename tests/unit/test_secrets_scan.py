@@ -26,7 +26,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
+
 BASELINE = REPO / ".secrets.baseline"
 
 # (file, detect-secrets' hash of the value) → why it is not a secret.

@@ -14,7 +14,7 @@ from recsys.events.v1 import interaction_pb2
 from scripts.localstack.components import TansuBroker
 from services.core.consumer import Batch, ConsumerLoop, Subscription
 from services.core.kafka import producer_config
-from tests.integration.trainer.support import wait_for
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +88,7 @@ def test_a_handler_that_fails_once_sees_every_record_in_order_and_commits_after(
         handler, on_error=errors.append)
     loop.start()
     try:
-        wait_for(lambda: committed() == end, timeout=60, what="every offset committed")
+        eventually(lambda: committed() == end, timeout=60, what="every offset committed")
     finally:
         loop.stop()
 

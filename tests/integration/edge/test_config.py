@@ -19,10 +19,11 @@ from services.edge.descriptor import DESCRIPTOR
 from services.edge.policy import DEFAULT_POLICIES, EdgeSecurity, RateLimit, RoutePolicy
 from services.edge.profiles import pki_security
 from services.edge.render import render_envoy_config
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.integration
 
-MANIFESTS = Path(__file__).resolve().parents[3] / "manifests" / "envoy"
+MANIFESTS = REPO / "manifests" / "envoy"
 
 
 def test_kubernetes_render_is_secured() -> None:

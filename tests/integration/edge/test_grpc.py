@@ -20,7 +20,8 @@ from recsys.trainer.v1 import trainer_pb2
 from scripts.localstack.components import HOST, VENV_BIN
 from services.core.names import SERVICE_NAMES
 from services.edge.descriptor import DESCRIPTOR
-from tests.integration.edge.conftest import ITEMS, USERS, Edge, Stubs
+from tests.support.clients import Stubs
+from tests.support.edge import ITEMS, USERS, Edge
 
 pytestmark = pytest.mark.integration
 

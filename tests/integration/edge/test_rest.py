@@ -7,9 +7,11 @@ import re
 from typing import Any
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from recsys.trainer.v1 import trainer_pb2
-from tests.integration.edge.conftest import ITEMS, USERS, Edge, Rest, synthetic_events
+from tests.support.clients import Rest
+from tests.support.edge import ITEMS, USERS, Edge, taste_group_clicks
 
 pytestmark = pytest.mark.integration
 
@@ -26,8 +28,14 @@ def assert_error(reply: Any, status: int, code: int, *fragments: str) -> None:
         assert fragment in reply.body["message"]
 
 
+def nanoseconds(rfc3339: str) -> int:
+    stamp = Timestamp()
+    stamp.FromJsonString(rfc3339)
+    return stamp.ToNanoseconds()
+
+
 def seen_by(user: str) -> set[str]:
-    return {e["itemId"] for e in synthetic_events() if e["userId"] == user}
+    return {e["itemId"] for e in taste_group_clicks() if e["userId"] == user}
 
 
 # -- RecommenderService ------------------------------------------------------------------------
@@ -134,7 +142,7 @@ def test_model_info(edge: Edge) -> None:
         str(len(USERS)), str(len(ITEMS)), 8)
     assert set(body["metrics"]) == {"precisionAt10", "recallAt10", "ndcgAt10", "mapAt10",
                                     "usersEvaluated"}
-    assert body["lineage"]["rowCount"] == str(len(synthetic_events()))
+    assert body["lineage"]["rowCount"] == str(len(taste_group_clicks()))
     assert body["lineage"]["topic"] == "edge-interactions"
 
 
@@ -236,9 +244,17 @@ def test_get_training_job_unknown(rest: Rest) -> None:
 
 
 def test_list_training_jobs(edge: Edge) -> None:
-    reply = edge.rest.get("/v1/trainingJobs?pageSize=1")
+    """Newest first, so whatever jobs other tests started: the edge's own job is listed, and a
+    page of one holds the newest."""
+    reply = edge.rest.get("/v1/trainingJobs")
     assert reply.status == 200
-    assert [job["jobId"] for job in reply.body["jobs"]] == [edge.job.job_id]
+    jobs = reply.body["jobs"]
+    assert edge.job.job_id in [job["jobId"] for job in jobs]
+    created = [nanoseconds(job["createdAt"]) for job in jobs]
+    assert created == sorted(created, reverse=True)
+    first = edge.rest.get("/v1/trainingJobs?pageSize=1")
+    assert first.status == 200
+    assert [job["jobId"] for job in first.body["jobs"]] == [jobs[0]["jobId"]]
     assert_error(edge.rest.get("/v1/trainingJobs?pageSize=101"), 400, 3, "page_size")
 
 

@@ -17,7 +17,9 @@ from recsys.events.v1 import interaction_pb2
 from recsys.ingest.v1 import ingest_pb2
 from scripts.localstack.components import TansuBroker
 from services.ingest.validation import derive_event_id
-from tests.integration.ingest.support import Ingest, chunks, make_event, read_topic
+from tests.support.events import rating_event
+from tests.support.ingest_server import Ingest, chunks
+from tests.support.topics import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -27,9 +29,9 @@ IDS = "must be 1 to 128 printable characters"
 async def test_every_rpc_puts_its_events_on_the_topic_byte_for_byte(
     ingest: Ingest, kafka: TansuBroker
 ) -> None:
-    single = make_event(0, context={"device": "ios", "page": "home"})
-    batch = [make_event(n, event_id=f"client-{n}" if n % 2 else "") for n in range(1, 51)]
-    streamed = [make_event(n, type=interaction_pb2.INTERACTION_TYPE_VIEW, value=2.0)
+    single = rating_event(0, context={"device": "ios", "page": "home"})
+    batch = [rating_event(n, event_id=f"client-{n}" if n % 2 else "") for n in range(1, 51)]
+    streamed = [rating_event(n, type=interaction_pb2.INTERACTION_TYPE_VIEW, value=2.0)
                 for n in range(51, 351)]
     before = time.time_ns()
 
@@ -68,7 +70,7 @@ async def test_every_rpc_puts_its_events_on_the_topic_byte_for_byte(
 async def test_a_mixed_batch_gets_exact_rejections_and_publishes_the_rest(
     ingest: Ingest, kafka: TansuBroker
 ) -> None:
-    events = [make_event(n) for n in range(8)]
+    events = [rating_event(n) for n in range(8)]
     events[1].user_id = ""
     events[3].type = interaction_pb2.INTERACTION_TYPE_UNSPECIFIED
     events[4].value = 7.0
@@ -96,7 +98,7 @@ async def test_a_mixed_batch_gets_exact_rejections_and_publishes_the_rest(
 async def test_all_or_nothing_rejects_the_whole_batch(
     ingest: Ingest, kafka: TansuBroker
 ) -> None:
-    events = [make_event(0), make_event(1, item_id="")]
+    events = [rating_event(0), rating_event(1, item_id="")]
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await ingest.stub.BatchCreateInteractions(ingest_pb2.BatchCreateInteractionsRequest(
             interactions=events, all_or_nothing=True), timeout=10)
@@ -118,13 +120,13 @@ async def test_all_or_nothing_rejects_the_whole_batch(
 async def test_the_batch_limit_is_enforced(ingest: Ingest, count: int, message: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await ingest.stub.BatchCreateInteractions(ingest_pb2.BatchCreateInteractionsRequest(
-            interactions=[make_event(n) for n in range(count)]), timeout=10)
+            interactions=[rating_event(n) for n in range(count)]), timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details() == message
 
 
 async def test_an_invalid_single_event_names_its_field(ingest: Ingest) -> None:
-    undated = make_event(0)
+    undated = rating_event(0)
     undated.ClearField("occurred_at")
     for request, message in [
         (ingest_pb2.CreateInteractionRequest(), "interaction: is required"),
@@ -138,7 +140,7 @@ async def test_an_invalid_single_event_names_its_field(ingest: Ingest) -> None:
 
 
 async def test_domain_metrics_count_outcomes_sizes_and_ack_latency(ingest: Ingest) -> None:
-    events = [make_event(n) for n in range(5)]
+    events = [rating_event(n) for n in range(5)]
     events[2].user_id = ""
     await ingest.stub.BatchCreateInteractions(
         ingest_pb2.BatchCreateInteractionsRequest(interactions=events), timeout=10)

@@ -5,9 +5,6 @@ champion; Unavailable, naming the server, once MLflow is stopped."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +17,12 @@ from services.model.champion import ChampionReader, mlflow_session
 from services.model.lineage import Lineage
 from services.model.versions import CHAMPION, VersionInfo
 from services.trainer.registry import MlflowRegistry
+from tests.support.model_registry import register
 
 pytestmark = pytest.mark.integration
 
-_jobs = itertools.count(1)
+LINEAGE = Lineage(topic="interactions", row_count=150, content_hash="ef" * 32,
+                  partition_offsets={0: 90, 1: 60}, user_count=30, item_count=50)
 
 
 def artifact(seed: int) -> ModelArtifact:
@@ -32,29 +31,16 @@ def artifact(seed: int) -> ModelArtifact:
                                       rng.integers(0, 50, size=(30, 5)))
 
 
-def register(registry: MlflowRegistry, model: ModelArtifact, workdir: Path) -> VersionInfo:
+def register_version(tracking_uri: str, model_name: str, model: ModelArtifact,
+                     workdir: Path) -> VersionInfo:
     """A new version of `model`, registered as a training job does (not yet champion)."""
-    job = f"job-{next(_jobs)}"
-    path = workdir / job / "model.npz"
-    path.parent.mkdir(parents=True)
-    model.save(path)
-    lineage = Lineage(topic="interactions", row_count=150, content_hash="ef" * 32,
-                      partition_offsets={0: 90, 1: 60}, user_count=30, item_count=50)
-    run_id = registry.start_run(job_id=job, params={}, lineage=lineage, tags={})
-    version = registry.register(run_id, metrics={"ndcg_at_10": 0.3, "users_evaluated": 30.0},
-                                lineage=lineage, artifact=path, tags={"recsys.job_id": job})
-    registry.end_run(run_id, "FINISHED")
-    return version
+    return register(tracking_uri, model_name, model, workdir, lineage=LINEAGE,
+                    metrics={"ndcg_at_10": 0.3, "users_evaluated": 30.0})
 
 
 def same(a: ModelArtifact, b: ModelArtifact) -> bool:
     return all(np.array_equal(getattr(a, f.name), getattr(b, f.name))
                for f in dataclasses.fields(ModelArtifact))
-
-
-@pytest.fixture
-def model_name() -> str:
-    return f"model-tests-{uuid.uuid4().hex[:8]}"
 
 
 def writer_and_reader(tracking_uri: str, model_name: str) -> tuple[MlflowRegistry,
@@ -67,9 +53,10 @@ def writer_and_reader(tracking_uri: str, model_name: str) -> tuple[MlflowRegistr
 
 def test_the_reader_follows_the_alias_the_trainer_moves(
         mlflow_server: MlflowServer, model_name: str, tmp_path: Path) -> None:
-    registry, reader = writer_and_reader(mlflow_server.tracking_uri, model_name)
+    uri = mlflow_server.tracking_uri
+    registry, reader = writer_and_reader(uri, model_name)
     assert reader.champion() is None  # no registered model yet
-    first = register(registry, artifact(1), tmp_path)
+    first = register_version(uri, model_name, artifact(1), tmp_path)
     assert reader.champion() is None  # a version, but no alias
 
     registry.set_champion(first.version)
@@ -81,7 +68,7 @@ def test_the_reader_follows_the_alias_the_trainer_moves(
     assert same(reader.load(champion, dst), artifact(1))
     assert [p.name for p in dst.iterdir()] == ["model.npz"]
 
-    second = register(registry, artifact(2), tmp_path)
+    second = register_version(uri, model_name, artifact(2), tmp_path)
     assert reader.champion() == dataclasses.replace(first, aliases=(CHAMPION,))
     registry.set_champion(second.version)
     champion = reader.champion()
@@ -91,21 +78,11 @@ def test_the_reader_follows_the_alias_the_trainer_moves(
     assert same(reader.load(champion, dst), artifact(2))
 
 
-@pytest.fixture
-def own_mlflow(tmp_path: Path) -> Iterator[MlflowServer]:
-    """An MLflow of this test's own: the test stops it."""
-    server = MlflowServer(tmp_path / "mlflow")
-    server.start().wait_ready(90)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def test_a_stopped_mlflow_is_unavailable(own_mlflow: MlflowServer, model_name: str,
                                          tmp_path: Path) -> None:
     registry, reader = writer_and_reader(own_mlflow.tracking_uri, model_name)
-    registry.set_champion(register(registry, artifact(3), tmp_path).version)
+    version = register_version(own_mlflow.tracking_uri, model_name, artifact(3), tmp_path)
+    registry.set_champion(version.version)
     champion = reader.champion()
     assert champion is not None
 

@@ -10,8 +10,9 @@ import pytest
 from recsys.recommender.v1 import recommender_pb2
 from services.recommender.item_index import MAX_SCANNED
 from services.recommender.scoring import Query, Scorer
-from tests.integration.recommender.conftest import ReplicaFactory, publish
-from tests.unit.recommender.artifacts import clustered_artifact
+from tests.support.artifacts import clustered_artifact
+from tests.support.model_registry import publish
+from tests.support.recommender_replica import ReplicaFactory
 
 pytestmark = pytest.mark.integration
 

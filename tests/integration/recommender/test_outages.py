@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,30 +15,14 @@ from recsys.recommender.v1 import recommender_pb2
 from scripts.localstack.components import MlflowServer, RedisServer, TansuBroker
 from services.core.kafka import producer_config
 from services.recommender.cache import Keys
-from tests.integration.recommender.conftest import ReplicaFactory, publish
-from tests.unit.recommender.artifacts import small_artifact
+from tests.support.artifacts import small_artifact
+from tests.support.model_registry import publish
+from tests.support.polling import eventually_async
+from tests.support.recommender_replica import ReplicaFactory
 
 pytestmark = pytest.mark.integration
 
 HITS = "recsys_recommender_cache_requests_total"
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis of this test's own: the test stops it."""
-    with RedisServer(tmp_path / "redis") as server:
-        yield server
-
-
-@pytest.fixture
-def own_mlflow(tmp_path: Path) -> Iterator[MlflowServer]:
-    """An MLflow of this test's own: the test stops it."""
-    server = MlflowServer(tmp_path / "mlflow")
-    server.start().wait_ready(90)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_without_redis_answers_continue_and_caching_resumes_after(
@@ -64,10 +47,13 @@ async def test_without_redis_answers_continue_and_caching_resumes_after(
 
         await asyncio.to_thread(own_redis.start().wait_ready, 20)
         hits = r.metric(HITS, result="hit")
-        async with asyncio.timeout(20):  # the breaker lets a call through after its cool-down
-            while r.metric(HITS, result="hit") == hits:
-                await r.recommend("u9")
-                await asyncio.sleep(0.1)
+
+        async def cached_again() -> bool:
+            await r.recommend("u9")
+            return r.metric(HITS, result="hit") > hits
+
+        # The breaker lets a call through after its cool-down; then answers are cached again.
+        await eventually_async(cached_again, timeout=30, what="a cache hit after Redis is back")
 
 
 async def test_without_mlflow_the_loaded_model_keeps_serving(
@@ -79,21 +65,18 @@ async def test_without_mlflow_the_loaded_model_keeps_serving(
         await r.wait_for_version(version)
         await asyncio.to_thread(own_mlflow.stop)
         failures = r.metric("recsys_recommender_model_load_failures_total")
-        async with asyncio.timeout(20):  # failed polls are counted, and answers go on
-            while r.metric("recsys_recommender_model_load_failures_total") < failures + 2:
-                reply = await r.recommend("u1", k=5)
-                assert (len(reply.items), reply.model_version) == (5, version)
-                await asyncio.sleep(0.1)
+
+        replies: list[recommender_pb2.RecommendResponse] = []
+
+        async def answered_through_failed_polls() -> bool:
+            replies.append(await r.recommend("u1", k=5))
+            return r.metric("recsys_recommender_model_load_failures_total") >= failures + 2
+
+        # Failed polls are counted, and answers go on.
+        await eventually_async(answered_through_failed_polls, timeout=30,
+                               what="two failed polls of the stopped MLflow")
+        assert {(len(reply.items), reply.model_version) for reply in replies} == {(5, version)}
         assert await r.serving()
-
-
-async def until(condition: Callable[[], bool], within_s: float = 30.0) -> None:
-    """Poll `condition` until it holds; fails after `within_s`."""
-    async with asyncio.timeout(within_s):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.1)
 
 
 async def test_history_read_while_redis_is_down_is_written_once_it_is_back(
@@ -113,14 +96,16 @@ async def test_history_read_while_redis_is_down_is_written_once_it_is_back(
             await asyncio.to_thread(producer.close)
 
         # The consumer joins its group, reads the event, and Redis fails.
-        await until(lambda: r.metric("recsys_recommender_redis_errors_total",
-                                     operation="history") >= 1)
+        await eventually_async(lambda: r.metric("recsys_recommender_redis_errors_total",
+                                                operation="history") >= 1,
+                               timeout=30, what="a history write failing on Redis")
         assert r.metric("recsys_recommender_history_errors_total") >= 1
         assert r.metric("recsys_recommender_history_events_total") == 0
 
         await asyncio.to_thread(own_redis.start().wait_ready, 20)
         # The batch is retried until Redis takes it.
-        await until(lambda: r.metric("recsys_recommender_history_events_total") == 1)
+        await eventually_async(lambda: r.metric("recsys_recommender_history_events_total") == 1,
+                               timeout=30, what="the history written once Redis is back")
         client = redis.Redis.from_url(own_redis.url)
         try:
             assert client.lrange(Keys.history("u1"), 0, -1) == [b"i7"]

@@ -12,8 +12,10 @@ import redis
 
 from recsys.recommender.v1 import recommender_pb2
 from services.recommender.cache import Keys
-from tests.integration.recommender.conftest import ReplicaFactory, publish
-from tests.unit.recommender.artifacts import small_artifact
+from tests.support.artifacts import small_artifact
+from tests.support.model_registry import publish
+from tests.support.polling import eventually_async
+from tests.support.recommender_replica import ReplicaFactory
 
 pytestmark = pytest.mark.integration
 
@@ -70,27 +72,28 @@ async def test_promoting_a_version_under_load_switches_once_without_failures(
     first = publish(uri, model_name, small_artifact(seed=0), tmp_path)
     async with replica(**servers) as r:
         await r.wait_for_version(first)
-        second: str | None = None
         stop = asyncio.Event()
         failures: list[grpc.aio.AioRpcError] = []
+        sequences: list[list[str]] = [[] for _ in range(4)]  # each client's answers' versions
 
-        async def client(user: str) -> list[str]:
-            seen = []
+        async def client(user: str, seen: list[str]) -> None:
             while not stop.is_set():
                 try:
                     seen.append((await r.recommend(user, k=5)).model_version)
                 except grpc.aio.AioRpcError as exc:
                     failures.append(exc)
-            return seen
 
-        clients = [asyncio.create_task(client(f"u{n}")) for n in range(4)]
-        await asyncio.sleep(0.5)
+        clients = [asyncio.create_task(client(f"u{n}", seen))
+                   for n, seen in enumerate(sequences)]
+        await eventually_async(lambda: all(sequences), timeout=30,
+                               what="every client answered by the first version")
         second = await asyncio.to_thread(publish, uri, model_name, small_artifact(seed=1),
                                          tmp_path)
         await r.wait_for_version(second)
-        await asyncio.sleep(0.5)
+        await eventually_async(lambda: all(seen[-1:] == [second] for seen in sequences),
+                               timeout=30, what="every client answered by the second version")
         stop.set()
-        sequences = await asyncio.gather(*clients)
+        await asyncio.gather(*clients)
     assert failures == []
     for seen in sequences:
         assert set(seen) == {first, second}
@@ -108,7 +111,9 @@ async def test_a_cached_answer_is_shared_through_redis_until_a_swap(
         await b.wait_for_version(first)
         computed = await a.recommend("u5", k=7)
         assert a.metric("recsys_recommender_cache_requests_total", result="miss") == 1
-        await _written(servers["redis_url"], "u5")  # the answer is written behind the reply
+        # The answer is written behind the reply.
+        await eventually_async(lambda: _written(servers["redis_url"], "u5"), timeout=10,
+                               what="u5's answer written to Redis")
         cached = await b.recommend("u5", k=7)
         assert b.metric("recsys_recommender_cache_requests_total", result="hit",
                         tier="redis") == 1
@@ -124,13 +129,10 @@ async def test_a_cached_answer_is_shared_through_redis_until_a_swap(
         assert b.metric("recsys_recommender_cache_requests_total", result="hit") == 2
 
 
-async def _written(redis_url: str, user: str) -> None:
+def _written(redis_url: str, user: str) -> bool:
+    """Whether an answer for `user` is in Redis."""
     client = redis.Redis.from_url(redis_url)
     try:
-        for _ in range(100):
-            if client.keys(Keys.answer(user, "*")):
-                return
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"no answer for {user} was written to Redis")
+        return bool(client.keys(Keys.answer(user, "*")))
     finally:
         client.close()

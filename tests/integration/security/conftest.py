@@ -1,4 +1,4 @@
-"""Security under test: a PKI of the package's own, and helpers to call with or without it.
+"""Security under test: a PKI of the package's own, and a foreign one.
 
 The PKI is generated into a temporary folder by the same code as the local stack's
 (`scripts/localstack/pki.py`); `foreign_pki` is a second, unrelated authority whose
@@ -7,15 +7,9 @@ certificates and tokens must be refused.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from scripts.localstack.pki import Pki, ensure_pki
-from services.core.tls import ClientTLS
 
 
 @pytest.fixture(scope="package")
@@ -26,28 +20,3 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 @pytest.fixture(scope="package")
 def foreign_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return ensure_pki(tmp_path_factory.mktemp("foreign-pki"))
-
-
-def client_tls(pki: Pki, *, cert: Pki | None = None, token: str | None = None) -> ClientTLS:
-    """Trust `pki`'s CA; present `cert`'s client certificate (none when None)."""
-    return ClientTLS(ca_file=str(pki.ca_cert),
-                     cert_file=str(cert.client_cert) if cert else None,
-                     key_file=str(cert.client_key) if cert else None, token=token)
-
-
-def secure_channel(target: str, tls: ClientTLS) -> grpc.Channel:
-    return grpc.secure_channel(target, tls.credentials(), options=tls.options())
-
-
-def health_check(channel: grpc.Channel, service: str = "") -> Any:
-    """grpc.health.v1 Check; raises grpc.RpcError when the call fails."""
-    stub = health_pb2_grpc.HealthStub(channel)
-    return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=3).status
-
-
-def refused(call: Callable[[], Any]) -> grpc.StatusCode:
-    """The status code of a call that must fail."""
-    with pytest.raises(grpc.RpcError) as raised:
-        call()
-    code: grpc.StatusCode = raised.value.code()
-    return code

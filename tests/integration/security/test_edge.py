@@ -41,8 +41,9 @@ from services.edge.listeners import MAX_REQUEST_BODY_BYTES, MAX_REQUEST_HEADERS_
 from services.edge.policy import DEFAULT_POLICIES, RateLimit, RoutePolicy
 from services.edge.profiles import pki_security
 from services.edge.tokens import SCOPES
-from tests.integration.edge.conftest import LoopThread, Rest
-from tests.integration.security.conftest import client_tls, refused, secure_channel
+from tests.support.clients import Rest
+from tests.support.grpc_calls import client_tls, refused, secure_channel
+from tests.support.loop_thread import LoopThread
 from tests.support.probe_app import ProbeApp
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,14 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
-from scripts.localstack.components import HOST, MlflowServer, RedisServer, TansuBroker, free_port
+from scripts.localstack.components import (
+    HOST,
+    VENV_BIN,
+    MlflowServer,
+    RedisServer,
+    TansuBroker,
+    free_port,
+)
 from scripts.localstack.pki import Pki
 from services.core.names import SERVICE_NAMES
 from services.core.server import App, RunningServer
@@ -27,13 +34,8 @@ from services.recommender.app import RecommenderApp
 from services.recommender.settings import RecommenderSettings
 from services.trainer.app import TrainerApp
 from services.trainer.settings import TrainerSettings
-from tests.integration.edge.conftest import serving
-from tests.integration.security.conftest import (
-    client_tls,
-    health_check,
-    refused,
-    secure_channel,
-)
+from tests.support.grpc_calls import client_tls, health_check, refused, secure_channel
+from tests.support.loop_thread import serving
 
 pytestmark = pytest.mark.integration
 
@@ -132,8 +134,6 @@ def test_cli_uses_the_client_certificate_from_its_variables(mesh: Mesh, pki: Pki
 
 
 def test_grpcurl_with_the_client_certificate(mesh: Mesh, pki: Pki) -> None:
-    from scripts.localstack.components import VENV_BIN
-
     def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(VENV_BIN / "grpcurl"), *args, mesh.target("trainer"), "list"],
                               capture_output=True, text=True, timeout=30, check=False)

@@ -4,11 +4,8 @@ alias moved."""
 
 from __future__ import annotations
 
-import sqlite3
-import time
 import uuid
 from collections.abc import Iterator
-from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -17,60 +14,53 @@ from mlflow.tracking import MlflowClient
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from scripts.localstack.components import MlflowServer, TansuBroker
 from services.core.client import channel
-from tests.integration.trainer.support import (
-    ML100K_EVENTS,
+from tests.support.polling import eventually
+from tests.support.trainer_server import (
     Ingested,
     TrainerProcess,
+    store_event_ids,
+    store_offsets,
     store_rows,
-    wait_for,
 )
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def process(kafka: TansuBroker, mlflow_server: MlflowServer, ml100k_topic: Ingested,
+def process(kafka: TansuBroker, mlflow_server: MlflowServer, synthetic_topic: Ingested,
             tmp_path: Path) -> Iterator[TrainerProcess]:
     suffix = uuid.uuid4().hex[:8]
     trainer = TrainerProcess(tmp_path, environ={
         "RECSYS_KAFKA_BOOTSTRAP": kafka.bootstrap,
-        "RECSYS_KAFKA_TOPIC": ml100k_topic.topic,
+        "RECSYS_KAFKA_TOPIC": synthetic_topic.topic,
         "RECSYS_MLFLOW_TRACKING_URI": mlflow_server.tracking_uri,
         "RECSYS_MODEL_NAME": f"recsys-mf-crash-{suffix}",
         "RECSYS_TRAINER_MLFLOW_EXPERIMENT": f"trainer-crash-{suffix}",
         "RECSYS_TRAINER_CONSUMER_GROUP": f"trainer-crash-{suffix}",
         # Small transactions, so that a kill lands between two of them.
-        "RECSYS_TRAINER_CONSUMER_BATCH": "200",
+        "RECSYS_TRAINER_CONSUMER_BATCH": "100",
     })
     yield trainer
     trainer.stop()
 
 
-def stored(trainer: TrainerProcess) -> tuple[list[str], dict[int, int]]:
-    path = trainer.store_dir / "trainer.sqlite3"
-    with closing(sqlite3.connect(path, timeout=10)) as db:
-        ids = [row[0] for row in db.execute("SELECT event_id FROM events")]
-        offsets = dict(db.execute("SELECT kafka_partition, next_offset FROM offsets"))
-    return ids, offsets
-
-
 def test_kill_during_consumption_and_training(
-    process: TrainerProcess, mlflow_server: MlflowServer, ml100k_topic: Ingested
+    process: TrainerProcess, mlflow_server: MlflowServer, synthetic_topic: Ingested
 ) -> None:
     process.start()
-    wait_for(lambda: store_rows(process.store_dir) > 0, timeout=120, what="first events")
+    eventually(lambda: store_rows(process.store_dir) > 0, timeout=120, what="first events")
     process.kill()
     at_kill = store_rows(process.store_dir)
-    assert 0 < at_kill < ML100K_EVENTS, "the kill must land during consumption"
+    assert 0 < at_kill < synthetic_topic.events, "the kill must land during consumption"
 
     process.start().wait_ready(60)
-    wait_for(lambda: store_rows(process.store_dir) >= ML100K_EVENTS, timeout=120,
-             what="consuming the rest after the restart")
-    time.sleep(1.0)  # anything consumed twice would land now
-    ids, offsets = stored(process)
-    assert len(ids) == ML100K_EVENTS
-    assert set(ids) == ml100k_topic.event_ids
-    assert offsets == ml100k_topic.highwater
+    # The offsets commit with the rows: once they reach the topic's end, every record has
+    # been read, and anything read twice has been stored (or ignored) by then.
+    eventually(lambda: store_offsets(process.store_dir) == synthetic_topic.highwater,
+               timeout=120, what="consuming the rest after the restart")
+    ids = store_event_ids(process.store_dir)
+    assert len(ids) == synthetic_topic.events
+    assert set(ids) == synthetic_topic.event_ids
 
     target = f"127.0.0.1:{process.port}"
     with channel(target) as chan:
@@ -98,6 +88,6 @@ def test_kill_during_consumption_and_training(
                           registry_uri=mlflow_server.tracking_uri)
     name = process.environ["RECSYS_MODEL_NAME"]
     assert client.search_model_versions(f"name = '{name}'") == []
-    wait_for(lambda: client.get_run(after.mlflow_run_id).info.status == "FAILED", timeout=30,
-             what="the interrupted run marked FAILED")
-    assert store_rows(process.store_dir) == ML100K_EVENTS
+    eventually(lambda: client.get_run(after.mlflow_run_id).info.status == "FAILED", timeout=30,
+               what="the interrupted run marked FAILED")
+    assert store_rows(process.store_dir) == synthetic_topic.events

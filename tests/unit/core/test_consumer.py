@@ -13,7 +13,8 @@ from recsys.events.v1 import interaction_pb2
 from recsys.model.v1 import model_pb2
 from services.core import consumer as consumer_module
 from services.core.consumer import Backoff, Batch, ConsumerLoop, Subscription
-from tests.support.fake_kafka import FakeBroker
+from tests.support.fake_kafka import FakeBroker, expect_committed
+from tests.support.polling import eventually
 
 TOPIC = "interactions"
 Loop = ConsumerLoop[interaction_pb2.Interaction]
@@ -97,7 +98,7 @@ def test_a_failing_handler_gets_the_same_records_again_and_nothing_is_committed_
     handler = Handler(broker, failures=3)
     backoff = RecordingBackoff()
     loop = run(handler, backoff=backoff)
-    broker.wait_for(lambda: broker.committed == {0: 2, 1: 1})
+    expect_committed(broker, {0: 2, 1: 1})
     loop.stop()  # every log line is written once the thread has ended
 
     expected = [(0, 0, "e1"), (0, 1, "e2"), (1, 0, "e3")]
@@ -121,10 +122,10 @@ def test_after_a_success_the_backoff_starts_again_from_the_first_wait(
     handler = Handler(broker, failures=2)
     backoff = RecordingBackoff()
     run(handler, backoff=backoff)
-    broker.wait_for(lambda: broker.committed == {0: 1})
+    expect_committed(broker, {0: 1})
     handler.failures = len(handler.seen) + 1  # the next batch fails once
     broker.produce(0, interaction(2))
-    broker.wait_for(lambda: broker.committed == {0: 2})
+    expect_committed(broker, {0: 2})
     assert backoff.asked == [1, 2, 1]
     assert len(errors) == 3
 
@@ -135,9 +136,9 @@ def test_values_that_do_not_decode_are_handed_as_none_and_the_loop_goes_on(
     broker.produce(0, b"\xff\xff not protobuf", interaction(1), None)
     handler = Handler(broker)
     run(handler)
-    broker.wait_for(lambda: broker.committed == {0: 3})
+    expect_committed(broker, {0: 3})
     broker.produce(0, interaction(2))
-    broker.wait_for(lambda: broker.committed == {0: 4})
+    expect_committed(broker, {0: 4})
     assert handler.seen == [[(0, 0, None), (0, 1, "e1"), (0, 2, None)], [(0, 3, "e2")]]
     assert errors == []
 
@@ -154,7 +155,7 @@ def test_a_loop_decodes_the_message_it_is_given(
         message=model_pb2.ModelVersion, on_error=errors.append)
     loop.start()
     try:
-        broker.wait_for(lambda: broker.committed == {0: 1})
+        expect_committed(broker, {0: 1})
     finally:
         loop.stop()
     assert seen == [version]
@@ -168,7 +169,7 @@ def test_broker_and_commit_failures_are_retried_and_logged_without_a_traceback(
     broker.produce(0, interaction(1))
     handler = Handler(broker)
     run(handler)
-    broker.wait_for(lambda: broker.committed == {0: 1})
+    expect_committed(broker, {0: 1})
     assert [type(e) for e in errors] == [KafkaTimeoutError, KafkaTimeoutError, CommitFailedError]
     assert handler.seen == [[(0, 0, "e1")]] * 2  # handled again after the failed commit
     assert len(broker.consumers) == 1
@@ -182,7 +183,7 @@ def test_stop_ends_the_loop_even_while_it_waits_and_closes_without_committing(
         errors: list[Exception]) -> None:
     broker.produce(0, interaction(1))
     loop = run(Handler(broker, failures=1_000), backoff=Backoff(first_s=60.0, longest_s=60.0))
-    broker.wait_for(lambda: bool(errors))
+    eventually(lambda: bool(errors), timeout=10, what="a failed batch")
     loop.stop(timeout=10.0)
     loop.stop()  # idempotent
     assert [c.closed for c in broker.consumers] == [True]
@@ -200,7 +201,7 @@ def test_lag_is_the_high_watermark_minus_the_position(
         lags.append(loop.lag)
 
     loop = run(handler, max_records=2)
-    broker.wait_for(lambda: broker.committed == {0: 5, 1: 1})
+    expect_committed(broker, {0: 5, 1: 1})
     assert lags[0] == 4  # 6 records, 2 polled
     assert loop.lag == 0
 

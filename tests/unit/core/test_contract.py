@@ -4,20 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.core.contract import ID_RULE, MAX_ID_CHARS, id_problem
-
-# Ids that follow the rule, and ids that break it (with what id_problem says), shared with
-# the ingest test that checks its inline copy of the rule agrees.
-VALID_IDS = ["u1", "u" * MAX_ID_CHARS, "ü" * MAX_ID_CHARS, "a b", "user@example.com", "日本"]
-INVALID_IDS = [
-    ("", "is required"),
-    ("u" * (MAX_ID_CHARS + 1), f"at most {MAX_ID_CHARS} characters, got {MAX_ID_CHARS + 1}"),
-    ("tab\there", ID_RULE),
-    ("new\nline", ID_RULE),
-    ("nul\x00", ID_RULE),
-    ("no\u00a0break", ID_RULE),  # a separator other than the space
-    ("\u200bzero-width", ID_RULE),  # a format character
-]
+from services.core.contract import id_problem
+from tests.support.ids import INVALID_IDS, VALID_IDS
 
 
 @pytest.mark.parametrize("value", VALID_IDS)

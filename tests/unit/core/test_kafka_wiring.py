@@ -24,6 +24,7 @@ from services.trainer.consumer import dataset_consumer
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.settings import TrainerSettings
 from tests.support.fake_kafka import FakeBroker
+from tests.support.polling import eventually
 
 SECURITY = KafkaSecurity(protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-512",
                          sasl_username="recsys",
@@ -70,7 +71,7 @@ def connected_options(monkeypatch: pytest.MonkeyPatch, loop: ConsumerLoop[Any]) 
     monkeypatch.setattr(consumer_module, "KafkaConsumer", broker)
     loop.start()
     try:
-        broker.wait_for(lambda: bool(broker.consumers))
+        eventually(lambda: bool(broker.consumers), timeout=10, what="a consumer connected")
     finally:
         loop.stop()
     return broker.consumers[0].options

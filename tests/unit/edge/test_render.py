@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +13,7 @@ from services.core.names import SERVICE_NAMES
 from services.edge.__main__ import main
 from services.edge.policy import DEFAULT_POLICIES, EdgeSecurity, TlsFiles, service_of
 from services.edge.profiles import LOCAL_PKI
-
-REPO = Path(__file__).resolve().parents[3]
+from tests.support.paths import REPO
 
 
 def _render(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:

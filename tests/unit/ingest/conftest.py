@@ -11,7 +11,8 @@ from services.ingest.ingestor import Ingestor
 from services.ingest.metrics import IngestMetrics
 from services.ingest.publisher import Publisher
 from services.ingest.validation import Limits, Validator
-from tests.unit.ingest.support import NOW, FakeProducer
+from tests.support.events import NOW
+from tests.support.fake_producer import FakeProducer
 
 
 @pytest.fixture

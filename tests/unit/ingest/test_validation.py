@@ -9,7 +9,7 @@ import pytest
 from recsys.events.v1 import interaction_pb2
 from services.core.contract import ID_RULE, id_problem
 from services.ingest.validation import Limits, Problem, Validator, derive_event_id
-from tests.unit.core.test_contract import INVALID_IDS, VALID_IDS
+from tests.support.ids import INVALID_IDS, VALID_IDS
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC).timestamp()
 VALIDATOR = Validator(Limits())

@@ -8,11 +8,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
+from tests.support.paths import REPO
+
 MODEL_MODULES = [f"services.model.{path.stem}" for path in
                  sorted((REPO / "services" / "model").glob("*.py")) if path.stem != "__init__"]
 LOADED = """

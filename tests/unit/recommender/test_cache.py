@@ -11,6 +11,7 @@ from services.recommender.batching import Batcher
 from services.recommender.cache import CircuitBreaker, Keys, Lookup, RedisCache, request_key
 from services.recommender.local_cache import LocalAnswers
 from services.recommender.metrics import RecommenderMetrics
+from tests.support.polling import eventually_async
 
 
 class Clock:
@@ -116,16 +117,18 @@ def test_breaker_opens_after_failures_in_a_row_and_retries_after_cooldown() -> N
 
 async def test_batcher_sends_what_arrives_meanwhile_in_one_call() -> None:
     calls: list[list[int]] = []
+    answer = asyncio.Event()  # a call is in flight until the test lets it answer
 
     async def send(batch: list[int]) -> list[int]:
         calls.append(batch)
-        await asyncio.sleep(0.01)
+        await answer.wait()
         return [n * 10 for n in batch]
 
     batcher: Batcher[int, int] = Batcher(send)
     first = batcher.submit(1)
-    await asyncio.sleep(0.001)  # the first call is in flight now
+    await eventually_async(lambda: calls == [[1]], timeout=10, what="the first call in flight")
     rest = [batcher.submit(n) for n in (2, 3, 4)]
+    answer.set()
     assert await asyncio.gather(first, *rest) == [10, 20, 30, 40]
     assert calls == [[1], [2, 3, 4]]
 

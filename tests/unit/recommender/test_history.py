@@ -14,7 +14,7 @@ from services.core.consumer import Record, decode
 from services.recommender.history import HistoryWriter, history_consumer, user_item
 from services.recommender.metrics import RecommenderMetrics
 from services.recommender.settings import RecommenderSettings
-from tests.support.fake_kafka import FakeBroker
+from tests.support.fake_kafka import FakeBroker, expect_committed
 
 
 def parse(value: bytes | None) -> tuple[str, str] | None:
@@ -60,7 +60,7 @@ def test_a_redis_error_is_counted_and_the_batch_written_again(
     broker.produce(0, event.SerializeToString(), b"\xff\xff not protobuf")
     loop.start()
     try:
-        broker.wait_for(lambda: broker.committed == {0: 2})
+        expect_committed(broker, {0: 2})
     finally:
         loop.stop()
     assert writer.batches == [[("u1", "i9")]] * 2

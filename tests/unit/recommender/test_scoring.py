@@ -8,7 +8,7 @@ import pytest
 from services.core.errors import NotFound
 from services.model.artifact import ModelArtifact
 from services.recommender.scoring import Query, Scorer, Strategy
-from tests.unit.recommender.artifacts import small_artifact
+from tests.support.artifacts import small_artifact
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from services.model.artifact import ModelArtifact
 from services.recommender.scoring import Query, Scorer, Strategy
 from services.recommender.top_lists import LENGTH
-from tests.unit.recommender.artifacts import clustered_artifact
+from tests.support.artifacts import clustered_artifact
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +15,9 @@ from services.trainer.hyperparameters import BOUNDS, Bound, OutOfBounds
 from services.trainer.jobs import OVERRIDES, resolve_config
 from services.trainer.model import TrainConfig
 from services.trainer.settings import TrainerSettings
+from tests.support.paths import REPO
 
-PROTO = Path(__file__).resolve().parents[3] / "protos/recsys/trainer/v1/trainer.proto"
+PROTO = REPO / "protos/recsys/trainer/v1/trainer.proto"
 
 
 @pytest.mark.parametrize(("bound", "inside", "outside", "rule"), [

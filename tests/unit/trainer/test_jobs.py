@@ -15,7 +15,8 @@ from services.trainer.metrics import TrainerMetrics
 from services.trainer.model import TrainConfig
 from services.trainer.settings import DEFAULT_TYPE_WEIGHTS
 from services.trainer.training import Phase, TrainingOptions
-from tests.unit.trainer.conftest import FakeRegistry
+from tests.support.polling import eventually_async
+from tests.support.trainer_fakes import FakeRegistry
 
 SMALL = TrainConfig(factors=4, epochs=3, seed=1)
 
@@ -183,8 +184,8 @@ async def test_a_job_left_running_by_a_crash_is_reported_failed(
     assert job.error == RESTARTED
     assert job.finished_at is not None
     assert metrics.jobs.labels("failed")._value.get() == 1
-    await asyncio.sleep(0.1)  # the MLflow run is ended in the background
-    assert fake_registry.runs[run_id]["status"] == "FAILED"
+    await eventually_async(lambda: fake_registry.runs[run_id]["status"] == "FAILED", timeout=10,
+                           what="the MLflow run ended, in the background")
     assert fake_registry.champion_version is None
 
 
@@ -197,12 +198,9 @@ async def test_triggers_start_jobs_after_new_events(
     assert jobs._due(new_events=10_000, interval_min=0) is None
     triggers = asyncio.create_task(jobs.run_triggers(new_events=10, interval_min=0))
     try:
-        for _ in range(50):
-            if jobs.running is not None:
-                break
-            await asyncio.sleep(0.1)
-        job = jobs.running
-        assert job is not None and job.trigger is Trigger.NEW_EVENTS
+        job = await eventually_async(lambda: jobs.running, timeout=10,
+                                     what="a job started by the trigger")
+        assert job.trigger is Trigger.NEW_EVENTS
         final = await finished(jobs, job.job_id)
         assert final.state is JobState.SUCCEEDED
         assert jobs._due(new_events=10, interval_min=0.0001) is None  # nothing new since

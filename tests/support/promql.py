@@ -1,17 +1,19 @@
 """Every PromQL expression that ships: dashboard panels and recording rules.
 
-Used by the static syntax check here, and by any test that runs them against a Prometheus
-that scraped the running stack (each must return data there).
+Used by the static syntax check (tests/static/test_observability.py), and by the end-to-end
+test that runs them against the Prometheus that scraped the running stack (each must return
+data there).
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import yaml
 
-OBSERVABILITY = Path(__file__).resolve().parents[2] / "observability"
+from tests.support.paths import REPO
+
+OBSERVABILITY = REPO / "observability"
 DASHBOARDS = OBSERVABILITY / "grafana" / "dashboards"
 RULES = OBSERVABILITY / "rules"
 

@@ -12,12 +12,15 @@ import pytest
 
 from recsys.events.v1 import interaction_pb2
 from scripts.localstack.components import TansuBroker, free_port
+from services.data.synthetic import SyntheticData, SyntheticSpec
 from services.ingest.validation import derive_event_id
-from tests.integration.ingest.support import Ingest, read_topic
+from tests.support.ingest_server import Ingest
+from tests.support.paths import REPO
+from tests.support.topics import read_topic
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[3]
+MOVIELENS_ROWS = 5_000
 
 
 async def recsys(*args: str, target: str | None = None) -> tuple[int, str, str]:
@@ -38,18 +41,29 @@ async def topic_ids(kafka: TansuBroker, ingest: Ingest) -> Counter[str]:
     return Counter(interaction_pb2.Interaction.FromString(r.value).event_id for r in records)
 
 
-async def test_movielens_100k_puts_exactly_100000_events_on_the_topic(
-    ingest: Ingest, kafka: TansuBroker, ml100k_path: Path
+def write_movielens_100k(directory: Path, rows: int) -> Path:
+    """A `u.data` in MovieLens-100k's layout (user, item, rating, time), its users and items
+    from the synthetic generator; one second apart, so no two rows are the same rating."""
+    events = SyntheticData(SyntheticSpec(users=300, items=200, events=rows, seed=7)).events()
+    start = 880_000_000
+    (directory / "u.data").write_text("".join(
+        f"{e.user_id}\t{e.item_id}\t{1 + n % 5}\t{start + n}\n" for n, e in enumerate(events)))
+    return directory
+
+
+async def test_a_movielens_file_puts_every_rating_on_the_topic_once(
+    ingest: Ingest, kafka: TansuBroker, tmp_path: Path
 ) -> None:
-    code, stdout, stderr = await recsys("ingest", "movielens", str(ml100k_path),
+    movielens = write_movielens_100k(tmp_path, MOVIELENS_ROWS)
+    code, stdout, stderr = await recsys("ingest", "movielens", str(movielens),
                                         target=ingest.target)
     assert code == 0, stdout + stderr
-    assert "accepted 100,000, rejected 0, failed 0" in stdout
+    assert f"accepted {MOVIELENS_ROWS:,}, rejected 0, failed 0" in stdout
 
     on_topic = await topic_ids(kafka, ingest)
-    assert sum(on_topic.values()) == 100_000
-    assert len(on_topic) == 100_000  # every rating once, under its content-derived id
-    first = (ml100k_path / "u.data").read_text().splitlines()[0].split("\t")
+    assert sum(on_topic.values()) == MOVIELENS_ROWS
+    assert len(on_topic) == MOVIELENS_ROWS  # every rating once, under its content-derived id
+    first = (movielens / "u.data").read_text().splitlines()[0].split("\t")
     event = interaction_pb2.Interaction(
         user_id=first[0], item_id=first[1], type=interaction_pb2.INTERACTION_TYPE_RATING,
         value=float(first[2]))

@@ -1,4 +1,4 @@
-"""Small trained models for the recommender's tests (shared by the integration tests)."""
+"""Small model artifacts for the recommender's unit and integration tests."""
 
 from __future__ import annotations
 

@@ -5,22 +5,17 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from services.data.synthetic import SyntheticData, SyntheticSpec
 from services.trainer.evaluation import evaluate, stratified_split
 from services.trainer.model import Interactions, TrainConfig, TrainingCancelled, fit
+from services.trainer.settings import TrainerSettings
 
-ML100K = Path(
-    os.environ.get(
-        "RECSYS_ML100K", Path(__file__).resolve().parents[2].parent / "shared/datasets/ml-100k"
-    )
-)
 SMALL = TrainConfig(factors=16, epochs=6)
 
 
@@ -142,13 +137,15 @@ def test_users_and_items_without_interactions_get_zero_factors() -> None:
     assert torch.all(model.item_factors[2:] == 0)
 
 
-@pytest.mark.skipif(not (ML100K / "u.data").is_file(), reason=f"no MovieLens-100k at {ML100K}")
-def test_movielens_100k_quality_with_default_hyper_parameters() -> None:
-    raw = np.loadtxt(ML100K / "u.data", dtype=np.int64, usecols=(0, 1))
-    users = np.unique(raw[:, 0], return_inverse=True)[1]
-    items = np.unique(raw[:, 1], return_inverse=True)[1]
+def test_default_hyper_parameters_pass_the_quality_gate_floor_on_synthetic_data() -> None:
+    """The trainer's defaults, on data the project generates, with the offline protocol (its
+    MovieLens-100k figures are scripts/bench/train.py's: no test needs data from outside)."""
+    events = list(SyntheticData(SyntheticSpec(users=400, items=300, events=12_000,
+                                              seed=11)).events())
+    users = np.unique([e.user_id for e in events], return_inverse=True)[1]
+    items = np.unique([e.item_id for e in events], return_inverse=True)[1]
     train, test = stratified_split(users, items)
     result = evaluate(fit(train), train, test)
-    assert result.users_evaluated == 943
-    assert result.ndcg >= 0.49
-    assert result.precision >= 0.43
+    assert result.users_evaluated == len(np.unique(test.users)) > 0
+    assert result.ndcg >= TrainerSettings().min_ndcg
+    assert result.precision > 0

@@ -1,19 +1,16 @@
-"""Fakes and event builders for the ingest unit tests."""
+"""A fake of kafka-python's KafkaProducer, the ingest publisher's boundary: records what is sent
+and acknowledges at once (`auto_ack`) or when a test says so (`settle`). Each record notes how
+many records had been settled when it was sent, so a test can check the order of the two."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from kafka.errors import KafkaTimeoutError
 from kafka.future import Future
 from kafka.producer.future import RecordMetadata
 from kafka.structs import TopicPartition
-
-from recsys.events.v1 import interaction_pb2
-
-NOW = datetime(2026, 6, 1, tzinfo=UTC).timestamp()
 
 
 @dataclass
@@ -22,18 +19,20 @@ class Record:
     key: bytes
     value: bytes
     future: Future
+    settled_before: int  # records settled (acknowledged or failed) when this one was sent
 
 
 class FakeProducer:
-    """Records what is sent; acknowledges at once (`auto_ack`) or when a test says so."""
-
     def __init__(self) -> None:
         self.records: list[Record] = []
         self.auto_ack = True
 
+    def settled(self) -> int:
+        return sum(record.future.is_done for record in self.records)
+
     def send(self, topic: str, *, value: bytes, key: bytes) -> Future:
         future = Future()
-        self.records.append(Record(topic, key, value, future))
+        self.records.append(Record(topic, key, value, future, self.settled()))
         if self.auto_ack:
             future.success(self.metadata(len(self.records) - 1))
         return future
@@ -56,13 +55,3 @@ class FakeProducer:
 
     def close(self, timeout: float | None = None) -> None:
         pass
-
-
-def make_event(n: int, **fields: object) -> interaction_pb2.Interaction:
-    """A valid view event, unique by `n`; `fields` override."""
-    values: dict[str, object] = {
-        "user_id": f"u{n % 7}", "item_id": f"i{n}", "type": interaction_pb2.INTERACTION_TYPE_VIEW}
-    values.update(fields)
-    event = interaction_pb2.Interaction(**values)  # type: ignore[arg-type]
-    event.occurred_at.FromSeconds(int(NOW) - 3600 + n)
-    return event

@@ -1,0 +1,31 @@
+"""Reading the rendered Kubernetes manifests: the overlays, the services' workloads and the
+objects in them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.core.names import SERVICE_NAMES
+
+OVERLAYS = ("dev", "prod")
+SERVICES = tuple(SERVICE_NAMES)
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job"}
+
+
+def workloads(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] in WORKLOAD_KINDS]
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = workload["spec"]["template"]["spec"]
+    return spec
+
+
+def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    """The one object of `kind` named `name` (for a ConfigMap, with its content hash)."""
+    generated = kind == "ConfigMap"
+    matches = [o for o in objects if o["kind"] == kind and (
+        o["metadata"]["name"] == name
+        or (generated and o["metadata"]["name"].rsplit("-", 1)[0] == name))]
+    assert len(matches) == 1, f"expected one {kind}/{name}, found {len(matches)}"
+    return matches[0]

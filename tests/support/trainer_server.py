@@ -1,0 +1,188 @@
+"""Trainers for integration tests, in this process or as a process, and what their stores hold
+(read the way any other process could)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+import uuid
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
+
+from recsys.events.v1 import interaction_pb2
+from recsys.trainer.v1 import trainer_pb2_grpc
+from scripts.localstack.components import Component, MlflowServer, TansuBroker, free_ports
+from services.cli.ingest import stream_events
+from services.core import server
+from services.core.client import aio_channel, channel
+from services.data.synthetic import SyntheticData, SyntheticSpec
+from services.trainer.app import TrainerApp
+from services.trainer.servicer import SERVICE_NAME
+from services.trainer.settings import TrainerSettings
+from tests.support.ingest_server import start_ingest
+from tests.support.topics import read_topic
+
+#: The trainers' data: generated, so no test needs a dataset from outside the repository.
+#: Tests assert what holds whatever the generator's exact output: counts, exactly-once,
+#: lineage, the quality gate's floor.
+TRAINER_EVENTS = SyntheticSpec(users=600, items=400, events=30_000, seed=21)
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """A topic of events that went through IngestService, and what is on it, read back."""
+
+    topic: str
+    event_ids: frozenset[str]
+    highwater: dict[int, int]  # per partition, the offset after its last record
+
+    @property
+    def events(self) -> int:
+        return len(self.event_ids)
+
+
+def ingest_synthetic(bootstrap: str, spec: SyntheticSpec) -> Ingested:
+    """`spec`'s events streamed through a real IngestService (in this process, port 0) onto
+    a topic of their own."""
+    topic = f"trainer-synthetic-{uuid.uuid4().hex[:8]}"
+
+    async def ingest() -> None:
+        service = await start_ingest(bootstrap, topic)
+        try:
+            # A blocking client: in a thread, so this loop keeps serving the ingest server.
+            summary = await asyncio.to_thread(stream_events, SyntheticData(spec).events(),
+                                              target=service.target, timeout_s=300)
+        finally:
+            await service.stop()
+        assert summary.error is None and summary.accepted == spec.events, summary
+
+    asyncio.run(ingest())
+    records = read_topic(bootstrap, topic)
+    highwater: dict[int, int] = {}
+    for record in records:
+        highwater[record.partition] = max(highwater.get(record.partition, 0), record.offset + 1)
+    event_ids = frozenset(interaction_pb2.Interaction.FromString(r.value).event_id
+                          for r in records)
+    assert len(records) == len(event_ids) == spec.events
+    return Ingested(topic, event_ids, highwater)
+
+
+@dataclass(frozen=True)
+class TrainerData:
+    """A dataset store's directory and the consumer group that feeds it: the group's committed
+    offsets are the store's, so a trainer started on both reads only what is new."""
+
+    directory: Path
+    consumer_group: str
+
+
+def trainer_settings(kafka: TansuBroker, mlflow: MlflowServer, topic: str, data_dir: Path,
+                     **overrides: object) -> TrainerSettings:
+    """Settings of a trainer with its own consumer group, registered model and experiment."""
+    suffix = uuid.uuid4().hex[:8]
+    values: dict[str, object] = {
+        "kafka_bootstrap": kafka.bootstrap, "kafka_topic": topic,
+        "mlflow_tracking_uri": mlflow.tracking_uri, "model_name": f"recsys-mf-{suffix}",
+        "mlflow_experiment": f"trainer-tests-{suffix}", "consumer_group": f"trainer-{suffix}",
+        "data_dir": str(data_dir), **overrides,
+    }
+    return TrainerSettings(**values)  # type: ignore[arg-type]
+
+
+def _query(data_dir: Path, sql: str) -> list[tuple[object, ...]]:
+    path = Path(data_dir) / "trainer.sqlite3"
+    if not path.exists():
+        return []
+    with closing(sqlite3.connect(path, timeout=10)) as db:
+        try:
+            return db.execute(sql).fetchall()
+        except sqlite3.OperationalError:  # the schema is not created yet
+            return []
+
+
+def store_rows(data_dir: Path) -> int:
+    """Events in a trainer's store."""
+    rows = _query(data_dir, "SELECT count(*) FROM events")
+    return int(rows[0][0]) if rows else 0  # type: ignore[call-overload]
+
+
+def store_event_ids(data_dir: Path) -> list[str]:
+    return [str(row[0]) for row in _query(data_dir, "SELECT event_id FROM events")]
+
+
+def store_offsets(data_dir: Path) -> dict[int, int]:
+    """Per partition, the next offset the store says it read to (written with its rows, in the
+    same transaction: once it reaches the topic's end, so have the rows)."""
+    return {int(p): int(o)  # type: ignore[call-overload]
+            for p, o in _query(data_dir, "SELECT kafka_partition, next_offset FROM offsets")}
+
+
+def copy_store(source: Path, target: Path) -> None:
+    """A consistent copy of a live store (SQLite's online backup)."""
+    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(target)) as dst:
+        src.backup(dst)
+
+
+@dataclass
+class Trainer:
+    """An in-process trainer server and a channel to it."""
+
+    running: server.RunningServer
+    app: TrainerApp
+    settings: TrainerSettings
+    channel: grpc.aio.Channel
+
+    @property
+    def stub(self) -> trainer_pb2_grpc.TrainerServiceStub:
+        return trainer_pb2_grpc.TrainerServiceStub(self.channel)
+
+
+async def start_trainer(settings: TrainerSettings) -> Trainer:
+    registry = CollectorRegistry()
+    app = TrainerApp(settings, registry)
+    running = await server.start(app, settings, registry)
+    return Trainer(running, app, settings, aio_channel(f"127.0.0.1:{running.port}"))
+
+
+async def stop_trainer(trainer: Trainer) -> None:
+    await trainer.channel.close()
+    await trainer.running.stop(2.0)
+
+
+class TrainerProcess(Component):
+    """`python -m services.trainer` as its own process, for kill -9 tests."""
+
+    name = "trainer"
+
+    def __init__(self, data_dir: Path, *, environ: dict[str, str]) -> None:
+        super().__init__(data_dir)
+        self.port, self.metrics_port = free_ports(2)
+        self.environ = environ
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "store"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "services.trainer"]
+
+    def env(self) -> dict[str, str]:
+        return {
+            **self.environ,
+            "RECSYS_GRPC_PORT": str(self.port),
+            "RECSYS_METRICS_PORT": str(self.metrics_port),
+            "RECSYS_TRAINER_DATA_DIR": str(self.store_dir),
+            "RECSYS_LOG_FORMAT": "json",
+        }
+
+    def probe(self) -> bool:
+        with channel(f"127.0.0.1:{self.port}") as chan:
+            answer = health_pb2_grpc.HealthStub(chan).Check(
+                health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=1)
+        return answer.status == health_pb2.HealthCheckResponse.SERVING
