@@ -9,7 +9,7 @@ health, reflection) whose RecommenderService returns a fixed 10-item answer. Cat
   hyper-parameters), or random factors of that shape when the data is not there;
 - synthetic-100k: trained with the model core (default hyper-parameters) on 2,000,000 events
   from the synthetic generator (services.data.synthetic: 20,000 users, 100,000 items, Zipf
-  exponent 0.8), about 99,750 of the items seen, so in the model;
+  exponent 0.8), about 98,900 of the items seen, so in the model;
 - random-100k: random factors, 20,000 users, 100,000 items, 128 factors: no structure for the
   item index to use (it is calibrated, found useless, and scoring stays exact): the worst case.
 

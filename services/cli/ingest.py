@@ -183,7 +183,9 @@ def _table(args: argparse.Namespace) -> int:
 
 def _synthetic(args: argparse.Namespace) -> int:
     spec = SyntheticSpec(users=args.users, items=args.items, events=args.events,
-                         seed=args.seed, factors=args.factors, days=args.days)
+                         seed=args.seed, factors=args.factors, days=args.days,
+                         popularity_exponent=args.popularity_exponent, clusters=args.clusters,
+                         favourite_clusters=args.favourite_clusters, explore=args.explore)
     return run_load(SyntheticData(spec).events(), args, spec.events)
 
 
@@ -247,7 +249,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     table.set_defaults(func=_input_guarded(_table))
 
     synthetic = sources.add_parser(
-        "synthetic", parents=[common], help="generated events (latent factors, power law)")
+        "synthetic", parents=[common],
+        help="generated events (taste clusters, latent factors, power law)")
     synthetic.add_argument("--users", type=_positive, required=True)
     synthetic.add_argument("--items", type=_positive, required=True)
     synthetic.add_argument("--events", type=_positive, required=True)
@@ -255,4 +258,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     synthetic.add_argument("--factors", type=_positive, default=16)
     synthetic.add_argument("--days", type=float, default=90.0,
                            help="days the events span, from 2024-01-01 (default 90)")
+    synthetic.add_argument("--popularity-exponent", type=float, default=1.0,
+                           help="Zipf exponent of item popularity (default 1.0)")
+    synthetic.add_argument("--clusters", type=int, default=0,
+                           help="taste clusters (genres); 0: about sqrt(items) / 2 (default)")
+    synthetic.add_argument("--favourite-clusters", type=_positive, default=3,
+                           help="favourite clusters per user (default 3)")
+    synthetic.add_argument("--explore", type=float, default=0.1,
+                           help="share of events outside a user's favourites (default 0.1)")
     synthetic.set_defaults(func=_input_guarded(_synthetic))

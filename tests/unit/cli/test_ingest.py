@@ -26,6 +26,19 @@ def test_the_subcommands_parse_with_their_defaults(monkeypatch: pytest.MonkeyPat
     assert (args.type_col, args.context_col, args.type) == ("k", ["a", "b"], None)
 
 
+def test_the_synthetic_taste_options_parse_and_a_bad_one_exits_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    synthetic = ["ingest", "synthetic", "--users", "5", "--items", "6", "--events", "7"]
+    args = build_parser().parse_args([
+        *synthetic, "--clusters", "4", "--favourite-clusters", "2", "--explore", "0.2",
+        "--popularity-exponent", "1.2"])
+    assert (args.clusters, args.favourite_clusters, args.explore,
+            args.popularity_exponent) == (4, 2, 0.2, 1.2)
+    assert main([*synthetic, "--explore", "1.5", "--target", "127.0.0.1:1"]) == 2
+    assert capsys.readouterr().err == "recsys ingest: error: explore must be between 0 and 1\n"
+
+
 @pytest.mark.parametrize("argv", [
     ["ingest", "csv", "t.csv", "--user-col", "u", "--item-col", "i", "--time-col", "t"],
     ["ingest", "synthetic", "--users", "0", "--items", "1", "--events", "1"],

@@ -7,10 +7,13 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 
 from recsys.events.v1 import interaction_pb2
 from services.data.synthetic import BLOCK_EVENTS, SyntheticData, SyntheticSpec
 from services.ingest.validation import Limits, Validator
+from services.trainer.evaluation import evaluate, stratified_split
+from services.trainer.model import TrainConfig, fit
 
 SPEC = SyntheticSpec(users=2000, items=1000, events=50_000, seed=3)
 
@@ -67,6 +70,40 @@ def test_popularity_and_activity_are_skewed(events: list[interaction_pb2.Interac
     assert items[0] > 20 * np.median(items)
 
 
+def test_users_keep_to_their_favourite_clusters() -> None:
+    def in_favourites(data: SyntheticData) -> np.ndarray:
+        block = data.block(0)
+        return (data.item_cluster[block.item][:, None] == data.favourites[block.user]).any(1)
+
+    assert 0.9 <= in_favourites(SyntheticData(SPEC)).mean() < 1.0  # but some of the 10% explored
+    focused = SyntheticSpec(users=200, items=300, events=5000, explore=0.0)
+    assert in_favourites(SyntheticData(focused)).all()
+
+
+def test_the_number_of_clusters_grows_with_the_catalogue() -> None:
+    counts = [SyntheticSpec(users=1, items=n, events=0).cluster_count
+              for n in (1, 1000, 100_000)]
+    assert counts == [1, 16, 158]
+    assert SyntheticSpec(users=1, items=1000, events=0, clusters=7).cluster_count == 7
+    assert len(np.unique(SyntheticData(SPEC).item_cluster)) > 10
+
+
+def test_a_factor_model_beats_popularity_on_the_protocol_split() -> None:
+    """The data carries personal signal: what popularity alone cannot predict, a factor model
+    learns back; but not all of it (the data is not trivially separable)."""
+    data = SyntheticData(SyntheticSpec(users=600, items=800, events=20_000, seed=5))
+    users = np.concatenate([b.user for b in data.blocks()])
+    items = np.concatenate([b.item for b in data.blocks()])
+    train, test = stratified_split(users, items, n_users=data.spec.users,
+                                   n_items=data.spec.items)
+    model = fit(train, TrainConfig(factors=32, num_threads=1))
+    counts = torch.from_numpy(np.bincount(train.items, minlength=train.n_items)).float()
+    popularity = evaluate(lambda batch: counts.expand(len(batch), -1), train, test).ndcg
+    personal = evaluate(model, train, test).ndcg
+    assert personal > 1.5 * popularity
+    assert personal < 0.6
+
+
 def test_chosen_items_follow_the_latent_factors() -> None:
     data = SyntheticData(SPEC)
     block = data.block(0)
@@ -87,7 +124,8 @@ def test_ratings_follow_affinity_and_types_follow_the_mix() -> None:
 
 
 @pytest.mark.parametrize("bad", [
-    {"users": 0}, {"items": 0}, {"events": -1}, {"days": 0},
+    {"users": 0}, {"items": 0}, {"events": -1}, {"days": 0}, {"clusters": -1},
+    {"favourite_clusters": 0}, {"explore": 1.5},
     {"type_mix": {"teleport": 1.0}}, {"type_mix": {}},
 ])
 def test_bad_specs_are_refused(bad: dict[str, object]) -> None:
