@@ -57,7 +57,7 @@ class TrainConfig:
 
     factors: int = 64
     epochs: int = 8
-    regularization: float = 10.0
+    regularization: float = 9.5
     reg_exponent: float = 0.25
     alpha: float = 10.0
     init_std: float = 0.1
