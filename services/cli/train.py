@@ -105,11 +105,10 @@ def _follow(stub: trainer_pb2_grpc.TrainerServiceStub, job: trainer_pb2.Training
         shown = None
         for update in stream:
             job = update.job
-            label, done, total, detail = _progress(job)
+            label, done, _, _ = _progress(job)
             if (label, done) != shown:
                 shown = (label, done)
-                counted = f" {done}/{total}" if total else ""
-                print(f"{label}:{counted}{detail}", file=sys.stderr, flush=True)
+                print(progress_line(job), file=sys.stderr, flush=True)
         return job
     with tqdm(total=job.epochs, file=sys.stderr, dynamic_ncols=True) as bar:
         for update in stream:
@@ -121,6 +120,14 @@ def _follow(stub: trainer_pb2_grpc.TrainerServiceStub, job: trainer_pb2.Training
             bar.n = done
             bar.set_postfix_str(detail.strip(" ,"))
     return job
+
+
+def progress_line(job: trainer_pb2.TrainingJob) -> str:
+    """The job's progress in one line, e.g. "searching: 3/40, best validation NDCG@10 ..."."""
+    label, done, total, detail = _progress(job)
+    counted = f" {done}/{total}" if total else ""
+    text = f"{counted}{detail}".lstrip(" ,")
+    return f"{label}: {text}" if text else label
 
 
 def _progress(job: trainer_pb2.TrainingJob) -> tuple[str, int, int, str]:
@@ -172,10 +179,11 @@ def describe_job(job: trainer_pb2.TrainingJob) -> str:
                      f"in {search.seconds:.0f} s, validation NDCG@10 "
                      f"{search.best_validation_ndcg:.4f} (first trial "
                      f"{search.first_validation_ndcg:.4f})")
-    hp = job.hyperparameters
-    lines.append(f"  hyper-parameters: factors {hp.factors}, epochs {hp.epochs}, "
-                 f"regularization {hp.regularization:.4g}, reg_exponent {hp.reg_exponent:.3g}, "
-                 f"alpha {hp.alpha:.3g}")
+    if job.HasField("hyperparameters"):
+        hp = job.hyperparameters
+        lines.append(f"  hyper-parameters: factors {hp.factors}, epochs {hp.epochs}, "
+                     f"regularization {hp.regularization:.4g}, reg_exponent "
+                     f"{hp.reg_exponent:.3g}, alpha {hp.alpha:.3g}")
     if job.HasField("lineage"):
         lin = job.lineage
         lines.append(f"  data: {lin.row_count} events, {lin.user_count} users, "

@@ -216,6 +216,7 @@ class _Search:
                  on_trial: Callable[[Trial, Progress], None] | None,
                  should_cancel: Callable[[], bool] | None) -> None:
         self.first = starts[0]
+        self.starting_points = list(starts)
         self.starts = len(starts)
         self.budget = budget
         self.clock = time.monotonic()
@@ -235,9 +236,9 @@ class _Search:
                 multivariate=True),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS,
                                                n_warmup_steps=PRUNER_WARMUP_EPOCHS))
-        for start in starts:
+        for number, start in enumerate(starts):
             self.study.enqueue_trial(_params(start, self.space, self.data.fit),
-                                     skip_if_exists=True)
+                                     user_attrs={"start": number}, skip_if_exists=True)
         self.trials: list[Trial] = []
 
     def elapsed(self) -> float:
@@ -266,6 +267,8 @@ class _Search:
 
     def objective(self, trial: optuna.Trial) -> float:
         config = _config(trial, self.first, self.space, self.data.fit)
+        if "start" in trial.user_attrs:  # exactly the starting point, not its round trip
+            config = self.starting_points[trial.user_attrs["start"]]
         started = time.monotonic()
         reported: list[tuple[int, float]] = []  # (epoch, validation NDCG@10)
 
