@@ -270,7 +270,8 @@ def register(tracking_uri: str, model: str, artifact: object, workdir: Path) -> 
     configure_mlflow_client(timeout_s=10, retries=2)  # bounded retries, telemetry off
     registry = MlflowRegistry(tracking_uri=tracking_uri, model_name=model, experiment="bench")
     run_id = registry.start_run(job_id=model, params={}, lineage=lineage, tags={})
-    version = registry.register(run_id, metrics={}, lineage=lineage, artifact=path, tags={})
+    version = registry.register(run_id, metrics={}, lineage=lineage, artifact=path,
+                                hyperparameters={}, tags={})
     registry.end_run(run_id, "FINISHED")
     registry.set_champion(version.version)
 

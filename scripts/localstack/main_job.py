@@ -33,10 +33,10 @@ def _step(title: str) -> None:
     print(f"\n\033[1m== {title}\033[0m", flush=True)
 
 
-def _run(argv: list[str], *, shown: list[str] | None = None) -> str:
-    """Run a command in front of the user, echoing it (as `shown`, when the real command holds
-    a secret); fail the job if it fails."""
-    print(f"$ {shlex.join(shown or argv)}", flush=True)
+def _run(argv: list[str], *, shown: str | None = None) -> str:
+    """Run a command in front of the user, echoing it (as `shown`, a line to paste into a
+    shell, when the real command holds a secret); fail the job if it fails."""
+    print(f"$ {shown or shlex.join(argv)}", flush=True)
     result = subprocess.run(argv, check=True, stdout=subprocess.PIPE, text=True)
     print(result.stdout, end="", flush=True)
     return result.stdout
@@ -112,6 +112,7 @@ def run_main_job(endpoints: Mapping[str, str], *, movielens: Path | None = None,
     print("$ TOKEN=$(recsys token --scope recommend:read)   # a JWT the edge accepts")
     curl = ["curl", "-sS", "--fail-with-body", "--cacert", security["ca_file"], "-H"]
     url = f"{rest}/v1/users/{users[0]}/recommendations?k=5"
+    # Double quotes, so that pasting the line expands $TOKEN.
     _run([*curl, f"authorization: Bearer {token}", url],
-         shown=[*curl, "authorization: Bearer $TOKEN", url])
+         shown=f'{shlex.join(curl)} "authorization: Bearer $TOKEN" {shlex.quote(url)}')
     print()

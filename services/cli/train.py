@@ -19,19 +19,36 @@ _HYPERPARAMETERS: tuple[tuple[str, type, str], ...] = (
     ("factors", int, "latent dimensions"),
     ("epochs", int, "alternating least-squares sweeps"),
     ("regularization", float, "L2 regularisation strength"),
+    ("reg_exponent", float, "frequency scaling of the regularisation"),
     ("alpha", float, "confidence scaling (1 + alpha * weight)"),
     ("seed", int, "initialisation seed"),
 )
+_SEARCHING = trainer_pb2.JOB_PHASE_SEARCHING
+_EPOCHS = (trainer_pb2.JOB_PHASE_TRAINING, trainer_pb2.JOB_PHASE_EVALUATING)
 
 
 def register(subparsers: Any) -> None:
     train = subparsers.add_parser(
         "train", help="start a training job and show its progress",
         description="Start a training job on the trainer's dataset and follow it to the end. "
-                    "Unset hyper-parameters take the trainer's defaults.")
+                    "A hyper-parameter given here is pinned; the others are searched on a "
+                    "validation split of the training data (or take the trainer's defaults "
+                    "with --no-search).")
     add_target(train, TRAINER)
     for name, kind, text in _HYPERPARAMETERS:
-        train.add_argument(f"--{name}", type=kind, help=f"{text}, {BOUNDS[name].rule}")
+        train.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind,
+                           help=f"{text}, {BOUNDS[name].rule}")
+    search = train.add_mutually_exclusive_group()
+    search.add_argument("--trials", type=int,
+                        help="hyper-parameter search: trials at most (default: the trainer's)")
+    search.add_argument("--no-search", action="store_const", const=0, dest="trials",
+                        help="train with the trainer's default hyper-parameters")
+    train.add_argument("--search-seconds", type=float,
+                       help="hyper-parameter search: time budget in seconds (default: the "
+                            "trainer's, which grows with the data)")
+    train.add_argument("--skip-wait-for-events", action="store_true",
+                       help="train on what the dataset holds now, without waiting for the "
+                            "events acknowledged before the job started")
     train.add_argument("--no-wait", action="store_true",
                        help="print the job id and return at once")
     train.add_argument("--timeout", type=float, default=3600.0,
@@ -56,7 +73,9 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name, _, _ in _HYPERPARAMETERS
                  if getattr(args, name) is not None}
     request = trainer_pb2.StartTrainingJobRequest(
-        hyperparameters=trainer_pb2.Hyperparameters(**overrides))
+        hyperparameters=trainer_pb2.Hyperparameters(**overrides),
+        search=trainer_pb2.SearchBudget(trials=args.trials, seconds=args.search_seconds),
+        skip_wait_for_events=args.skip_wait_for_events)
     with channel(args.target) as chan:
         stub = trainer_pb2_grpc.TrainerServiceStub(chan)
         job = stub.StartTrainingJob(request, timeout=DEFAULT_TIMEOUT_S).job
@@ -86,28 +105,58 @@ def _follow(stub: trainer_pb2_grpc.TrainerServiceStub, job: trainer_pb2.Training
         shown = None
         for update in stream:
             job = update.job
-            if (job.phase, job.epoch) != shown:
-                shown = (job.phase, job.epoch)
-                print(f"{_phase(job.phase)}: epoch {job.epoch}/{job.epochs}{_stats(job)}",
-                      file=sys.stderr, flush=True)
+            label, done, _, _ = _progress(job)
+            if (label, done) != shown:
+                shown = (label, done)
+                print(progress_line(job), file=sys.stderr, flush=True)
         return job
-    with tqdm(total=job.epochs, unit="epoch", file=sys.stderr, dynamic_ncols=True) as bar:
+    with tqdm(total=job.epochs, file=sys.stderr, dynamic_ncols=True) as bar:
         for update in stream:
             job = update.job
-            bar.n = job.epoch
-            bar.set_description(_phase(job.phase))
-            bar.set_postfix_str(_stats(job).strip(" ,"))
+            label, done, total, detail = _progress(job)
+            if label != bar.desc:
+                bar.reset(total=total or None)
+                bar.set_description(label)
+            bar.n = done
+            bar.set_postfix_str(detail.strip(" ,"))
     return job
 
 
-def _stats(job: trainer_pb2.TrainingJob) -> str:
-    loss = f", loss {job.loss:.4f}" if job.epoch else ""
-    eta = f", eta {job.eta_seconds:.0f}s" if job.eta_seconds else ""
-    return loss + eta
+def progress_line(job: trainer_pb2.TrainingJob) -> str:
+    """The job's progress in one line, e.g. "searching: 3/40, best validation NDCG@10 ..."."""
+    label, done, total, detail = _progress(job)
+    counted = f" {done}/{total}" if total else ""
+    text = f"{counted}{detail}".lstrip(" ,")
+    return f"{label}: {text}" if text else label
 
 
-def _phase(phase: trainer_pb2.JobPhase.ValueType) -> str:
-    return trainer_pb2.JobPhase.Name(phase).removeprefix("JOB_PHASE_").lower()
+def _progress(job: trainer_pb2.TrainingJob) -> tuple[str, int, int, str]:
+    """The job's phase as (label, done, total, detail): trials while searching, epochs while
+    fitting; total 0 where nothing is counted."""
+    label = _phase(job)
+    if job.phase == _SEARCHING and job.HasField("search"):
+        search = job.search
+        return label, search.trials_done, search.trials_budget, (
+            f", best validation NDCG@10 {search.best_validation_ndcg:.4f} (first "
+            f"{search.first_validation_ndcg:.4f}), {search.trials_pruned} pruned" +
+            _eta(job))
+    if job.phase in _EPOCHS:
+        loss = f", loss {job.loss:.4f}" if job.epoch else ""
+        return label, job.epoch, job.epochs, loss + _eta(job)
+    if job.events_behind:
+        return label, 0, 0, f", {job.events_behind} events behind"
+    return label, 0, 0, ""
+
+
+def _eta(job: trainer_pb2.TrainingJob) -> str:
+    return f", eta {job.eta_seconds:.0f}s" if job.eta_seconds else ""
+
+
+def _phase(job: trainer_pb2.TrainingJob) -> str:
+    """The phase's name, or the state's before the job has a phase (queued)."""
+    if job.phase == trainer_pb2.JOB_PHASE_UNSPECIFIED:
+        return trainer_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
+    return trainer_pb2.JobPhase.Name(job.phase).removeprefix("JOB_PHASE_").lower()
 
 
 def describe_job(job: trainer_pb2.TrainingJob) -> str:
@@ -121,6 +170,20 @@ def describe_job(job: trainer_pb2.TrainingJob) -> str:
         lines.append(f"  held-out: NDCG@10 {m.ndcg_at_10:.4f}  P@10 {m.precision_at_10:.4f}  "
                      f"R@10 {m.recall_at_10:.4f}  MAP@10 {m.map_at_10:.4f}  "
                      f"({m.users_evaluated} users)")
+        if m.popularity_ndcg_at_10:
+            lines.append(f"  popularity baseline: NDCG@10 {m.popularity_ndcg_at_10:.4f}; the "
+                         f"model is {m.ndcg_at_10 / m.popularity_ndcg_at_10:.2f}x that")
+    if job.HasField("search"):
+        search = job.search
+        lines.append(f"  search: {search.trials_done} trials ({search.trials_pruned} pruned) "
+                     f"in {search.seconds:.0f} s, validation NDCG@10 "
+                     f"{search.best_validation_ndcg:.4f} (first trial "
+                     f"{search.first_validation_ndcg:.4f})")
+    if job.HasField("hyperparameters"):
+        hp = job.hyperparameters
+        lines.append(f"  hyper-parameters: factors {hp.factors}, epochs {hp.epochs}, "
+                     f"regularization {hp.regularization:.4g}, reg_exponent "
+                     f"{hp.reg_exponent:.3g}, alpha {hp.alpha:.3g}")
     if job.HasField("lineage"):
         lin = job.lineage
         lines.append(f"  data: {lin.row_count} events, {lin.user_count} users, "

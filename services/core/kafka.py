@@ -12,8 +12,11 @@ password from a Secret) or SSL with client certificates.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from kafka import KafkaConsumer, TopicPartition
 
 from services.core.settings import SettingsError
 
@@ -111,3 +114,32 @@ def consumer_config(bootstrap: str, *, group_id: str, client_id: str,
         "retry_backoff_ms": 200,
         "reconnect_backoff_max_ms": 2_000,
     }
+
+
+def read_end_offsets(bootstrap: str, topic: str, *, security: KafkaSecurity = PLAINTEXT,
+                     timeout_s: float = 10.0) -> dict[int, int]:
+    """The end offset (the next offset to be written) of every partition of `topic`: the high
+    watermark that a fetch response carries.
+
+    Not ListOffsets(latest) alone: the local broker (Tansu) answers it with the last batch's
+    base offset + 1 (DESIGN.md's known traps). That answer is still an offset inside the last
+    batch (and exact on Apache Kafka), so a fetch from there is small and brings the true end.
+    Raises KafkaError or TimeoutError when the broker does not answer within `timeout_s`.
+    """
+    config = consumer_config(bootstrap, group_id="", client_id="offsets", security=security)
+    consumer = KafkaConsumer(**{**config, "group_id": None}, fetch_max_wait_ms=100)
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        for tp, offset in consumer.end_offsets(assigned).items():
+            consumer.seek(tp, max(offset - 1, 0))
+        deadline = time.monotonic() + timeout_s
+        while (missing := [tp for tp in assigned if consumer.highwater(tp) is None]):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no fetch answer for {topic} partitions "
+                                   f"{[tp.partition for tp in missing]} in {timeout_s:g} s")
+            consumer.poll(timeout_ms=200)
+        return {tp.partition: int(consumer.highwater(tp)) for tp in assigned}
+    finally:
+        consumer.close(autocommit=False)

@@ -24,7 +24,7 @@ from urllib3.util.retry import Retry
 
 from services.core.errors import FailedPrecondition, Unavailable
 from services.model.artifact import ModelArtifact
-from services.model.versions import ARTIFACT_FILE, CHAMPION, VersionInfo, parse_tags
+from services.model.versions import ARTIFACT_FILE, CHAMPION, VersionInfo
 
 ALIAS_PATH = "/api/2.0/mlflow/registered-models/alias"
 ARTIFACTS_PATH = "/api/2.0/mlflow-artifacts/artifacts/"
@@ -132,14 +132,12 @@ def _mlflow_error(response: requests.Response) -> tuple[str, str]:
 
 def _version_info(version: Mapping[str, Any]) -> VersionInfo:
     """A ModelVersion as MLflow's REST API writes it (empty fields are left out)."""
-    metrics, lineage = parse_tags({tag["key"]: tag["value"] for tag in version.get("tags", [])})
-    return VersionInfo(
+    return VersionInfo.from_tags(
+        {tag["key"]: tag["value"] for tag in version.get("tags", [])},
         version=str(version["version"]),
         model_name=str(version["name"]),
         aliases=tuple(sorted(version.get("aliases", []))),
         run_id=str(version.get("run_id", "")),
         source=str(version.get("source", "")),
-        metrics=metrics,
-        lineage=lineage,
         created_at_ms=int(version.get("creation_timestamp", 0)),
     )

@@ -11,7 +11,8 @@ from recsys.model.v1 import model_pb2
 from services.model.lineage import Lineage
 from services.model.versions import VersionInfo
 
-_METRIC_FIELDS = ("precision_at_10", "recall_at_10", "ndcg_at_10", "map_at_10")
+_METRIC_FIELDS = ("precision_at_10", "recall_at_10", "ndcg_at_10", "map_at_10",
+                  "popularity_ndcg_at_10")
 
 
 def metrics_to_proto(metrics: Mapping[str, float]) -> model_pb2.EvaluationMetrics | None:

@@ -1,7 +1,8 @@
 """Registered versions of the model in MLflow (`recsys.model.v1.ModelVersion`).
 
-The trainer registers each version with its held-out metrics and dataset lineage as tags
-(`metrics.<name>`, `lineage.<field>`), so anyone who reads a version (the recommender, the
+The trainer registers each version with its held-out metrics, dataset lineage and
+hyper-parameters as tags (`metrics.<name>`, `lineage.<field>`, `hyperparameters.<name>`), so
+anyone who reads a version (the recommender, the
 trainer's `ListModelVersions`) learns them without the run. The model is one `.npz` logged as
 a plain artifact under `model/` of the run (see DESIGN.md: no MLflow flavour).
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.model.lineage import Lineage
 
@@ -19,6 +20,7 @@ ARTIFACT_DIR = "model"
 ARTIFACT_FILE = "model.npz"
 METRIC_TAG = "metrics."
 LINEAGE_TAG = "lineage."
+HYPERPARAMETER_TAG = "hyperparameters."
 
 
 @dataclass(frozen=True)
@@ -37,21 +39,37 @@ class VersionInfo:
     metrics: Mapping[str, float]
     lineage: Lineage | None
     created_at_ms: int
+    hyperparameters: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str], *, version: str, model_name: str,
+                  aliases: tuple[str, ...], run_id: str, source: str,
+                  created_at_ms: int) -> VersionInfo:
+        """A version described by the tags `version_tags` wrote (and its identity)."""
+        metrics, lineage, hyperparameters = parse_tags(tags)
+        return cls(version=version, model_name=model_name, aliases=aliases, run_id=run_id,
+                   source=source, metrics=metrics, lineage=lineage, created_at_ms=created_at_ms,
+                   hyperparameters=hyperparameters)
 
 
-def version_tags(metrics: Mapping[str, float], lineage: Lineage) -> dict[str, str]:
-    """The tags that describe a version: held-out metrics and the lineage of its data."""
+def version_tags(metrics: Mapping[str, float], lineage: Lineage,
+                 hyperparameters: Mapping[str, float]) -> dict[str, str]:
+    """The tags that describe a version: held-out metrics, the lineage of its data and the
+    hyper-parameters it was fitted with (the next search starts from a champion's)."""
     tags = {f"{METRIC_TAG}{k}": repr(float(v)) for k, v in metrics.items()}
+    tags.update((f"{HYPERPARAMETER_TAG}{k}", repr(float(v))) for k, v in hyperparameters.items())
     for key, value in lineage.as_dict().items():
         tags[f"{LINEAGE_TAG}{key}"] = json.dumps(value) if isinstance(value, dict) else str(value)
     tags["recsys.artifact"] = f"{ARTIFACT_DIR}/{ARTIFACT_FILE}"
     return tags
 
 
-def parse_tags(tags: Mapping[str, str]) -> tuple[dict[str, float], Lineage | None]:
-    """The metrics and lineage `version_tags` wrote; no lineage for a version that lacks it."""
-    metrics = {k.removeprefix(METRIC_TAG): float(v) for k, v in tags.items()
-               if k.startswith(METRIC_TAG)}
+def parse_tags(tags: Mapping[str, str]
+               ) -> tuple[dict[str, float], Lineage | None, dict[str, float]]:
+    """The metrics, lineage and hyper-parameters `version_tags` wrote; no lineage (or no
+    hyper-parameters) for a version that lacks them."""
+    metrics = _numbers(tags, METRIC_TAG)
+    hyperparameters = _numbers(tags, HYPERPARAMETER_TAG)
     fields = {k.removeprefix(LINEAGE_TAG): v for k, v in tags.items()
               if k.startswith(LINEAGE_TAG)}
     try:
@@ -59,4 +77,8 @@ def parse_tags(tags: Mapping[str, str]) -> tuple[dict[str, float], Lineage | Non
         lineage = Lineage.from_dict(fields)
     except (KeyError, ValueError, TypeError):  # a version registered by something else
         lineage = None
-    return metrics, lineage
+    return metrics, lineage, hyperparameters
+
+
+def _numbers(tags: Mapping[str, str], prefix: str) -> dict[str, float]:
+    return {k.removeprefix(prefix): float(v) for k, v in tags.items() if k.startswith(prefix)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry
@@ -13,6 +14,7 @@ from recsys.trainer.v1 import trainer_pb2_grpc
 from services.core.consumer import ConsumerLoop
 from services.core.errors import Unavailable
 from services.core.health import HealthReporter
+from services.core.kafka import read_end_offsets
 from services.core.server import ServiceBinding
 from services.trainer.consumer import dataset_consumer
 from services.trainer.dataset import DatasetStore
@@ -65,6 +67,11 @@ class TrainerApp:
             options=TrainingOptions(
                 topic=settings.kafka_topic, type_weights=settings.type_weights,
                 min_ndcg=settings.min_ndcg, gate_tolerance=settings.gate_tolerance,
+                search=settings.search_defaults(),
+                wait_for_events_s=settings.wait_for_events_s,
+                end_offsets=functools.partial(
+                    read_end_offsets, settings.kafka_bootstrap, settings.kafka_topic,
+                    security=settings.kafka_security()),
             ),
         )
         await jobs.open()

@@ -103,8 +103,8 @@ class Snapshot:
         amount = np.where(self.types == "rating", np.nan, self.values)
         weights = np.where(np.isnan(amount), weights, weights * amount)
         keep = weights > 0
-        user_ids, users = _index(self.user_ids[keep])
-        item_ids, items = _index(self.item_ids[keep])
+        user_ids, users = index_ids(self.user_ids[keep])
+        item_ids, items = index_ids(self.item_ids[keep])
         return TrainingData(users=users, items=items, weights=weights[keep].astype(np.float64),
                             user_ids=user_ids, item_ids=item_ids)
 
@@ -263,7 +263,7 @@ def _natural_key(value: str) -> tuple[int, int, str]:
     return (0, int(value), value) if value.isascii() and value.isdigit() else (1, 0, value)
 
 
-def _index(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def index_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct ids in natural order, and each entry's index among them.
 
     The order decides which random split the evaluation draws, so the natural one is used:

@@ -75,6 +75,13 @@ def stratified_split(
     return _subset(data, in_train), _subset(data, ~in_train)
 
 
+def popularity(train: Interactions) -> ScoreFn:
+    """The baseline a personal model must beat: every user gets items ranked by how many
+    training interactions they have."""
+    counts = torch.from_numpy(np.bincount(train.items, minlength=train.n_items)).float()
+    return lambda users: counts.expand(len(users), -1)
+
+
 def _subset(data: Interactions, mask: np.ndarray) -> Interactions:
     return Interactions(
         data.users[mask], data.items[mask], data.weights[mask], data.n_users, data.n_items

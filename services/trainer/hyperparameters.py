@@ -47,6 +47,29 @@ BOUNDS: dict[str, Bound] = {
 }
 
 
+@dataclass(frozen=True)
+class SearchRange:
+    """Where the hyper-parameter search draws a value: uniform, or log-uniform with `log`."""
+
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+
+# The hyper-parameter search's sub-ranges (services/trainer/search.py), inside BOUNDS, chosen
+# from the sensitivity measured across data shapes (README, "Hyper-parameter search").
+# "regularization" is drawn as the penalty of a typical user's row (see `search.penalty`),
+# which stays put when alpha or the exponent move; the regularisation itself follows.
+SEARCH_SPACE: dict[str, SearchRange] = {
+    "factors": SearchRange(16, 128, log=True, integer=True),
+    "epochs": SearchRange(4, 16, integer=True),
+    "alpha": SearchRange(0.5, 50.0, log=True),
+    "reg_exponent": SearchRange(0.5, 1.0),
+    "regularization": SearchRange(3.0, 1000.0, log=True),
+}
+
+
 class OutOfBounds(ValueError):
     """A hyper-parameter outside its bound; `name` is the field, `reason` says why."""
 

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import secrets
 import threading
 import time
@@ -34,6 +35,7 @@ from services.trainer.hyperparameters import OutOfBounds
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.model import TrainConfig, TrainingCancelled
 from services.trainer.registry import ModelRegistry, RunStatus
+from services.trainer.search import MAX_SECONDS, MAX_TRIALS, Progress
 from services.trainer.training import Phase, TrainingOptions, run_training
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ RESTARTED = "trainer restarted while the job ran"
 
 # Hyper-parameters a request may override: the fields of trainer.proto's Hyperparameters.
 # Their bounds are services/trainer/hyperparameters.py's, checked by TrainConfig.validate.
-OVERRIDES = frozenset({"factors", "epochs", "regularization", "alpha", "seed"})
+OVERRIDES = frozenset({"factors", "epochs", "regularization", "reg_exponent", "alpha", "seed"})
 _TRIGGER_CHECK_S = 1.0
 _CLOSE_WAIT_S = 30.0
 
@@ -65,14 +67,43 @@ class Trigger(StrEnum):
     SCHEDULE = "schedule"
 
 
+@dataclass(frozen=True, kw_only=True)
+class JobRequest:
+    """What a job is asked for: pinned hyper-parameters (used as given, left out of the
+    search), overrides of the search budget (None: the trainer's defaults), and whether it
+    first waits for the events acknowledged before it started."""
+
+    pinned: Mapping[str, int | float] = field(default_factory=dict)
+    trials: int | None = None
+    search_seconds: float | None = None
+    wait_for_events: bool = True
+
+    def validate(self) -> None:
+        """InvalidArgument naming the first bad field (the pinned values: `resolve_config`)."""
+        if self.trials is not None and not 0 <= self.trials <= MAX_TRIALS:
+            raise InvalidArgument("search.trials", f"must be 0 to {MAX_TRIALS}, "
+                                                   f"got {self.trials}")
+        seconds = self.search_seconds
+        if seconds is not None and not (math.isfinite(seconds) and 0 < seconds <= MAX_SECONDS):
+            raise InvalidArgument("search.seconds", f"must be > 0 and <= {MAX_SECONDS:g}, "
+                                                    f"got {seconds}")
+
+
 @dataclass(frozen=True)
 class Job:
-    """One training job as clients see it; every change makes a new value."""
+    """One training job as clients see it; every change makes a new value. `config` is what
+    the job trains with: the defaults and the pinned values, then the search's choice."""
 
     job_id: str
     trigger: Trigger
     config: TrainConfig
     created_at: float
+    pinned: tuple[str, ...] = ()
+    trials: int | None = None
+    search_seconds: float | None = None
+    wait_for_events: bool = True
+    search: Progress | None = None
+    events_behind: int = 0
     state: JobState = JobState.QUEUED
     phase: Phase | None = None
     epoch: int = 0
@@ -107,6 +138,8 @@ class Job:
         data["trigger"] = Trigger(data["trigger"])
         data["state"] = JobState(data["state"])
         data["phase"] = Phase(data["phase"]) if data["phase"] else None
+        data["pinned"] = tuple(data.get("pinned", ()))
+        data["search"] = Progress(**data["search"]) if data.get("search") else None
         return cls(**data)
 
 
@@ -250,10 +283,9 @@ class JobManager:
 
     # -- commands --------------------------------------------------------------------------
 
-    async def start(
-        self, overrides: Mapping[str, int | float], *, trigger: Trigger = Trigger.REQUEST
-    ) -> Job:
-        config = resolve_config(self._defaults, overrides)
+    async def start(self, request: JobRequest, *, trigger: Trigger = Trigger.REQUEST) -> Job:
+        config = resolve_config(self._defaults, request.pinned)
+        request.validate()
         async with self._start_lock:
             running = self.running
             if running is not None:
@@ -263,7 +295,9 @@ class JobManager:
                 raise FailedPrecondition("the dataset is empty: no interaction events have "
                                          "been consumed yet")
             job = Job(job_id=_new_job_id(), trigger=trigger, config=config,
-                      created_at=time.time())
+                      created_at=time.time(), pinned=tuple(sorted(request.pinned)),
+                      trials=request.trials, search_seconds=request.search_seconds,
+                      wait_for_events=request.wait_for_events)
             await asyncio.to_thread(self._save, job)
             self._current = job
             self._cancel = threading.Event()
@@ -287,9 +321,8 @@ class JobManager:
         outcome: dict[str, Any] = {"state": JobState.SUCCEEDED}
         try:
             await asyncio.to_thread(
-                run_training, job_id=job.job_id, config=job.config, trigger=job.trigger.value,
-                store=self._store, registry=self._registry, options=self._options,
-                update=self._update, cancelled=self._cancel.is_set,
+                run_training, job, store=self._store, registry=self._registry,
+                options=self._options, update=self._update, cancelled=self._cancel.is_set,
             )
         except TrainingCancelled:
             outcome = {"state": JobState.CANCELLED, "error": "cancelled before it finished"}
@@ -360,7 +393,7 @@ class JobManager:
             if trigger is None:
                 continue
             with contextlib.suppress(AlreadyExists, FailedPrecondition):
-                await self.start({}, trigger=trigger)
+                await self.start(JobRequest(), trigger=trigger)
 
     def _due(self, new_events: int, interval_min: float) -> Trigger | None:
         if self.running is not None:

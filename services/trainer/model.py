@@ -28,7 +28,8 @@ import torch
 
 from services.trainer.hyperparameters import BOUNDS, check
 
-ProgressCallback = Callable[[int, int, float], None]
+# on_epoch(epoch, epochs, model): the factors after that epoch (1-based), live while fitting.
+ProgressCallback = Callable[[int, int, "FactorModel"], None]
 CancelCheck = Callable[[], bool]
 
 _FIT_LOCK = threading.Lock()
@@ -43,19 +44,22 @@ class TrainingCancelled(Exception):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters; the defaults are the shipped, benchmarked ones (see scripts/bench).
+    """Hyper-parameters. The defaults are the fallback when a job does not search: chosen for
+    the best worst case over the data shapes the project measures (README, "Hyper-parameter
+    search"), not for any one dataset's optimum.
 
     A row's penalty is ``regularization * (n_other + alpha * Σ weight) ** reg_exponent``, where
     ``n_other`` is the number of columns (items for a user, users for an item): the total
-    confidence of its loss terms, so one value suits data sets of different sizes.
+    confidence of its loss terms. A low exponent keeps the penalty from growing with the
+    catalogue, which is where a fixed value fails on large, sparse data.
     ``num_threads`` is the number of batches solved at once (None: torch's thread count).
     """
 
     factors: int = 64
     epochs: int = 8
-    regularization: float = 0.02
-    reg_exponent: float = 1.0
-    alpha: float = 2.5
+    regularization: float = 9.5
+    reg_exponent: float = 0.25
+    alpha: float = 10.0
     init_std: float = 0.1
     seed: int = 42
     num_threads: int | None = None
@@ -138,6 +142,18 @@ class FactorModel:
         idx = torch.as_tensor(users, dtype=torch.long)
         return self.user_factors[idx] @ self.item_factors.T
 
+    def loss(self, data: Interactions) -> float:
+        """The training objective on `data`: the weighted loss over all pairs plus penalties,
+        divided by the total confidence (comparable across epochs and data sizes)."""
+        config = self.config
+        user_total = np.bincount(data.users, weights=data.weights, minlength=data.n_users)
+        item_total = np.bincount(data.items, weights=data.weights, minlength=data.n_items)
+        return _objective(
+            data, self.user_factors, self.item_factors,
+            user_reg=torch.from_numpy(_row_penalty(user_total, data.n_items, config)),
+            item_reg=torch.from_numpy(_row_penalty(item_total, data.n_users, config)),
+            config=config)
+
 
 def _row_penalty(total_weight: np.ndarray | float, n_other: int, config: TrainConfig) -> np.ndarray:
     """Frequency-scaled penalty: grows with the total confidence of the row's loss terms."""
@@ -194,16 +210,41 @@ def _batches(data: Interactions, config: TrainConfig) -> list[_Batch]:
 def _solve(
     target: torch.Tensor, fixed: torch.Tensor, batches: list[_Batch], pool: ThreadPoolExecutor
 ) -> None:
-    """Overwrite ``target`` rows with the exact weighted least-squares solution given ``fixed``."""
-    gram = fixed.T @ fixed
-    eye = torch.eye(fixed.shape[1], dtype=fixed.dtype)
+    """Overwrite ``target`` rows with the exact weighted least-squares solution given ``fixed``.
 
-    def solve(b: _Batch) -> torch.Tensor:
+    A row with L interactions solves ``(YᵀY + λI + Uᵀ D U) x = Uᵀ c`` (U: its L columns' factors,
+    D: their confidence - 1, c: their confidence). Rows with at least f interactions build that
+    f x f matrix and factorise it (Cholesky). Shorter rows, most rows of long-tailed data, use the
+    Woodbury identity in the eigenbasis of YᵀY, where ``YᵀY + λI`` is diagonal for every λ: an
+    L x L system instead of an f x f one, exact all the same, and tens of times cheaper for a row
+    with a handful of interactions.
+    """
+    factors = fixed.shape[1]
+    gram = fixed.T @ fixed
+    eye = torch.eye(factors, dtype=fixed.dtype)
+    eigenvalues, basis = (t.to(fixed.dtype) for t in torch.linalg.eigh(gram.double()))
+    rotated = fixed @ basis  # the factors in the eigenbasis
+
+    def dense(b: _Batch) -> torch.Tensor:
         gathered = fixed[b.cols]  # (B, L, f)
         lhs = torch.baddbmm(gram, (gathered * b.extra.unsqueeze(-1)).transpose(1, 2), gathered)
         lhs += b.reg[:, None, None] * eye
         rhs = (gathered * b.conf.unsqueeze(-1)).sum(1).unsqueeze(-1)
         return torch.cholesky_solve(rhs, torch.linalg.cholesky(lhs)).squeeze(-1)
+
+    def low_rank(b: _Batch) -> torch.Tensor:
+        # (S⁻¹ + VᵀV)⁻¹ = S - SVᵀ(I + VSVᵀ)⁻¹VS, with S = (Λ + λ)⁻¹ diagonal, V = D^½ U.
+        gathered = rotated[b.cols]  # (B, L, f)
+        inverse = 1.0 / (eigenvalues + b.reg[:, None])  # S, (B, f)
+        first = inverse * (gathered * b.conf.unsqueeze(-1)).sum(1)  # S Uᵀc, (B, f)
+        v = gathered * b.extra.sqrt().unsqueeze(-1)  # zero rows where padded
+        small = torch.baddbmm(torch.eye(v.shape[1]), v * inverse.unsqueeze(1), v.transpose(1, 2))
+        t = torch.cholesky_solve((v @ first.unsqueeze(-1)), torch.linalg.cholesky(small))
+        solution = first - inverse * (v.transpose(1, 2) @ t).squeeze(-1)
+        return solution @ basis.T
+
+    def solve(b: _Batch) -> torch.Tensor:
+        return low_rank(b) if b.cols.shape[1] < factors else dense(b)
 
     for b, solution in zip(batches, pool.map(solve, batches), strict=True):
         target[b.rows] = solution
@@ -264,7 +305,8 @@ def fit(
     on_epoch: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
 ) -> FactorModel:
-    """Train iALS; ``on_epoch(epoch, epochs, loss)`` runs after each epoch (1-based).
+    """Train iALS; ``on_epoch(epoch, epochs, model)`` runs after each epoch (1-based) with the
+    factors so far (``model.loss(data)`` gives the objective; copy the tensors to keep them).
 
     ``should_cancel`` is polled before every half-epoch; when it returns True,
     ``TrainingCancelled`` is raised. The result depends only on the data and the seed (every
@@ -282,12 +324,6 @@ def fit(
         std = config.init_std / math.sqrt(config.factors)
         users = torch.randn(data.n_users, config.factors, generator=generator) * std
         items = torch.zeros(data.n_items, config.factors)
-        user_reg = torch.zeros(data.n_users)
-        item_reg = torch.zeros(data.n_items)
-        for b in user_batches:
-            user_reg[b.rows] = b.reg
-        for b in item_batches:
-            item_reg[b.rows] = b.reg
         for epoch in range(1, config.epochs + 1):
             for target, fixed, batches in (
                 (items, users, item_batches),
@@ -297,8 +333,5 @@ def fit(
                     raise TrainingCancelled(f"cancelled in epoch {epoch}")
                 _solve(target, fixed, batches, pool)
             if on_epoch is not None:
-                loss = _objective(
-                    data, users, items, user_reg=user_reg, item_reg=item_reg, config=config
-                )
-                on_epoch(epoch, config.epochs, loss)
+                on_epoch(epoch, config.epochs, FactorModel(users, items, config))
     return FactorModel(users, items, config)

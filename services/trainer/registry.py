@@ -28,7 +28,6 @@ from services.model.versions import (
     ARTIFACT_FILE,
     CHAMPION,
     VersionInfo,
-    parse_tags,
     version_tags,
 )
 
@@ -43,8 +42,15 @@ class ModelRegistry(Protocol):
 
     def log_metric(self, run_id: str, key: str, value: float, *, step: int) -> None: ...
 
+    def log_values(self, run_id: str, *, params: Mapping[str, Any],
+                   metrics: Mapping[str, float]) -> None: ...
+
+    def log_trial(self, parent_run_id: str, *, number: int, params: Mapping[str, Any],
+                  metrics: Mapping[str, float], pruned: bool) -> None: ...
+
     def register(self, run_id: str, *, metrics: Mapping[str, float], lineage: Lineage,
-                 artifact: Path, tags: Mapping[str, str]) -> VersionInfo: ...
+                 hyperparameters: Mapping[str, float], artifact: Path,
+                 tags: Mapping[str, str]) -> VersionInfo: ...
 
     def tag(self, run_id: str, version: str | None, tags: Mapping[str, str]) -> None: ...
 
@@ -126,10 +132,33 @@ class MlflowRegistry:
             self._client.log_metric(run_id, key, value, timestamp=int(time.time() * 1000),
                                     step=step)
 
+    def log_values(self, run_id: str, *, params: Mapping[str, Any],
+                   metrics: Mapping[str, float]) -> None:
+        """Add parameters (each is written once: MLflow keeps its first value) and metrics."""
+        with self._errors("log to the run"):
+            now = int(time.time() * 1000)
+            self._client.log_batch(
+                run_id, params=[Param(k, str(v)) for k, v in sorted(params.items())],
+                metrics=[Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())])
+
+    def log_trial(self, parent_run_id: str, *, number: int, params: Mapping[str, Any],
+                  metrics: Mapping[str, float], pruned: bool) -> None:
+        """One trial of a job's search, as a run nested under the job's run (MLflow's UI
+        shows it below its parent); a pruned trial ends KILLED."""
+        with self._errors("log a search trial"):
+            parent = self._client.get_run(parent_run_id)
+            run = self._client.create_run(
+                parent.info.experiment_id, run_name=f"trial-{number}",
+                tags={"mlflow.parentRunId": parent_run_id, "recsys.trial": str(number),
+                      "recsys.trial_pruned": str(pruned).lower()})
+            self.log_values(run.info.run_id, params=params, metrics=metrics)
+            self._client.set_terminated(run.info.run_id, "KILLED" if pruned else "FINISHED")
+
     def register(self, run_id: str, *, metrics: Mapping[str, float], lineage: Lineage,
-                 artifact: Path, tags: Mapping[str, str]) -> VersionInfo:
+                 hyperparameters: Mapping[str, float], artifact: Path,
+                 tags: Mapping[str, str]) -> VersionInfo:
         """Log the evaluation and the model file to the run; register a new version of it
-        tagged with its metrics, lineage and `tags`."""
+        tagged with its metrics, lineage, hyper-parameters and `tags`."""
         if artifact.name != ARTIFACT_FILE:
             raise ValueError(f"the model artifact must be named {ARTIFACT_FILE}")
         with self._errors("register the model"):
@@ -144,7 +173,7 @@ class MlflowRegistry:
                 self.model_name,
                 source=f"{run.info.artifact_uri}/{ARTIFACT_DIR}",
                 run_id=run_id,
-                tags={**version_tags(metrics, lineage), **tags},
+                tags={**version_tags(metrics, lineage, hyperparameters), **tags},
             )
             return self._info(version, aliases=())
 
@@ -224,14 +253,12 @@ class MlflowRegistry:
                 previous.version if previous is not None else None)
 
     def _info(self, version: Any, *, aliases: tuple[str, ...]) -> VersionInfo:
-        metrics, lineage = parse_tags(version.tags or {})
-        return VersionInfo(
+        return VersionInfo.from_tags(
+            version.tags or {},
             version=str(version.version),
             model_name=self.model_name,
             aliases=aliases,
             run_id=version.run_id or "",
             source=version.source or "",
-            metrics=metrics,
-            lineage=lineage,
             created_at_ms=int(version.creation_timestamp or 0),
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from collections.abc import AsyncIterator, Callable
 
@@ -12,7 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from services.core.errors import InvalidArgument
 from services.model.messages import lineage_to_proto, metrics_to_proto, version_to_proto
-from services.trainer.jobs import Job, JobManager
+from services.trainer.jobs import Job, JobManager, JobRequest
 from services.trainer.registry import MlflowRegistry
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
@@ -30,9 +31,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     async def StartTrainingJob(
         self, request: trainer_pb2.StartTrainingJobRequest, context: grpc.aio.ServicerContext
     ) -> trainer_pb2.StartTrainingJobResponse:
-        # Presence, not value: an explicit 0 is an override (and invalid for most fields).
-        overrides = {f.name: value for f, value in request.hyperparameters.ListFields()}
-        job = await self._jobs().start(overrides)
+        # Presence, not value: an explicit 0 is pinned (and invalid for most fields).
+        budget = request.search
+        job = await self._jobs().start(JobRequest(
+            pinned={f.name: value for f, value in request.hyperparameters.ListFields()},
+            trials=budget.trials if budget.HasField("trials") else None,
+            search_seconds=budget.seconds if budget.HasField("seconds") else None,
+            wait_for_events=not request.skip_wait_for_events))
         return trainer_pb2.StartTrainingJobResponse(job=job_to_proto(job))
 
     async def GetTrainingJob(
@@ -106,7 +111,7 @@ def job_to_proto(job: Job) -> trainer_pb2.TrainingJob:
         trigger=trainer_pb2.JobTrigger.Value(f"JOB_TRIGGER_{job.trigger.name}"),
         hyperparameters=trainer_pb2.Hyperparameters(
             factors=config.factors, epochs=config.epochs, regularization=config.regularization,
-            alpha=config.alpha, seed=config.seed,
+            reg_exponent=config.reg_exponent, alpha=config.alpha, seed=config.seed,
         ),
         epoch=job.epoch,
         epochs=job.epochs,
@@ -122,4 +127,7 @@ def job_to_proto(job: Job) -> trainer_pb2.TrainingJob:
         created_at=_timestamp(job.created_at),
         started_at=_timestamp(job.started_at),
         finished_at=_timestamp(job.finished_at),
+        search=(trainer_pb2.SearchProgress(**dataclasses.asdict(job.search))
+                if job.search is not None else None),
+        events_behind=job.events_behind,
     )

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from services.core.config import KafkaSettings, MlflowSettings, ServerSettings
-from services.core.settings import at_least_one, env, non_negative
+from services.core.settings import at_least_one, env, non_negative, positive
 from services.trainer.hyperparameters import BOUNDS
 from services.trainer.model import TrainConfig
+from services.trainer.search import MAX_SECONDS, MAX_TRIALS, Defaults
 
 # The InteractionType names (without the INTERACTION_TYPE_ prefix, lower case) the dataset
 # stores and the weights are keyed by.
@@ -68,6 +69,10 @@ class TrainerSettings(ServerSettings, KafkaSettings, MlflowSettings):
     regularization: float = env("RECSYS_TRAINER_REGULARIZATION", TrainConfig.regularization,
                                 "Default L2 regularisation strength.",
                                 **_bounded("regularization"))
+    reg_exponent: float = env(
+        "RECSYS_TRAINER_REG_EXPONENT", TrainConfig.reg_exponent,
+        "Default frequency scaling of the regularisation: a row's penalty is regularization x "
+        "(columns + alpha x its total weight) ^ this.", **_bounded("reg_exponent"))
     alpha: float = env("RECSYS_TRAINER_ALPHA", TrainConfig.alpha,
                        "Default confidence scaling (confidence = 1 + alpha * weight).",
                        **_bounded("alpha"))
@@ -76,6 +81,31 @@ class TrainerSettings(ServerSettings, KafkaSettings, MlflowSettings):
     threads: int = env("RECSYS_TRAINER_THREADS", 0,
                        "Torch threads for training; 0 keeps torch's default (all cores).",
                        check=non_negative, rule=">= 0")
+
+    search_trials: int = env(
+        "RECSYS_TRAINER_SEARCH_TRIALS", 40,
+        "Hyper-parameter search: trials per job at most (a request may override it); 0 turns "
+        "the search off, so jobs train with the defaults above.",
+        check=lambda n: 0 <= n <= MAX_TRIALS, rule=f"0 to {MAX_TRIALS}")
+    search_trial_multiple: float = env(
+        "RECSYS_TRAINER_SEARCH_TRIAL_MULTIPLE", 20.0,
+        "Hyper-parameter search: the default time budget, in durations of the search's first "
+        "trial, so it follows the data's cost (a request may give seconds instead).",
+        check=lambda s: 1 <= s <= MAX_TRIALS, rule=f"1 to {MAX_TRIALS}")
+    search_max_seconds: float = env(
+        "RECSYS_TRAINER_SEARCH_MAX_SECONDS", 900.0,
+        "Hyper-parameter search: the default budget's ceiling in seconds, whatever the data.",
+        check=lambda s: 0 < s <= MAX_SECONDS, rule=f"> 0 and <= {MAX_SECONDS:g}")
+    search_max_rows: int = env(
+        "RECSYS_TRAINER_SEARCH_MAX_ROWS", 1_000_000,
+        "Hyper-parameter search: trials fit on at most this many interactions (a seeded sample "
+        "of users beyond), so a trial's cost is bounded whatever the data size.",
+        check=at_least_one, rule=">= 1")
+    wait_for_events_s: float = env(
+        "RECSYS_TRAINER_WAIT_FOR_EVENTS_S", 120.0,
+        "Before its snapshot a job waits until the dataset holds every event acknowledged "
+        "before the job started, at most this many seconds (then it fails, naming how many "
+        "events were missing); a request may skip the wait.", check=positive, rule="> 0")
 
     min_ndcg: float = env(
         "RECSYS_TRAINER_MIN_NDCG", 0.05,
@@ -109,9 +139,15 @@ class TrainerSettings(ServerSettings, KafkaSettings, MlflowSettings):
     def store_path(self) -> Path:
         return Path(self.data_dir) / "trainer.sqlite3"
 
+    def search_defaults(self) -> Defaults:
+        """The search budget jobs start from (a request may override trials and seconds)."""
+        return Defaults(trials=self.search_trials, trial_multiple=self.search_trial_multiple,
+                        max_seconds=self.search_max_seconds, max_rows=self.search_max_rows)
+
     def train_config(self) -> TrainConfig:
         """The default hyper-parameters jobs start from."""
         return TrainConfig(
             factors=self.factors, epochs=self.epochs, regularization=self.regularization,
-            alpha=self.alpha, seed=self.seed, num_threads=self.threads or None,
+            reg_exponent=self.reg_exponent, alpha=self.alpha, seed=self.seed,
+            num_threads=self.threads or None,
         )

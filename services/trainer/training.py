@@ -14,16 +14,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from services.core.errors import FailedPrecondition
+from services.core.errors import FailedPrecondition, Unavailable
 from services.model.lineage import Lineage
 from services.model.versions import ARTIFACT_FILE, VersionInfo
+from services.trainer import search
+from services.trainer.catch_up import wait_for_events
 from services.trainer.dataset import DatasetStore, TrainingData
-from services.trainer.evaluation import evaluate, stratified_split
+from services.trainer.evaluation import evaluate, popularity, stratified_split
 from services.trainer.model import FactorModel, Interactions, TrainConfig, TrainingCancelled, fit
 from services.trainer.packaging import package_model
 from services.trainer.registry import ModelRegistry
+
+if TYPE_CHECKING:
+    from services.trainer.jobs import Job
 
 GATE_METRIC = "ndcg_at_10"
 Update = Callable[..., Any]
@@ -32,7 +37,9 @@ Update = Callable[..., Any]
 class Phase(StrEnum):
     """The steps of a run, in order."""
 
+    WAITING_FOR_EVENTS = "waiting_for_events"
     SNAPSHOT = "snapshot"
+    SEARCHING = "searching"
     TRAINING = "training"
     EVALUATING = "evaluating"
     LOGGING = "logging"
@@ -47,6 +54,10 @@ class TrainingOptions:
     type_weights: Mapping[str, float]
     min_ndcg: float
     gate_tolerance: float
+    search: search.Defaults
+    wait_for_events_s: float
+    # The end offset of each partition of the topic, read from the broker.
+    end_offsets: Callable[[], Mapping[int, int]]
 
 
 def quality_gate(
@@ -86,21 +97,19 @@ class _Eta:
         return per_epoch * (self._total - self._done)
 
 
-def run_training(
-    *,
-    job_id: str,
-    config: TrainConfig,
-    trigger: str,
-    store: DatasetStore,
-    registry: ModelRegistry,
-    options: TrainingOptions,
-    update: Update,
-    cancelled: Callable[[], bool],
-) -> None:
-    """Run a job to the end, reporting each step through `update(**changes)` (job fields).
+def run_training(job: Job, *, store: DatasetStore, registry: ModelRegistry,
+                 options: TrainingOptions, update: Update,
+                 cancelled: Callable[[], bool]) -> None:
+    """Run `job` to the end, reporting each step through `update(**changes)` (job fields).
 
-    Raises FailedPrecondition (nothing to train on), Unavailable (MLflow), TrainingCancelled.
+    Raises FailedPrecondition (nothing to train on), Unavailable (the broker, MLflow, or a
+    dataset that does not catch up), TrainingCancelled.
     """
+    if job.wait_for_events:
+        update(phase=Phase.WAITING_FOR_EVENTS)
+        wait_for_events(store, options.topic, _end_offsets(options), cancelled=cancelled,
+                        timeout_s=options.wait_for_events_s,
+                        report=lambda behind: update(events_behind=behind))
     update(phase=Phase.SNAPSHOT)
     snapshot = store.snapshot(options.topic)
     lineage = snapshot.lineage
@@ -112,36 +121,45 @@ def run_training(
         raise FailedPrecondition("no event in the dataset has a positive weight")
     update(lineage=lineage)
 
+    full = Interactions.from_arrays(data.users, data.items, data.weights,
+                                    n_users=len(data.user_ids), n_items=len(data.item_ids))
+    train, test = stratified_split(data.users, data.items, data.weights,
+                                   n_users=len(data.user_ids), n_items=len(data.item_ids))
+    budget = options.search.budget(trials=job.trials, seconds=job.search_seconds)
     weighting = {f"type_weight.{k}": v for k, v in sorted(options.type_weights.items())}
-    run_id = registry.start_run(job_id=job_id, params={**config.as_dict(), **weighting},
-                                lineage=lineage, tags={"recsys.trigger": trigger})
-    update(mlflow_run_id=run_id, phase=Phase.TRAINING)
+    run_id = registry.start_run(
+        job_id=job.job_id, lineage=lineage, tags={"recsys.trigger": job.trigger.value},
+        params={**weighting, "pinned": ",".join(job.pinned) or "-",
+                "search.trials": budget.trials, "search.seconds": budget.seconds or "default"})
+    update(mlflow_run_id=run_id)
+    config = job.config
+    if budget.trials and set(search.SEARCH_SPACE) - set(job.pinned):
+        config = _search(job, train, registry, run_id=run_id, budget=budget,
+                         options=options, update=update, cancelled=cancelled)
+    registry.log_values(run_id, params=config.as_dict(), metrics={})
+    update(config=config, phase=Phase.TRAINING)
     eta = _Eta(2 * config.epochs)
 
-    def on_epoch(epoch: int, epochs: int, loss: float) -> None:
+    def on_epoch(epoch: int, epochs: int, model: FactorModel) -> None:
+        loss = model.loss(full)
         registry.log_metric(run_id, "loss", loss, step=epoch)
         update(epoch=epoch, loss=loss, eta_seconds=eta.epoch_done())
 
-    def on_holdout_epoch(epoch: int, epochs: int, loss: float) -> None:
-        registry.log_metric(run_id, "holdout_loss", loss, step=epoch)
+    def on_holdout_epoch(epoch: int, epochs: int, model: FactorModel) -> None:
         update(eta_seconds=eta.epoch_done())
 
-    full = Interactions.from_arrays(data.users, data.items, data.weights,
-                                    n_users=len(data.user_ids), n_items=len(data.item_ids))
     model = fit(full, config, on_epoch=on_epoch, should_cancel=cancelled)
-
     update(phase=Phase.EVALUATING)
-    train, test = stratified_split(data.users, data.items, data.weights,
-                                   n_users=len(data.user_ids), n_items=len(data.item_ids))
     holdout = fit(train, config, on_epoch=on_holdout_epoch, should_cancel=cancelled)
     ranking = evaluate(holdout, train, test)
-    metrics = {**ranking.as_dict(), "users_evaluated": float(ranking.users_evaluated)}
+    metrics = {**ranking.as_dict(), "users_evaluated": float(ranking.users_evaluated),
+               "popularity_ndcg_at_10": evaluate(popularity(train), train, test).ndcg}
     update(metrics=metrics, phase=Phase.LOGGING, eta_seconds=0.0)
     if cancelled():
         raise TrainingCancelled("cancelled before the model was registered")
 
     # Serving folds new users in with the same weights, so the version carries them.
-    tags = {"recsys.job_id": job_id,
+    tags = {"recsys.job_id": job.job_id,
             **{f"recsys.{k}": repr(float(v)) for k, v in weighting.items()}}
     version = _register(model, full, data, registry, run_id=run_id, metrics=metrics,
                         lineage=lineage, tags=tags)
@@ -156,6 +174,54 @@ def run_training(
     update(promoted=passed, promotion_reason=reason, phase=Phase.DONE)
 
 
+def _end_offsets(options: TrainingOptions) -> Mapping[int, int]:
+    try:
+        return options.end_offsets()
+    except Exception as exc:  # the broker's client raises many kinds; all mean "not now"
+        raise Unavailable(f"cannot read the end of {options.topic} from the broker "
+                          f"({type(exc).__name__}); a job can skip the wait for events and "
+                          "train on what the dataset holds") from exc
+
+
+def _search(job: Job, train: Interactions, registry: ModelRegistry, *, run_id: str,
+            budget: search.Budget, options: TrainingOptions, update: Update,
+            cancelled: Callable[[], bool]) -> TrainConfig:
+    """The hyper-parameters a search on `train` chooses; each trial is a nested MLflow run,
+    the summary lands on the job's run."""
+    champion = registry.champion()
+    starts = search.starting_points(
+        job.config, pinned=job.pinned,
+        champion=champion.hyperparameters if champion is not None else {})
+    update(phase=Phase.SEARCHING, eta_seconds=budget.seconds or 0.0)
+
+    def on_trial(trial: search.Trial, progress: search.Progress) -> None:
+        scores = {} if trial.validation_ndcg is None else {
+            "validation_ndcg_at_10": trial.validation_ndcg}
+        registry.log_trial(run_id, number=trial.number, pruned=trial.pruned,
+                           params=_hyperparameters(trial.config),
+                           metrics={**scores, "epochs_run": trial.epochs_run,
+                                    "seconds": trial.seconds})
+        update(search=progress,
+               eta_seconds=max(progress.seconds_budget - progress.seconds, 0.0))
+
+    result = search.search(train, starts=starts, pinned=job.pinned, budget=budget,
+                           max_rows=options.search.max_rows, on_trial=on_trial,
+                           should_cancel=cancelled)
+    progress = result.progress
+    registry.log_values(run_id, params={}, metrics={
+        "search_trials": progress.trials_done, "search_pruned": progress.trials_pruned,
+        "search_best_validation_ndcg_at_10": progress.best_validation_ndcg,
+        "search_first_validation_ndcg_at_10": progress.first_validation_ndcg,
+        "search_seconds": progress.seconds})
+    update(search=progress)
+    return result.config
+
+
+def _hyperparameters(config: TrainConfig) -> dict[str, float]:
+    """What a version records and the next search starts from (the seed is the job's)."""
+    return {name: getattr(config, name) for name in search.SEARCH_SPACE}
+
+
 def _register(model: FactorModel, full: Interactions, data: TrainingData,
               registry: ModelRegistry, *, run_id: str, metrics: Mapping[str, float],
               lineage: Lineage, tags: Mapping[str, str]) -> VersionInfo:
@@ -166,4 +232,4 @@ def _register(model: FactorModel, full: Interactions, data: TrainingData,
         path = Path(tmp) / ARTIFACT_FILE
         artifact.save(path)
         return registry.register(run_id, metrics=metrics, lineage=lineage, artifact=path,
-                                 tags=tags)
+                                 hyperparameters=_hyperparameters(model.config), tags=tags)

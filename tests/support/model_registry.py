@@ -36,7 +36,7 @@ def register(tracking_uri: str, model_name: str, artifact: ModelArtifact, workdi
                               experiment="model-tests")
     run_id = registry.start_run(job_id=job, params={}, lineage=lineage, tags={})
     version = registry.register(run_id, metrics=metrics, lineage=lineage, artifact=path,
-                                tags={"recsys.job_id": job})
+                                hyperparameters={}, tags={"recsys.job_id": job})
     registry.end_run(run_id, "FINISHED")
     if champion:
         registry.set_champion(version.version)

@@ -16,6 +16,7 @@ from services.model.artifact import ModelArtifact
 from services.model.lineage import Lineage
 from services.model.versions import CHAMPION, VersionInfo
 from services.trainer.dataset import StoredEvent
+from services.trainer.model import Interactions
 
 
 @dataclass
@@ -50,14 +51,29 @@ class FakeRegistry:
             self.hold.wait(10)
         self.runs[run_id]["metrics"].append((key, value, step))
 
+    def log_values(self, run_id: str, *, params: Mapping[str, Any],
+                   metrics: Mapping[str, float]) -> None:
+        self._check()
+        self.runs[run_id]["params"].update(params)
+        self.runs[run_id]["metrics"].extend((key, value, 0) for key, value in metrics.items())
+
+    def log_trial(self, parent_run_id: str, *, number: int, params: Mapping[str, Any],
+                  metrics: Mapping[str, float], pruned: bool) -> None:
+        self._check()
+        self.runs[parent_run_id].setdefault("trials", []).append(
+            {"number": number, "params": dict(params), "metrics": dict(metrics),
+             "pruned": pruned})
+
     def register(self, run_id: str, *, metrics: Mapping[str, float], lineage: Lineage,
-                 artifact: Path, tags: Mapping[str, str]) -> VersionInfo:
+                 hyperparameters: Mapping[str, float], artifact: Path,
+                 tags: Mapping[str, str]) -> VersionInfo:
         self._check()
         self.runs[run_id]["artifact"] = ModelArtifact.load(artifact)
         self.runs[run_id]["version_tags"] = dict(tags)
         info = VersionInfo(version=str(len(self.versions) + 1), model_name=self.model_name,
                            aliases=(), run_id=run_id, source=f"mlflow-artifacts:/{run_id}",
-                           metrics=dict(metrics), lineage=lineage, created_at_ms=0)
+                           metrics=dict(metrics), lineage=lineage, created_at_ms=0,
+                           hyperparameters=dict(hyperparameters))
         self.versions.append(info)
         return info
 
@@ -91,3 +107,24 @@ def clustered_events(n_users: int = 40, n_items: int = 30, per_user: int = 8,
             events.append(StoredEvent(f"e{n:05d}", f"user{u}", f"item{i}", "view", None,
                                       1_700_000_000_000_000 + n, 0, n))
     return events
+
+
+def planted(
+    *, n_users: int = 300, n_items: int = 150, groups: int = 5, seed: int = 0
+) -> Interactions:
+    """Users of a group mostly pick their group's items, by a popularity skewed across groups.
+
+    Global popularity alone then ranks other groups' items high; a factor model must not.
+    """
+    rng = np.random.default_rng(seed)
+    item_group = np.arange(n_items) % groups
+    popularity = rng.pareto(1.5, n_items) + 1
+    users, items = [], []
+    for user in range(n_users):
+        own = np.flatnonzero(item_group == user % groups)
+        p = popularity[own] / popularity[own].sum()
+        picks = rng.choice(own, size=12, replace=False, p=p)
+        noise = rng.choice(n_items, size=2, replace=False)
+        users += [user] * 14
+        items += [*picks, *noise]
+    return Interactions.from_arrays(np.array(users), np.array(items), n_items=n_items)

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from recsys.events.v1 import interaction_pb2
-from recsys.trainer.v1 import trainer_pb2_grpc
+from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from scripts.localstack.components import Component, MlflowServer, TansuBroker, free_ports
 from services.cli.ingest import stream_events
 from services.core import server
@@ -32,6 +32,11 @@ from tests.support.topics import read_topic
 #: Tests assert what holds whatever the generator's exact output: counts, exactly-once,
 #: lineage, the quality gate's floor.
 TRAINER_EVENTS = SyntheticSpec(users=600, items=400, events=30_000, seed=21)
+#: Trials of the test trainers' searches: enough to see a search, few enough to be quick.
+SEARCH_TRIALS = 4
+#: A request that trains with the defaults (and what it pins) without a search: for jobs that
+#: must reach their epochs fast, e.g. to be cancelled or killed while fitting.
+NO_SEARCH = trainer_pb2.SearchBudget(trials=0)
 
 
 @dataclass(frozen=True)
@@ -84,13 +89,14 @@ class TrainerData:
 
 def trainer_settings(kafka: TansuBroker, mlflow: MlflowServer, topic: str, data_dir: Path,
                      **overrides: object) -> TrainerSettings:
-    """Settings of a trainer with its own consumer group, registered model and experiment."""
+    """Settings of a trainer with its own consumer group, registered model and experiment,
+    whose jobs search hyper-parameters with a few trials."""
     suffix = uuid.uuid4().hex[:8]
     values: dict[str, object] = {
         "kafka_bootstrap": kafka.bootstrap, "kafka_topic": topic,
         "mlflow_tracking_uri": mlflow.tracking_uri, "model_name": f"recsys-mf-{suffix}",
         "mlflow_experiment": f"trainer-tests-{suffix}", "consumer_group": f"trainer-{suffix}",
-        "data_dir": str(data_dir), **overrides,
+        "data_dir": str(data_dir), "search_trials": SEARCH_TRIALS, **overrides,
     }
     return TrainerSettings(**values)  # type: ignore[arg-type]
 

@@ -20,7 +20,8 @@ async def test_the_cli_trains_with_a_progress_bar_lists_and_promotes(
                                               "--epochs", "3"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "3/3" in err and "epoch" in err  # the progress bar, fed by WatchTrainingJob
+    # The progress, fed by WatchTrainingJob: the search's trials, then the epochs.
+    assert "searching: 1/" in err and "training: 3/3" in err
     assert ": succeeded" in out and "held-out: NDCG@10" in out
 
     assert await asyncio.to_thread(cli.main, ["models", "list", *target]) == 0

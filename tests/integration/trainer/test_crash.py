@@ -16,6 +16,7 @@ from scripts.localstack.components import MlflowServer, TansuBroker
 from services.core.client import channel
 from tests.support.polling import eventually
 from tests.support.trainer_server import (
+    NO_SEARCH,
     Ingested,
     TrainerProcess,
     store_event_ids,
@@ -66,7 +67,8 @@ def test_kill_during_consumption_and_training(
     with channel(target) as chan:
         stub = trainer_pb2_grpc.TrainerServiceStub(chan)
         job = stub.StartTrainingJob(trainer_pb2.StartTrainingJobRequest(
-            hyperparameters=trainer_pb2.Hyperparameters(epochs=200)), timeout=10).job
+            hyperparameters=trainer_pb2.Hyperparameters(epochs=200), search=NO_SEARCH),
+            timeout=10).job
         watch = stub.WatchTrainingJob(trainer_pb2.WatchTrainingJobRequest(job_id=job.job_id),
                                       timeout=120)
         for update in watch:

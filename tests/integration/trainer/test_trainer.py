@@ -29,6 +29,8 @@ from services.model.artifact import ModelArtifact
 from services.trainer.servicer import SERVICE_NAME
 from tests.support.polling import eventually_async
 from tests.support.trainer_server import (
+    NO_SEARCH,
+    SEARCH_TRIALS,
     Ingested,
     Trainer,
     copy_store,
@@ -133,6 +135,40 @@ async def test_train_through_the_rpc_and_read_the_run_back_from_mlflow(
     assert fetched.job == job
 
 
+async def test_the_search_runs_live_and_each_trial_is_a_nested_mlflow_run(
+    trainer: Trainer, mlflow_server: MlflowServer
+) -> None:
+    states = await run_job(trainer)
+    job = states[-1]
+    assert job.state == SUCCEEDED, job.error
+    searching = [s.search.trials_done for s in states
+                 if s.phase == trainer_pb2.JOB_PHASE_SEARCHING]
+    assert searching == sorted(searching) and searching[-1] == SEARCH_TRIALS  # live too
+    assert job.search.trials_done == job.search.trials_budget == SEARCH_TRIALS
+    assert job.search.best_validation_ndcg >= job.search.first_validation_ndcg > 0
+    assert job.metrics.ndcg_at_10 > job.metrics.popularity_ndcg_at_10 > 0
+
+    client = mlflow(mlflow_server)
+    run = await asyncio.to_thread(client.get_run, job.mlflow_run_id)
+    assert run.data.metrics["search_trials"] == SEARCH_TRIALS
+    assert run.data.metrics["search_best_validation_ndcg_at_10"] == pytest.approx(
+        job.search.best_validation_ndcg)
+    trials = await asyncio.to_thread(
+        client.search_runs, [run.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert sorted(int(t.data.tags["recsys.trial"]) for t in trials) == list(
+        range(SEARCH_TRIALS))
+    first = next(t for t in trials if t.data.tags["recsys.trial"] == "0")
+    assert first.data.metrics["validation_ndcg_at_10"] == pytest.approx(
+        job.search.first_validation_ndcg)
+    assert {"factors", "alpha", "regularization", "reg_exponent", "epochs"} <= set(
+        first.data.params)
+    version = await asyncio.to_thread(client.get_model_version, trainer.settings.model_name,
+                                      job.model_version)
+    assert float(version.tags["hyperparameters.alpha"]) == pytest.approx(
+        job.hyperparameters.alpha)
+
+
 async def test_a_worse_model_is_registered_but_not_promoted(
     trainer: Trainer, mlflow_server: MlflowServer, synthetic_topic: Ingested
 ) -> None:
@@ -198,7 +234,8 @@ async def cancel_at_the_first_epoch(trainer: Trainer, job_id: str) -> trainer_pb
 async def test_one_job_at_a_time_and_cancel(trainer: Trainer) -> None:
     long = trainer_pb2.Hyperparameters(epochs=200)
     job = (await trainer.stub.StartTrainingJob(
-        trainer_pb2.StartTrainingJobRequest(hyperparameters=long), timeout=10)).job
+        trainer_pb2.StartTrainingJobRequest(hyperparameters=long, search=NO_SEARCH),
+        timeout=10)).job
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await trainer.stub.StartTrainingJob(trainer_pb2.StartTrainingJobRequest(), timeout=10)
     assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
@@ -260,7 +297,8 @@ async def test_health_and_metrics(kafka: TansuBroker, mlflow_server: MlflowServe
         for hyperparameters in (WORSE, WORSE):
             assert (await run_job(fresh, hyperparameters))[-1].state == SUCCEEDED
         long = (await fresh.stub.StartTrainingJob(trainer_pb2.StartTrainingJobRequest(
-            hyperparameters=trainer_pb2.Hyperparameters(epochs=200)), timeout=10)).job
+            hyperparameters=trainer_pb2.Hyperparameters(epochs=200), search=NO_SEARCH),
+            timeout=10)).job
         cancelled = await cancel_at_the_first_epoch(fresh, long.job_id)
         assert cancelled.state == trainer_pb2.JOB_STATE_CANCELLED
 

@@ -27,6 +27,7 @@ SOURCE = "mlflow-artifacts:/1/44fe44ac/artifacts/model"
 LINEAGE = Lineage(topic="interactions", row_count=600, content_hash="ab" * 32,
                   partition_offsets={0: 400, 1: 200}, user_count=3, item_count=4)
 METRICS = {"ndcg_at_10": 0.5, "users_evaluated": 40.0}
+HYPERPARAMETERS = {"factors": 8.0, "alpha": 2.5}
 
 
 def model_version(**fields: Any) -> dict[str, Any]:
@@ -35,7 +36,8 @@ def model_version(**fields: Any) -> dict[str, Any]:
         "name": "recsys-mf", "version": "7", "creation_timestamp": 1796291070160,
         "last_updated_timestamp": 1796291070160, "current_stage": "None", "description": "",
         "source": SOURCE, "run_id": "44fe44ac", "status": "READY", "run_link": "",
-        "tags": [{"key": k, "value": v} for k, v in version_tags(METRICS, LINEAGE).items()],
+        "tags": [{"key": k, "value": v}
+                 for k, v in version_tags(METRICS, LINEAGE, HYPERPARAMETERS).items()],
         "aliases": ["champion"], **fields,
     }
 
@@ -96,7 +98,8 @@ def test_champion_asks_for_the_alias_and_reads_the_version(
     mlflow.answer(ALIAS, 200, {"model_version": model_version()})
     assert reader.champion() == VersionInfo(
         version="7", model_name="recsys-mf", aliases=("champion",), run_id="44fe44ac",
-        source=SOURCE, metrics=METRICS, lineage=LINEAGE, created_at_ms=1796291070160)
+        source=SOURCE, metrics=METRICS, lineage=LINEAGE, created_at_ms=1796291070160,
+        hyperparameters=HYPERPARAMETERS)
     ((request, timeout),) = mlflow.sent
     url = urlsplit(request.url or "")
     assert (request.method, f"{url.scheme}://{url.netloc}{url.path}") == ("GET",

@@ -15,29 +15,9 @@ from services.data.synthetic import SyntheticData, SyntheticSpec
 from services.trainer.evaluation import evaluate, stratified_split
 from services.trainer.model import Interactions, TrainConfig, TrainingCancelled, fit
 from services.trainer.settings import TrainerSettings
+from tests.support.trainer_fakes import planted
 
 SMALL = TrainConfig(factors=16, epochs=6)
-
-
-def planted(
-    *, n_users: int = 300, n_items: int = 150, groups: int = 5, seed: int = 0
-) -> Interactions:
-    """Users of a group mostly pick their group's items, by a popularity skewed across groups.
-
-    Global popularity alone then ranks other groups' items high; a factor model must not.
-    """
-    rng = np.random.default_rng(seed)
-    item_group = np.arange(n_items) % groups
-    popularity = rng.pareto(1.5, n_items) + 1
-    users, items = [], []
-    for user in range(n_users):
-        own = np.flatnonzero(item_group == user % groups)
-        p = popularity[own] / popularity[own].sum()
-        picks = rng.choice(own, size=12, replace=False, p=p)
-        noise = rng.choice(n_items, size=2, replace=False)
-        users += [user] * 14
-        items += [*picks, *noise]
-    return Interactions.from_arrays(np.array(users), np.array(items), n_items=n_items)
 
 
 @pytest.mark.parametrize(
@@ -90,7 +70,9 @@ def test_beats_popularity_on_planted_structure() -> None:
 
 def test_reports_each_epoch_with_a_non_increasing_loss() -> None:
     calls: list[tuple[int, int, float]] = []
-    fit(planted(), SMALL, on_epoch=lambda epoch, epochs, loss: calls.append((epoch, epochs, loss)))
+    data = planted()
+    fit(data, SMALL,
+        on_epoch=lambda epoch, epochs, model: calls.append((epoch, epochs, model.loss(data))))
     assert [(e, n) for e, n, _ in calls] == [(e, 6) for e in range(1, 7)]
     losses = [loss for _, _, loss in calls]
     assert all(math.isfinite(loss) and loss > 0 for loss in losses)

@@ -32,12 +32,17 @@ class EvaluationMetrics(_message.Message):
     NDCG_AT_10_FIELD_NUMBER: _builtins.int
     MAP_AT_10_FIELD_NUMBER: _builtins.int
     USERS_EVALUATED_FIELD_NUMBER: _builtins.int
+    POPULARITY_NDCG_AT_10_FIELD_NUMBER: _builtins.int
     precision_at_10: _builtins.float
     recall_at_10: _builtins.float
     ndcg_at_10: _builtins.float
     map_at_10: _builtins.float
     users_evaluated: _builtins.int
     """Users with at least one held-out item."""
+    popularity_ndcg_at_10: _builtins.float
+    """NDCG@10 of the popularity baseline (items ranked by training interactions) on the same
+    split: what the model must beat to be worth personalising.
+    """
     def __init__(
         self,
         *,
@@ -46,10 +51,11 @@ class EvaluationMetrics(_message.Message):
         ndcg_at_10: _builtins.float = ...,
         map_at_10: _builtins.float = ...,
         users_evaluated: _builtins.int = ...,
+        popularity_ndcg_at_10: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["map_at_10", b"map_at_10", "ndcg_at_10", b"ndcg_at_10", "precision_at_10", b"precision_at_10", "recall_at_10", b"recall_at_10", "users_evaluated", b"users_evaluated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["map_at_10", b"map_at_10", "ndcg_at_10", b"ndcg_at_10", "popularity_ndcg_at_10", b"popularity_ndcg_at_10", "precision_at_10", b"precision_at_10", "recall_at_10", b"recall_at_10", "users_evaluated", b"users_evaluated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

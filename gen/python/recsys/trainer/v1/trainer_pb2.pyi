@@ -56,6 +56,10 @@ class _JobPhaseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobPhase.Val
     JOB_PHASE_EVALUATING: _JobPhase.ValueType  # 3
     JOB_PHASE_LOGGING: _JobPhase.ValueType  # 4
     JOB_PHASE_DONE: _JobPhase.ValueType  # 5
+    JOB_PHASE_WAITING_FOR_EVENTS: _JobPhase.ValueType  # 6
+    """Before the snapshot: the dataset catches up with the events acknowledged before the job."""
+    JOB_PHASE_SEARCHING: _JobPhase.ValueType  # 7
+    """After the snapshot: the hyper-parameter search."""
 
 class JobPhase(_JobPhase, metaclass=_JobPhaseEnumTypeWrapper): ...
 
@@ -65,6 +69,10 @@ JOB_PHASE_TRAINING: JobPhase.ValueType  # 2
 JOB_PHASE_EVALUATING: JobPhase.ValueType  # 3
 JOB_PHASE_LOGGING: JobPhase.ValueType  # 4
 JOB_PHASE_DONE: JobPhase.ValueType  # 5
+JOB_PHASE_WAITING_FOR_EVENTS: JobPhase.ValueType  # 6
+"""Before the snapshot: the dataset catches up with the events acknowledged before the job."""
+JOB_PHASE_SEARCHING: JobPhase.ValueType  # 7
+"""After the snapshot: the hyper-parameter search."""
 Global___JobPhase: _TypeAlias = JobPhase  # noqa: Y015
 
 class _JobTrigger:
@@ -94,7 +102,10 @@ Global___JobTrigger: _TypeAlias = JobTrigger  # noqa: Y015
 
 @_typing.final
 class Hyperparameters(_message.Message):
-    """Model hyper-parameters. Each field left unset takes the trainer's configured default."""
+    """Model hyper-parameters. In a request, each field set is pinned (used as given, left out of the
+    hyper-parameter search); each field left unset is searched, or takes the trainer's configured
+    default when the job does not search.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -103,6 +114,7 @@ class Hyperparameters(_message.Message):
     REGULARIZATION_FIELD_NUMBER: _builtins.int
     ALPHA_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    REG_EXPONENT_FIELD_NUMBER: _builtins.int
     factors: _builtins.int
     """Latent dimensions, 1 to 1024."""
     epochs: _builtins.int
@@ -112,7 +124,11 @@ class Hyperparameters(_message.Message):
     alpha: _builtins.float
     """Confidence scaling of observed interactions (confidence = 1 + alpha * weight), > 0."""
     seed: _builtins.int
-    """Seed for initialisation, >= 0."""
+    """Seed for initialisation (and for the search's sampler and validation split), >= 0."""
+    reg_exponent: _builtins.float
+    """Frequency scaling of the regularisation: a row's penalty is
+    regularization * (columns + alpha * its total weight) ^ reg_exponent, >= 0.
+    """
     def __init__(
         self,
         *,
@@ -121,10 +137,11 @@ class Hyperparameters(_message.Message):
         regularization: _builtins.float | None = ...,
         alpha: _builtins.float | None = ...,
         seed: _builtins.int | None = ...,
+        reg_exponent: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_alpha", b"_alpha", "_epochs", b"_epochs", "_factors", b"_factors", "_regularization", b"_regularization", "_seed", b"_seed", "alpha", b"alpha", "epochs", b"epochs", "factors", b"factors", "regularization", b"regularization", "seed", b"seed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_alpha", b"_alpha", "_epochs", b"_epochs", "_factors", b"_factors", "_reg_exponent", b"_reg_exponent", "_regularization", b"_regularization", "_seed", b"_seed", "alpha", b"alpha", "epochs", b"epochs", "factors", b"factors", "reg_exponent", b"reg_exponent", "regularization", b"regularization", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_alpha", b"_alpha", "_epochs", b"_epochs", "_factors", b"_factors", "_regularization", b"_regularization", "_seed", b"_seed", "alpha", b"alpha", "epochs", b"epochs", "factors", b"factors", "regularization", b"regularization", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_alpha", b"_alpha", "_epochs", b"_epochs", "_factors", b"_factors", "_reg_exponent", b"_reg_exponent", "_regularization", b"_regularization", "_seed", b"_seed", "alpha", b"alpha", "epochs", b"epochs", "factors", b"factors", "reg_exponent", b"reg_exponent", "regularization", b"regularization", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__alpha: _TypeAlias = _typing.Literal["alpha"]  # noqa: Y015
     _WhichOneofArgType__alpha: _TypeAlias = _typing.Literal["_alpha", b"_alpha"]  # noqa: Y015
@@ -132,6 +149,8 @@ class Hyperparameters(_message.Message):
     _WhichOneofArgType__epochs: _TypeAlias = _typing.Literal["_epochs", b"_epochs"]  # noqa: Y015
     _WhichOneofReturnType__factors: _TypeAlias = _typing.Literal["factors"]  # noqa: Y015
     _WhichOneofArgType__factors: _TypeAlias = _typing.Literal["_factors", b"_factors"]  # noqa: Y015
+    _WhichOneofReturnType__reg_exponent: _TypeAlias = _typing.Literal["reg_exponent"]  # noqa: Y015
+    _WhichOneofArgType__reg_exponent: _TypeAlias = _typing.Literal["_reg_exponent", b"_reg_exponent"]  # noqa: Y015
     _WhichOneofReturnType__regularization: _TypeAlias = _typing.Literal["regularization"]  # noqa: Y015
     _WhichOneofArgType__regularization: _TypeAlias = _typing.Literal["_regularization", b"_regularization"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
@@ -143,11 +162,99 @@ class Hyperparameters(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__factors) -> _WhichOneofReturnType__factors | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__reg_exponent) -> _WhichOneofReturnType__reg_exponent | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__regularization) -> _WhichOneofReturnType__regularization | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
 
 Global___Hyperparameters: _TypeAlias = Hyperparameters  # noqa: Y015
+
+@_typing.final
+class SearchBudget(_message.Message):
+    """The budget of a job's hyper-parameter search. The search runs on a validation split carved
+    from the training part (never the held-out split that the quality gate reads) and starts from
+    the champion's hyper-parameters.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRIALS_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    trials: _builtins.int
+    """Trials at most, 0 to 1000; 0 turns the search off (the defaults, and what is pinned, are
+    used). Unset: the trainer's default (RECSYS_TRAINER_SEARCH_TRIALS).
+    """
+    seconds: _builtins.float
+    """Wall-clock seconds for the search, > 0 and at most 86400. Unset: the trainer's default,
+    a multiple of the first trial's duration (RECSYS_TRAINER_SEARCH_TRIAL_MULTIPLE), so it
+    grows with the data's cost, at most RECSYS_TRAINER_SEARCH_MAX_SECONDS.
+    """
+    def __init__(
+        self,
+        *,
+        trials: _builtins.int | None = ...,
+        seconds: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_seconds", b"_seconds", "_trials", b"_trials", "seconds", b"seconds", "trials", b"trials"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seconds", b"_seconds", "_trials", b"_trials", "seconds", b"seconds", "trials", b"trials"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__seconds: _TypeAlias = _typing.Literal["seconds"]  # noqa: Y015
+    _WhichOneofArgType__seconds: _TypeAlias = _typing.Literal["_seconds", b"_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__trials: _TypeAlias = _typing.Literal["trials"]  # noqa: Y015
+    _WhichOneofArgType__trials: _TypeAlias = _typing.Literal["_trials", b"_trials"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__seconds) -> _WhichOneofReturnType__seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__trials) -> _WhichOneofReturnType__trials | None: ...
+
+Global___SearchBudget: _TypeAlias = SearchBudget  # noqa: Y015
+
+@_typing.final
+class SearchProgress(_message.Message):
+    """What a job's hyper-parameter search did, so far or in all."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRIALS_DONE_FIELD_NUMBER: _builtins.int
+    TRIALS_BUDGET_FIELD_NUMBER: _builtins.int
+    TRIALS_PRUNED_FIELD_NUMBER: _builtins.int
+    BEST_VALIDATION_NDCG_FIELD_NUMBER: _builtins.int
+    FIRST_VALIDATION_NDCG_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    SECONDS_BUDGET_FIELD_NUMBER: _builtins.int
+    trials_done: _builtins.int
+    """Trials finished (completed or pruned), and the most the budget allows."""
+    trials_budget: _builtins.int
+    trials_pruned: _builtins.int
+    """Trials stopped early because their validation figure was hopeless, or time ran out."""
+    best_validation_ndcg: _builtins.float
+    """The best validation NDCG@10 so far, and that of the first trial (the champion's
+    hyper-parameters, or the defaults when there is no champion).
+    """
+    first_validation_ndcg: _builtins.float
+    seconds: _builtins.float
+    """Seconds spent searching, and the budget (0 until the first trial has set it)."""
+    seconds_budget: _builtins.float
+    def __init__(
+        self,
+        *,
+        trials_done: _builtins.int = ...,
+        trials_budget: _builtins.int = ...,
+        trials_pruned: _builtins.int = ...,
+        best_validation_ndcg: _builtins.float = ...,
+        first_validation_ndcg: _builtins.float = ...,
+        seconds: _builtins.float = ...,
+        seconds_budget: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_validation_ndcg", b"best_validation_ndcg", "first_validation_ndcg", b"first_validation_ndcg", "seconds", b"seconds", "seconds_budget", b"seconds_budget", "trials_budget", b"trials_budget", "trials_done", b"trials_done", "trials_pruned", b"trials_pruned"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchProgress: _TypeAlias = SearchProgress  # noqa: Y015
 
 @_typing.final
 class TrainingJob(_message.Message):
@@ -172,6 +279,8 @@ class TrainingJob(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
+    SEARCH_FIELD_NUMBER: _builtins.int
+    EVENTS_BEHIND_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: Global___JobState.ValueType
     phase: Global___JobPhase.ValueType
@@ -191,6 +300,10 @@ class TrainingJob(_message.Message):
     promotion_reason: _builtins.str
     error: _builtins.str
     """Why the job failed, for JOB_STATE_FAILED."""
+    events_behind: _builtins.int
+    """While JOB_PHASE_WAITING_FOR_EVENTS: events acknowledged before the job started that the
+    dataset has not consumed yet.
+    """
     @_builtins.property
     def hyperparameters(self) -> Global___Hyperparameters:
         """The hyper-parameters actually used (defaults filled in)."""
@@ -207,6 +320,10 @@ class TrainingJob(_message.Message):
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def search(self) -> Global___SearchProgress:
+        """The hyper-parameter search, once it started (absent when the job does not search)."""
+
     def __init__(
         self,
         *,
@@ -229,10 +346,12 @@ class TrainingJob(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
+        search: Global___SearchProgress | None = ...,
+        events_behind: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "hyperparameters", b"hyperparameters", "lineage", b"lineage", "metrics", b"metrics", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "hyperparameters", b"hyperparameters", "lineage", b"lineage", "metrics", b"metrics", "search", b"search", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "epoch", b"epoch", "epochs", b"epochs", "error", b"error", "eta_seconds", b"eta_seconds", "finished_at", b"finished_at", "hyperparameters", b"hyperparameters", "job_id", b"job_id", "lineage", b"lineage", "loss", b"loss", "metrics", b"metrics", "mlflow_run_id", b"mlflow_run_id", "model_version", b"model_version", "phase", b"phase", "promoted", b"promoted", "promotion_reason", b"promotion_reason", "started_at", b"started_at", "state", b"state", "trigger", b"trigger"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "epoch", b"epoch", "epochs", b"epochs", "error", b"error", "eta_seconds", b"eta_seconds", "events_behind", b"events_behind", "finished_at", b"finished_at", "hyperparameters", b"hyperparameters", "job_id", b"job_id", "lineage", b"lineage", "loss", b"loss", "metrics", b"metrics", "mlflow_run_id", b"mlflow_run_id", "model_version", b"model_version", "phase", b"phase", "promoted", b"promoted", "promotion_reason", b"promotion_reason", "search", b"search", "started_at", b"started_at", "state", b"state", "trigger", b"trigger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -243,18 +362,30 @@ class StartTrainingJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HYPERPARAMETERS_FIELD_NUMBER: _builtins.int
+    SEARCH_FIELD_NUMBER: _builtins.int
+    SKIP_WAIT_FOR_EVENTS_FIELD_NUMBER: _builtins.int
+    skip_wait_for_events: _builtins.bool
+    """By default a job first waits (bounded) until the dataset holds every event acknowledged
+    before it started; true trains on what the dataset holds now.
+    """
     @_builtins.property
     def hyperparameters(self) -> Global___Hyperparameters:
-        """Overrides of the default hyper-parameters, validated."""
+        """Pinned hyper-parameters (validated): used as given; the others are searched."""
+
+    @_builtins.property
+    def search(self) -> Global___SearchBudget:
+        """Overrides of the search budget; unset fields take the trainer's defaults."""
 
     def __init__(
         self,
         *,
         hyperparameters: Global___Hyperparameters | None = ...,
+        search: Global___SearchBudget | None = ...,
+        skip_wait_for_events: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["hyperparameters", b"hyperparameters"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hyperparameters", b"hyperparameters", "search", b"search"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hyperparameters", b"hyperparameters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hyperparameters", b"hyperparameters", "search", b"search", "skip_wait_for_events", b"skip_wait_for_events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
