@@ -12,8 +12,8 @@ from pathlib import Path
 from tests.support.paths import REPO
 from tests.support.tools import check, find_tool, run, tool_env
 
-SCRIPTS = [REPO / "scripts" / "deploy.sh", REPO / "manifests" / "base" / "kafka-start.sh",
-           *sorted((REPO / "ci").glob("*.sh"))]
+SCRIPTS = [REPO / "scripts" / "deploy.sh", REPO / "scripts" / "lock.sh",
+           REPO / "manifests" / "base" / "kafka-start.sh", *sorted((REPO / "ci").glob("*.sh"))]
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 # The three images by digest, as the pipeline passes the ones it pushed.
 PINNED = {name: f"ghcr.io/acme/{name}@{DIGEST}"
