@@ -7,11 +7,12 @@
 #   python -m scripts.images context recommender        # only the context, then e.g.
 #   docker build --build-arg SERVICE=recommender -t recsys-recommender build/images/recommender
 #
-# BASE: the official python:3.11.13-slim-bookworm, pinned by its multi-arch index digest so a
-# rebuild gets the same interpreter and system libraries (bump tag and digest together).
+# BASE: the official python:3.11.13-slim-bookworm, named in full (podman resolves no short
+# name without a terminal) and pinned by its multi-arch index digest, so a rebuild gets the
+# same interpreter and system libraries (bump tag and digest together).
 # Where no registry is reachable, scripts/images passes a Debian 12 base it makes with
 # debootstrap (Python 3.11 from Debian). The build uses python3 and groupadd/useradd only.
-ARG BASE=python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
+ARG BASE=docker.io/library/python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
 ARG SERVICE
 # hadolint ignore=DL3006
 FROM ${BASE} AS python

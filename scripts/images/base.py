@@ -32,7 +32,7 @@ def tag() -> str:
 def ensure_base() -> str:
     """The local base's reference, made first when podman does not have it."""
     ref = tag()
-    if podman.image_exists(ref):
+    if podman.exists("image", ref):
         print(f"base image {ref}: made before, reused", flush=True)
         return ref
     print(f"base image {ref}: debootstrap {SUITE} from {MIRROR} (a minute or two)", flush=True)

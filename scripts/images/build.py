@@ -36,7 +36,8 @@ print(json.dumps({
 
 
 def image(service: str) -> str:
-    """The image's name, as the dev overlay and docker-compose.yml use it."""
+    """The image's name: recsys-<service>:dev, as the dev overlay and docker-compose.yml name
+    it (podman keeps local images under localhost/)."""
     return f"localhost/recsys-{service}:dev"
 
 

@@ -34,8 +34,9 @@ def podman(*args: str, timeout: float = 120, stdin: IO[bytes] | None = None) -> 
     return done.stdout
 
 
-def image_exists(ref: str) -> bool:
-    return subprocess.run(["podman", "image", "exists", ref], env=env(), check=False,
+def exists(kind: str, name: str) -> bool:
+    """Whether podman has the image, volume or container `name` (`kind`)."""
+    return subprocess.run(["podman", kind, "exists", name], env=env(), check=False,
                           timeout=60).returncode == 0
 
 
