@@ -1,5 +1,6 @@
 """What each image carries, read from the built image: exactly its lock file's packages and
-the services.* packages its service imports; nothing another service needs."""
+the services.* packages its service imports; nothing another service needs, and nothing of
+how the build reached PyPI."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from scripts.images.build import Contents, contents
 from scripts.images.context import REPO, SERVICES, service_packages
+from scripts.images.podman import podman
 
 pytestmark = pytest.mark.images
 
@@ -43,3 +45,14 @@ def test_the_recommender_image_has_no_trainer_code_and_no_mlflow(
     assert "mlflow-skinny" in carried["trainer"].distributions
     assert "trainer" not in carried["recommender"].packages
     assert not [name for name in carried["recommender"].distributions if "mlflow" in name]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_the_builds_pip_sources_stay_out_of_the_image(images: dict[str, str],
+                                                       service: str) -> None:
+    # The CA bundle, the wheel folder and the index the build used were mounts and build
+    # arguments of the build stage: neither the image's history nor its settings name them.
+    history = podman("history", "--no-trunc", "--format", "{{.CreatedBy}}", images[service])
+    settings = podman("image", "inspect", "--format", "{{json .Config}}", images[service])
+    for trace in ("PIP_CERT", "PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "host-ca", "torch-wheels"):
+        assert trace not in history + settings

@@ -15,7 +15,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from recsys.trainer.v1 import trainer_pb2
 from scripts.images.podman import env as podman_env
-from scripts.images.podman import podman
+from scripts.images.podman import exists, podman
 from scripts.localstack.components import free_ports
 from scripts.localstack.pki import Pki
 from services.core.client import channel
@@ -107,7 +107,6 @@ class ServiceContainer:
     tls: ClientTLS
     grace_s: int
     ports: dict[str, int]
-    volumes: list[str] = field(default_factory=list)
 
     @property
     def target(self) -> str:
@@ -240,12 +239,12 @@ def _running(service: str, image: str, pki: Pki, private: Path,
     container = ServiceContainer(
         service, name, ClientTLS(ca_file=str(pki.ca_cert), cert_file=str(pki.client_cert),
                                  key_file=str(pki.client_key)),
-        spec.grace_s, {"grpc": grpc_port, "metrics": metrics_port, "health": health_port},
-        volumes)
-    podman("run", "--detach", "--name", name, *options, image)
+        spec.grace_s, {"grpc": grpc_port, "metrics": metrics_port, "health": health_port})
     try:
+        podman("run", "--detach", "--name", name, *options, image)
         yield container
     finally:
-        podman("rm", "--force", "--time", "0", name)
+        podman("rm", "--force", "--ignore", "--time", "0", name)
         for volume in volumes:
-            podman("volume", "rm", "--force", volume)
+            if exists("volume", volume):
+                podman("volume", "rm", "--force", volume)
