@@ -18,6 +18,16 @@ from tests.support.containers import Trained, running
 from tests.support.polling import eventually
 from tests.support.trainer_server import TRAINER_EVENTS, Ingested, ingest_synthetic
 
+# The first test that asks for `images` may build them from nothing: minutes of debootstrap
+# and pip (torch twice), far past pytest's default timeout.
+IMAGES_TIMEOUT_S = 3600
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("images"):
+            item.add_marker(pytest.mark.timeout(IMAGES_TIMEOUT_S))
+
 
 @pytest.fixture(scope="session")
 def images() -> dict[str, str]:
