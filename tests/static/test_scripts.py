@@ -1,6 +1,7 @@
 """The shell scripts the pipeline runs: shellcheck, and scripts/deploy.sh: --dry-run renders
-an overlay with the given images without touching a cluster; against a (fake) cluster it
-creates the Secrets that are missing, with random values it never shows, before applying."""
+an overlay with the given images without touching a cluster, and refuses one of the project's
+images that is not pinned by digest; against a (fake) cluster it creates the Secrets that are
+missing, with random values it never shows, before applying."""
 
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ from pathlib import Path
 from tests.support.paths import REPO
 from tests.support.tools import check, find_tool, run, tool_env
 
-SCRIPTS = [REPO / "scripts" / "deploy.sh", REPO / "manifests" / "base" / "kafka-start.sh",
-           *sorted((REPO / "ci").glob("*.sh"))]
+SCRIPTS = [REPO / "scripts" / "deploy.sh", REPO / "scripts" / "lock.sh",
+           REPO / "manifests" / "base" / "kafka-start.sh", *sorted((REPO / "ci").glob("*.sh"))]
 DIGEST = "sha256:" + "0123456789abcdef" * 4
+# The three images by digest, as the pipeline passes the ones it pushed.
+PINNED = {name: f"ghcr.io/acme/{name}@{DIGEST}"
+          for name in ("recsys-ingest", "recsys-trainer", "recsys-recommender")}
+IMAGE_ARGS = [arg for name, ref in PINNED.items() for arg in ("--image", f"{name}={ref}")]
 
 
 def test_shellcheck() -> None:
@@ -30,16 +35,30 @@ def no_cluster(tmp_path: Path) -> dict[str, str]:
 
 def test_deploy_dry_run_pins_the_given_images(tmp_path: Path) -> None:
     find_tool("kubectl", "kubectl renders the overlays")
-    image = f"ghcr.io/acme/recsys-ingest@{DIGEST}"
-    result = run(["bash", "scripts/deploy.sh", "--dry-run", "--image",
-                  f"recsys-ingest={image}", "prod"], env=no_cluster(tmp_path))
+    result = run(["bash", "scripts/deploy.sh", "--dry-run", *IMAGE_ARGS, "prod"],
+                 env=no_cluster(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "nothing was changed" in result.stderr
     rendered = (REPO / "build" / "deploy" / "prod.yaml").read_text()
     images = {line.split("image: ")[1] for line in rendered.splitlines() if "image: " in line}
-    assert image in images
-    assert not [i for i in images if "recsys-ingest" in i and i != image]
-    assert "ghcr.io/recsys-mesh/recsys-trainer:main" in images
+    for name, image in PINNED.items():
+        assert image in images
+        assert not [i for i in images if name in i and i != image]
+
+
+def test_deploy_refuses_an_image_without_a_digest(tmp_path: Path) -> None:
+    # prod names no tag to fall back on: an image not given by digest stops the deploy.
+    find_tool("kubectl", "kubectl renders the overlays")
+    ingest_only = ["--image", f"recsys-ingest={PINNED['recsys-ingest']}"]
+    result = run(["bash", "scripts/deploy.sh", "--dry-run", *ingest_only, "prod"],
+                 env=no_cluster(tmp_path))
+    assert result.returncode == 2
+    assert "image ghcr.io/recsys-mesh/recsys-recommender is not pinned by digest" in result.stderr
+    tagged = ["--image", "recsys-trainer=ghcr.io/acme/recsys-trainer:main"]
+    result = run(["bash", "scripts/deploy.sh", "--dry-run", *IMAGE_ARGS, *tagged, "prod"],
+                 env=no_cluster(tmp_path))
+    assert result.returncode == 2
+    assert "image ghcr.io/acme/recsys-trainer:main is not pinned by digest" in result.stderr
 
 
 def test_deploy_refuses_an_image_the_manifests_do_not_use(tmp_path: Path) -> None:
@@ -122,14 +141,14 @@ def test_deploy_creates_the_missing_secrets_before_applying(tmp_path: Path) -> N
 
 
 def test_deploy_outside_dev_wants_the_identity_providers_jwks(tmp_path: Path) -> None:
-    result = run(["bash", "scripts/deploy.sh", "prod"], env=fake_cluster(tmp_path))
+    result = run(["bash", "scripts/deploy.sh", *IMAGE_ARGS, "prod"], env=fake_cluster(tmp_path))
     assert result.returncode == 2
     assert "no Secret envoy-jwks in namespace recsys: pass --jwks FILE" in result.stderr
     assert "apply -f build/deploy/prod.yaml\n" not in (tmp_path / "kubectl.log").read_text()
 
 
 def test_deploy_needs_cert_manager(tmp_path: Path) -> None:
-    result = run(["bash", "scripts/deploy.sh", "prod"],
+    result = run(["bash", "scripts/deploy.sh", *IMAGE_ARGS, "prod"],
                  env=fake_cluster(tmp_path, NO_CERT_MANAGER="1"))
     assert result.returncode == 2
     assert "cert-manager is not installed" in result.stderr
