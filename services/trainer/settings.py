@@ -88,7 +88,7 @@ class TrainerSettings(ServerSettings, KafkaSettings, MlflowSettings):
         "the search off, so jobs train with the defaults above.",
         check=lambda n: 0 <= n <= MAX_TRIALS, rule=f"0 to {MAX_TRIALS}")
     search_trial_multiple: float = env(
-        "RECSYS_TRAINER_SEARCH_TRIAL_MULTIPLE", 20.0,
+        "RECSYS_TRAINER_SEARCH_TRIAL_MULTIPLE", 30.0,
         "Hyper-parameter search: the default time budget, in durations of the search's first "
         "trial, so it follows the data's cost (a request may give seconds instead).",
         check=lambda s: 1 <= s <= MAX_TRIALS, rule=f"1 to {MAX_TRIALS}")
