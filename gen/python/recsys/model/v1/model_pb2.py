@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brecsys/model/v1/model.proto\x12\x0frecsys.model.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x01\n\x11\x45valuationMetrics\x12\x17\n\x0fprecision_at_10\x18\x01 \x01(\x01\x12\x14\n\x0crecall_at_10\x18\x02 \x01(\x01\x12\x12\n\nndcg_at_10\x18\x03 \x01(\x01\x12\x11\n\tmap_at_10\x18\x04 \x01(\x01\x12\x17\n\x0fusers_evaluated\x18\x05 \x01(\x03\x12\x1d\n\x15popularity_ndcg_at_10\x18\x06 \x01(\x01\"\xfb\x01\n\x0e\x44\x61tasetLineage\x12\x11\n\trow_count\x18\x01 \x01(\x03\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12P\n\x11partition_offsets\x18\x03 \x03(\x0b\x32\x35.recsys.model.v1.DatasetLineage.PartitionOffsetsEntry\x12\r\n\x05topic\x18\x04 \x01(\t\x12\x12\n\nuser_count\x18\x05 \x01(\x03\x12\x12\n\nitem_count\x18\x06 \x01(\x03\x1a\x37\n\x15PartitionOffsetsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xf2\x01\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x0f\n\x07\x61liases\x18\x03 \x03(\t\x12\x15\n\rmlflow_run_id\x18\x04 \x01(\t\x12\x33\n\x07metrics\x18\x05 \x01(\x0b\x32\".recsys.model.v1.EvaluationMetrics\x12\x30\n\x07lineage\x18\x06 \x01(\x0b\x32\x1f.recsys.model.v1.DatasetLineage\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brecsys/model/v1/model.proto\x12\x0frecsys.model.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x01\n\x11\x45valuationMetrics\x12\x17\n\x0fprecision_at_10\x18\x01 \x01(\x01\x12\x14\n\x0crecall_at_10\x18\x02 \x01(\x01\x12\x12\n\nndcg_at_10\x18\x03 \x01(\x01\x12\x11\n\tmap_at_10\x18\x04 \x01(\x01\x12\x17\n\x0fusers_evaluated\x18\x05 \x01(\x03\x12\x1d\n\x15popularity_ndcg_at_10\x18\x06 \x01(\x01\"\xed\x03\n\x0e\x44\x61tasetLineage\x12\x11\n\trow_count\x18\x01 \x01(\x03\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12P\n\x11partition_offsets\x18\x03 \x03(\x0b\x32\x35.recsys.model.v1.DatasetLineage.PartitionOffsetsEntry\x12\r\n\x05topic\x18\x04 \x01(\t\x12\x12\n\nuser_count\x18\x05 \x01(\x03\x12\x12\n\nitem_count\x18\x06 \x01(\x03\x12\x15\n\rcatalog_topic\x18\x07 \x01(\t\x12L\n\x0f\x63\x61talog_offsets\x18\x08 \x03(\x0b\x32\x33.recsys.model.v1.DatasetLineage.CatalogOffsetsEntry\x12\x1a\n\x12\x63\x61talog_item_count\x18\t \x01(\x03\x12\x1a\n\x12\x63\x61talog_user_count\x18\n \x01(\x03\x12\x1c\n\x14\x63\x61talog_content_hash\x18\x0b \x01(\t\x1a\x37\n\x15PartitionOffsetsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x35\n\x13\x43\x61talogOffsetsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xf2\x01\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x0f\n\x07\x61liases\x18\x03 \x03(\t\x12\x15\n\rmlflow_run_id\x18\x04 \x01(\t\x12\x33\n\x07metrics\x18\x05 \x01(\x0b\x32\".recsys.model.v1.EvaluationMetrics\x12\x30\n\x07lineage\x18\x06 \x01(\x0b\x32\x1f.recsys.model.v1.DatasetLineage\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +34,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DATASETLINEAGE_PARTITIONOFFSETSENTRY']._loaded_options = None
   _globals['_DATASETLINEAGE_PARTITIONOFFSETSENTRY']._serialized_options = b'8\001'
+  _globals['_DATASETLINEAGE_CATALOGOFFSETSENTRY']._loaded_options = None
+  _globals['_DATASETLINEAGE_CATALOGOFFSETSENTRY']._serialized_options = b'8\001'
   _globals['_EVALUATIONMETRICS']._serialized_start=82
   _globals['_EVALUATIONMETRICS']._serialized_end=243
   _globals['_DATASETLINEAGE']._serialized_start=246
-  _globals['_DATASETLINEAGE']._serialized_end=497
-  _globals['_DATASETLINEAGE_PARTITIONOFFSETSENTRY']._serialized_start=442
-  _globals['_DATASETLINEAGE_PARTITIONOFFSETSENTRY']._serialized_end=497
-  _globals['_MODELVERSION']._serialized_start=500
-  _globals['_MODELVERSION']._serialized_end=742
+  _globals['_DATASETLINEAGE']._serialized_end=739
+  _globals['_DATASETLINEAGE_PARTITIONOFFSETSENTRY']._serialized_start=629
+  _globals['_DATASETLINEAGE_PARTITIONOFFSETSENTRY']._serialized_end=684
+  _globals['_DATASETLINEAGE_CATALOGOFFSETSENTRY']._serialized_start=686
+  _globals['_DATASETLINEAGE_CATALOGOFFSETSENTRY']._serialized_end=739
+  _globals['_MODELVERSION']._serialized_start=742
+  _globals['_MODELVERSION']._serialized_end=984
 # @@protoc_insertion_point(module_scope)

@@ -87,12 +87,37 @@ class DatasetLineage(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class CatalogOffsetsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ROW_COUNT_FIELD_NUMBER: _builtins.int
     CONTENT_HASH_FIELD_NUMBER: _builtins.int
     PARTITION_OFFSETS_FIELD_NUMBER: _builtins.int
     TOPIC_FIELD_NUMBER: _builtins.int
     USER_COUNT_FIELD_NUMBER: _builtins.int
     ITEM_COUNT_FIELD_NUMBER: _builtins.int
+    CATALOG_TOPIC_FIELD_NUMBER: _builtins.int
+    CATALOG_OFFSETS_FIELD_NUMBER: _builtins.int
+    CATALOG_ITEM_COUNT_FIELD_NUMBER: _builtins.int
+    CATALOG_USER_COUNT_FIELD_NUMBER: _builtins.int
+    CATALOG_CONTENT_HASH_FIELD_NUMBER: _builtins.int
     row_count: _builtins.int
     """Distinct events (deduplicated by event_id) in the snapshot."""
     content_hash: _builtins.str
@@ -101,10 +126,21 @@ class DatasetLineage(_message.Message):
     """The topic the events came from."""
     user_count: _builtins.int
     item_count: _builtins.int
+    catalog_topic: _builtins.str
+    """The catalogue topic and, per partition, the next offset the trainer had read of it when
+    the snapshot was cut: every erasure before it was done before the snapshot.
+    """
+    catalog_item_count: _builtins.int
+    """Items with categories or labels, and users with labels, kept beside the events."""
+    catalog_user_count: _builtins.int
+    catalog_content_hash: _builtins.str
+    """Hex SHA-256 of the catalogue's content (items and users in id order)."""
     @_builtins.property
     def partition_offsets(self) -> _containers.ScalarMap[_builtins.int, _builtins.int]:
         """Next offset to read, per partition of the interactions topic, when the snapshot was cut."""
 
+    @_builtins.property
+    def catalog_offsets(self) -> _containers.ScalarMap[_builtins.int, _builtins.int]: ...
     def __init__(
         self,
         *,
@@ -114,10 +150,15 @@ class DatasetLineage(_message.Message):
         topic: _builtins.str = ...,
         user_count: _builtins.int = ...,
         item_count: _builtins.int = ...,
+        catalog_topic: _builtins.str = ...,
+        catalog_offsets: _abc.Mapping[_builtins.int, _builtins.int] | None = ...,
+        catalog_item_count: _builtins.int = ...,
+        catalog_user_count: _builtins.int = ...,
+        catalog_content_hash: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hash", b"content_hash", "item_count", b"item_count", "partition_offsets", b"partition_offsets", "row_count", b"row_count", "topic", b"topic", "user_count", b"user_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_content_hash", b"catalog_content_hash", "catalog_item_count", b"catalog_item_count", "catalog_offsets", b"catalog_offsets", "catalog_topic", b"catalog_topic", "catalog_user_count", b"catalog_user_count", "content_hash", b"content_hash", "item_count", b"item_count", "partition_offsets", b"partition_offsets", "row_count", b"row_count", "topic", b"topic", "user_count", b"user_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

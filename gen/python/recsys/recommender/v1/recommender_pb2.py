@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from recsys.model.v1 import model_pb2 as recsys_dot_model_dot_v1_dot_model__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'recsys/recommender/v1/recommender.proto\x12\x15recsys.recommender.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1brecsys/model/v1/model.proto\",\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\"t\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x19\n\x0c\x65xclude_seen\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\tB\x0f\n\r_exclude_seen\"\x8f\x01\n\x11RecommendResponse\x12\x30\n\x05items\x18\x01 \x03(\x0b\x32!.recsys.recommender.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x31\n\x08strategy\x18\x03 \x01(\x0e\x32\x1f.recsys.recommender.v1.Strategy\"1\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\"_\n\x14SimilarItemsResponse\x12\x30\n\x05items\x18\x01 \x03(\x0b\x32!.recsys.recommender.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\x15\n\x13GetModelInfoRequest\"\xd0\x02\n\x14GetModelInfoResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\r\n\x05\x61lias\x18\x03 \x01(\t\x12-\n\tloaded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x07metrics\x18\x05 \x01(\x0b\x32\".recsys.model.v1.EvaluationMetrics\x12\x30\n\x07lineage\x18\x06 \x01(\x0b\x32\x1f.recsys.model.v1.DatasetLineage\x12\x12\n\nuser_count\x18\x07 \x01(\x03\x12\x12\n\nitem_count\x18\x08 \x01(\x03\x12\x0f\n\x07\x66\x61\x63tors\x18\t \x01(\x05\x12/\n\x07scoring\x18\n \x01(\x0b\x32\x1e.recsys.recommender.v1.Scoring\"^\n\x07Scoring\x12\x13\n\x0b\x61pproximate\x18\x01 \x01(\x08\x12\x14\n\x0crecall_at_10\x18\x02 \x01(\x01\x12\x15\n\rscanned_ratio\x18\x03 \x01(\x01\x12\x11\n\ttop_lists\x18\x04 \x01(\x08*n\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x19\n\x15STRATEGY_PERSONALIZED\x10\x01\x12\x14\n\x10STRATEGY_FOLD_IN\x10\x02\x12\x17\n\x13STRATEGY_POPULARITY\x10\x03\x32\xad\x03\n\x12RecommenderService\x12\x8b\x01\n\tRecommend\x12\'.recsys.recommender.v1.RecommendRequest\x1a(.recsys.recommender.v1.RecommendResponse\"+\x82\xd3\xe4\x93\x02%\x12#/v1/users/{user_id}/recommendations\x12\x8c\x01\n\x0cSimilarItems\x12*.recsys.recommender.v1.SimilarItemsRequest\x1a+.recsys.recommender.v1.SimilarItemsResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/items/{item_id}/similar\x12z\n\x0cGetModelInfo\x12*.recsys.recommender.v1.GetModelInfoRequest\x1a+.recsys.recommender.v1.GetModelInfoResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/modelb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'recsys/recommender/v1/recommender.proto\x12\x15recsys.recommender.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1brecsys/model/v1/model.proto\"@\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x12\n\ncold_start\x18\x03 \x01(\x08\"\x88\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x19\n\x0c\x65xclude_seen\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x12\n\ncategories\x18\x05 \x03(\tB\x0f\n\r_exclude_seen\"\x8f\x01\n\x11RecommendResponse\x12\x30\n\x05items\x18\x01 \x03(\x0b\x32!.recsys.recommender.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x31\n\x08strategy\x18\x03 \x01(\x0e\x32\x1f.recsys.recommender.v1.Strategy\"E\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x12\n\ncategories\x18\x03 \x03(\t\"s\n\x14SimilarItemsResponse\x12\x30\n\x05items\x18\x01 \x03(\x0b\x32!.recsys.recommender.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\ncold_start\x18\x03 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"\x88\x03\n\x14GetModelInfoResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\r\n\x05\x61lias\x18\x03 \x01(\t\x12-\n\tloaded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x07metrics\x18\x05 \x01(\x0b\x32\".recsys.model.v1.EvaluationMetrics\x12\x30\n\x07lineage\x18\x06 \x01(\x0b\x32\x1f.recsys.model.v1.DatasetLineage\x12\x12\n\nuser_count\x18\x07 \x01(\x03\x12\x12\n\nitem_count\x18\x08 \x01(\x03\x12\x0f\n\x07\x66\x61\x63tors\x18\t \x01(\x05\x12/\n\x07scoring\x18\n \x01(\x0b\x32\x1e.recsys.recommender.v1.Scoring\x12\x36\n\x07\x63\x61talog\x18\x0b \x01(\x0b\x32%.recsys.recommender.v1.CatalogSummary\"p\n\x0e\x43\x61talogSummary\x12\r\n\x05items\x18\x01 \x01(\x03\x12\x15\n\rblocked_items\x18\x02 \x01(\x03\x12\x18\n\x10\x63old_start_items\x18\x03 \x01(\x03\x12\r\n\x05users\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\t\"^\n\x07Scoring\x12\x13\n\x0b\x61pproximate\x18\x01 \x01(\x08\x12\x14\n\x0crecall_at_10\x18\x02 \x01(\x01\x12\x15\n\rscanned_ratio\x18\x03 \x01(\x01\x12\x11\n\ttop_lists\x18\x04 \x01(\x08*\x8d\x01\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x19\n\x15STRATEGY_PERSONALIZED\x10\x01\x12\x14\n\x10STRATEGY_FOLD_IN\x10\x02\x12\x17\n\x13STRATEGY_POPULARITY\x10\x03\x12\x1d\n\x19STRATEGY_LABEL_POPULARITY\x10\x04\x32\xad\x03\n\x12RecommenderService\x12\x8b\x01\n\tRecommend\x12\'.recsys.recommender.v1.RecommendRequest\x1a(.recsys.recommender.v1.RecommendResponse\"+\x82\xd3\xe4\x93\x02%\x12#/v1/users/{user_id}/recommendations\x12\x8c\x01\n\x0cSimilarItems\x12*.recsys.recommender.v1.SimilarItemsRequest\x1a+.recsys.recommender.v1.SimilarItemsResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/items/{item_id}/similar\x12z\n\x0cGetModelInfo\x12*.recsys.recommender.v1.GetModelInfoRequest\x1a+.recsys.recommender.v1.GetModelInfoResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/modelb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,24 +40,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDERSERVICE'].methods_by_name['SimilarItems']._serialized_options = b'\202\323\344\223\002\035\022\033/v1/items/{item_id}/similar'
   _globals['_RECOMMENDERSERVICE'].methods_by_name['GetModelInfo']._loaded_options = None
   _globals['_RECOMMENDERSERVICE'].methods_by_name['GetModelInfo']._serialized_options = b'\202\323\344\223\002\013\022\t/v1/model'
-  _globals['_STRATEGY']._serialized_start=1074
-  _globals['_STRATEGY']._serialized_end=1184
+  _globals['_STRATEGY']._serialized_start=1326
+  _globals['_STRATEGY']._serialized_end=1467
   _globals['_SCOREDITEM']._serialized_start=158
-  _globals['_SCOREDITEM']._serialized_end=202
-  _globals['_RECOMMENDREQUEST']._serialized_start=204
-  _globals['_RECOMMENDREQUEST']._serialized_end=320
-  _globals['_RECOMMENDRESPONSE']._serialized_start=323
-  _globals['_RECOMMENDRESPONSE']._serialized_end=466
-  _globals['_SIMILARITEMSREQUEST']._serialized_start=468
-  _globals['_SIMILARITEMSREQUEST']._serialized_end=517
-  _globals['_SIMILARITEMSRESPONSE']._serialized_start=519
-  _globals['_SIMILARITEMSRESPONSE']._serialized_end=614
-  _globals['_GETMODELINFOREQUEST']._serialized_start=616
-  _globals['_GETMODELINFOREQUEST']._serialized_end=637
-  _globals['_GETMODELINFORESPONSE']._serialized_start=640
-  _globals['_GETMODELINFORESPONSE']._serialized_end=976
-  _globals['_SCORING']._serialized_start=978
-  _globals['_SCORING']._serialized_end=1072
-  _globals['_RECOMMENDERSERVICE']._serialized_start=1187
-  _globals['_RECOMMENDERSERVICE']._serialized_end=1616
+  _globals['_SCOREDITEM']._serialized_end=222
+  _globals['_RECOMMENDREQUEST']._serialized_start=225
+  _globals['_RECOMMENDREQUEST']._serialized_end=361
+  _globals['_RECOMMENDRESPONSE']._serialized_start=364
+  _globals['_RECOMMENDRESPONSE']._serialized_end=507
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=509
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=578
+  _globals['_SIMILARITEMSRESPONSE']._serialized_start=580
+  _globals['_SIMILARITEMSRESPONSE']._serialized_end=695
+  _globals['_GETMODELINFOREQUEST']._serialized_start=697
+  _globals['_GETMODELINFOREQUEST']._serialized_end=718
+  _globals['_GETMODELINFORESPONSE']._serialized_start=721
+  _globals['_GETMODELINFORESPONSE']._serialized_end=1113
+  _globals['_CATALOGSUMMARY']._serialized_start=1115
+  _globals['_CATALOGSUMMARY']._serialized_end=1227
+  _globals['_SCORING']._serialized_start=1229
+  _globals['_SCORING']._serialized_end=1323
+  _globals['_RECOMMENDERSERVICE']._serialized_start=1470
+  _globals['_RECOMMENDERSERVICE']._serialized_end=1899
 # @@protoc_insertion_point(module_scope)

@@ -34,6 +34,10 @@ class _StrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Strategy.Val
     """A user unknown to the model, folded in from recent interactions."""
     STRATEGY_POPULARITY: _Strategy.ValueType  # 3
     """Nothing known about the user: the most popular items."""
+    STRATEGY_LABEL_POPULARITY: _Strategy.ValueType  # 4
+    """A user unknown to the model, without recent interactions, with labels in the catalogue:
+    the items most popular among the users who share one of them.
+    """
 
 class Strategy(_Strategy, metaclass=_StrategyEnumTypeWrapper):
     """How a recommendation was computed."""
@@ -45,6 +49,10 @@ STRATEGY_FOLD_IN: Strategy.ValueType  # 2
 """A user unknown to the model, folded in from recent interactions."""
 STRATEGY_POPULARITY: Strategy.ValueType  # 3
 """Nothing known about the user: the most popular items."""
+STRATEGY_LABEL_POPULARITY: Strategy.ValueType  # 4
+"""A user unknown to the model, without recent interactions, with labels in the catalogue:
+the items most popular among the users who share one of them.
+"""
 Global___Strategy: _TypeAlias = Strategy  # noqa: Y015
 
 @_typing.final
@@ -53,18 +61,25 @@ class ScoredItem(_message.Message):
 
     ITEM_ID_FIELD_NUMBER: _builtins.int
     SCORE_FIELD_NUMBER: _builtins.int
+    COLD_START_FIELD_NUMBER: _builtins.int
     item_id: _builtins.str
     score: _builtins.float
     """Higher is better; comparable only within one response."""
+    cold_start: _builtins.bool
+    """The model does not know the item yet (it is in the catalogue, added since the model was
+    trained): it is scored with a vector made from the items that share its labels and
+    categories.
+    """
     def __init__(
         self,
         *,
         item_id: _builtins.str = ...,
         score: _builtins.float = ...,
+        cold_start: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cold_start", b"cold_start", "item_id", b"item_id", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -78,6 +93,7 @@ class RecommendRequest(_message.Message):
     K_FIELD_NUMBER: _builtins.int
     EXCLUDE_SEEN_FIELD_NUMBER: _builtins.int
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """1 to 128 characters of printable text (as Interaction.user_id and item_id)."""
     k: _builtins.int
@@ -90,6 +106,10 @@ class RecommendRequest(_message.Message):
     def exclude_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Items to leave out as well, at most 1,000."""
 
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only items in one of these catalogue categories (at most 16); empty: any item."""
+
     def __init__(
         self,
         *,
@@ -97,10 +117,11 @@ class RecommendRequest(_message.Message):
         k: _builtins.int = ...,
         exclude_seen: _builtins.bool | None = ...,
         exclude_item_ids: _abc.Iterable[_builtins.str] | None = ...,
+        categories: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exclude_seen", b"_exclude_seen", "exclude_seen", b"exclude_seen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exclude_seen", b"_exclude_seen", "exclude_item_ids", b"exclude_item_ids", "exclude_seen", b"exclude_seen", "k", b"k", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exclude_seen", b"_exclude_seen", "categories", b"categories", "exclude_item_ids", b"exclude_item_ids", "exclude_seen", b"exclude_seen", "k", b"k", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exclude_seen: _TypeAlias = _typing.Literal["exclude_seen"]  # noqa: Y015
     _WhichOneofArgType__exclude_seen: _TypeAlias = _typing.Literal["_exclude_seen", b"_exclude_seen"]  # noqa: Y015
@@ -141,19 +162,25 @@ class SimilarItemsRequest(_message.Message):
 
     ITEM_ID_FIELD_NUMBER: _builtins.int
     K_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
     item_id: _builtins.str
     """1 to 128 characters of printable text (as Interaction.user_id and item_id)."""
     k: _builtins.int
     """Number of items, 1 to the configured maximum; 0 means 10."""
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only items in one of these catalogue categories (at most 16); empty: any item."""
+
     def __init__(
         self,
         *,
         item_id: _builtins.str = ...,
         k: _builtins.int = ...,
+        categories: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "k", b"k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "item_id", b"item_id", "k", b"k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -165,7 +192,12 @@ class SimilarItemsResponse(_message.Message):
 
     ITEMS_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    COLD_START_FIELD_NUMBER: _builtins.int
     model_version: _builtins.str
+    cold_start: _builtins.bool
+    """The requested item is new to the model: its vector comes from the items that share its
+    labels and categories.
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScoredItem]:
         """Nearest first; score is the cosine similarity, -1 to 1."""
@@ -175,10 +207,11 @@ class SimilarItemsResponse(_message.Message):
         *,
         items: _abc.Iterable[Global___ScoredItem] | None = ...,
         model_version: _builtins.str = ...,
+        cold_start: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "model_version", b"model_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cold_start", b"cold_start", "items", b"items", "model_version", b"model_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -213,6 +246,7 @@ class GetModelInfoResponse(_message.Message):
     ITEM_COUNT_FIELD_NUMBER: _builtins.int
     FACTORS_FIELD_NUMBER: _builtins.int
     SCORING_FIELD_NUMBER: _builtins.int
+    CATALOG_FIELD_NUMBER: _builtins.int
     model_version: _builtins.str
     model_name: _builtins.str
     alias: _builtins.str
@@ -230,6 +264,10 @@ class GetModelInfoResponse(_message.Message):
     def scoring(self) -> Global___Scoring:
         """How Recommend ranks this version's catalogue."""
 
+    @_builtins.property
+    def catalog(self) -> Global___CatalogSummary:
+        """The catalogue this replica serves with."""
+
     def __init__(
         self,
         *,
@@ -243,14 +281,57 @@ class GetModelInfoResponse(_message.Message):
         item_count: _builtins.int = ...,
         factors: _builtins.int = ...,
         scoring: Global___Scoring | None = ...,
+        catalog: Global___CatalogSummary | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["lineage", b"lineage", "loaded_at", b"loaded_at", "metrics", b"metrics", "scoring", b"scoring"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["catalog", b"catalog", "lineage", b"lineage", "loaded_at", b"loaded_at", "metrics", b"metrics", "scoring", b"scoring"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "factors", b"factors", "item_count", b"item_count", "lineage", b"lineage", "loaded_at", b"loaded_at", "metrics", b"metrics", "model_name", b"model_name", "model_version", b"model_version", "scoring", b"scoring", "user_count", b"user_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "catalog", b"catalog", "factors", b"factors", "item_count", b"item_count", "lineage", b"lineage", "loaded_at", b"loaded_at", "metrics", b"metrics", "model_name", b"model_name", "model_version", b"model_version", "scoring", b"scoring", "user_count", b"user_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetModelInfoResponse: _TypeAlias = GetModelInfoResponse  # noqa: Y015
+
+@_typing.final
+class CatalogSummary(_message.Message):
+    """What a replica has read of the catalogue topic, and what it makes of it for the served
+    model version.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    BLOCKED_ITEMS_FIELD_NUMBER: _builtins.int
+    COLD_START_ITEMS_FIELD_NUMBER: _builtins.int
+    USERS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    items: _builtins.int
+    """Items in the catalogue (deleted ones not counted)."""
+    blocked_items: _builtins.int
+    """Items never recommended now: hidden, or outside their availability window."""
+    cold_start_items: _builtins.int
+    """Items the served version does not know, recommended through their labels and categories."""
+    users: _builtins.int
+    """Users with labels."""
+    version: _builtins.str
+    """Names what the replica has read: "<next offset of partition 0>.<of 1>...", the same on
+    every replica that has read as far.
+    """
+    def __init__(
+        self,
+        *,
+        items: _builtins.int = ...,
+        blocked_items: _builtins.int = ...,
+        cold_start_items: _builtins.int = ...,
+        users: _builtins.int = ...,
+        version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_items", b"blocked_items", "cold_start_items", b"cold_start_items", "items", b"items", "users", b"users", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CatalogSummary: _TypeAlias = CatalogSummary  # noqa: Y015
 
 @_typing.final
 class Scoring(_message.Message):

@@ -59,14 +59,15 @@ class RecommenderServiceServicer:
     """
 
     def Recommend(self, request, context):
-        """Top-k items for a user.
+        """Top-k items for a user: never a hidden item, nor one outside its availability window.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SimilarItems(self, request, context):
-        """The k items nearest to an item by cosine of item factors. NOT_FOUND for an unknown item.
+        """The k items nearest to an item by cosine of item factors (hidden and unavailable items left
+        out). NOT_FOUND for an item neither the model nor the catalogue knows.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

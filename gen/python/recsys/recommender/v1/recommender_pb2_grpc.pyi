@@ -36,9 +36,11 @@ class RecommenderServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RecommenderServiceAsyncStub: ...
     Recommend: _grpc.UnaryUnaryMultiCallable[_recommender_pb2.RecommendRequest, _recommender_pb2.RecommendResponse]
-    """Top-k items for a user."""
+    """Top-k items for a user: never a hidden item, nor one outside its availability window."""
     SimilarItems: _grpc.UnaryUnaryMultiCallable[_recommender_pb2.SimilarItemsRequest, _recommender_pb2.SimilarItemsResponse]
-    """The k items nearest to an item by cosine of item factors. NOT_FOUND for an unknown item."""
+    """The k items nearest to an item by cosine of item factors (hidden and unavailable items left
+    out). NOT_FOUND for an item neither the model nor the catalogue knows.
+    """
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_recommender_pb2.GetModelInfoRequest, _recommender_pb2.GetModelInfoResponse]
     """The model being served."""
 
@@ -50,9 +52,11 @@ class RecommenderServiceAsyncStub(RecommenderServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Recommend: _aio.UnaryUnaryMultiCallable[_recommender_pb2.RecommendRequest, _recommender_pb2.RecommendResponse]  # type: ignore[assignment]
-    """Top-k items for a user."""
+    """Top-k items for a user: never a hidden item, nor one outside its availability window."""
     SimilarItems: _aio.UnaryUnaryMultiCallable[_recommender_pb2.SimilarItemsRequest, _recommender_pb2.SimilarItemsResponse]  # type: ignore[assignment]
-    """The k items nearest to an item by cosine of item factors. NOT_FOUND for an unknown item."""
+    """The k items nearest to an item by cosine of item factors (hidden and unavailable items left
+    out). NOT_FOUND for an item neither the model nor the catalogue knows.
+    """
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_recommender_pb2.GetModelInfoRequest, _recommender_pb2.GetModelInfoResponse]  # type: ignore[assignment]
     """The model being served."""
 
@@ -67,7 +71,7 @@ class RecommenderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _recommender_pb2.RecommendRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_recommender_pb2.RecommendResponse, _abc.Awaitable[_recommender_pb2.RecommendResponse]]:
-        """Top-k items for a user."""
+        """Top-k items for a user: never a hidden item, nor one outside its availability window."""
 
     @_abc_1.abstractmethod
     def SimilarItems(
@@ -75,7 +79,9 @@ class RecommenderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _recommender_pb2.SimilarItemsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_recommender_pb2.SimilarItemsResponse, _abc.Awaitable[_recommender_pb2.SimilarItemsResponse]]:
-        """The k items nearest to an item by cosine of item factors. NOT_FOUND for an unknown item."""
+        """The k items nearest to an item by cosine of item factors (hidden and unavailable items left
+        out). NOT_FOUND for an item neither the model nor the catalogue knows.
+        """
 
     @_abc_1.abstractmethod
     def GetModelInfo(
