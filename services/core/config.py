@@ -61,13 +61,17 @@ class ServerSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class KafkaSettings:
-    """Where the interaction events are: ingest writes the topic, the others read it."""
+    """Where the interaction events and the catalogue are: ingest writes the topics, the others
+    read them."""
 
     kafka_bootstrap: str = env("RECSYS_KAFKA_BOOTSTRAP", "127.0.0.1:9092",
                                "Kafka bootstrap servers, host:port[,host:port...].")
     kafka_topic: str = env("RECSYS_KAFKA_TOPIC", "interactions",
                            "Topic of Interaction events (ingest writes it; the trainer and the "
                            "recommender's history read it).")
+    catalog_topic: str = env("RECSYS_KAFKA_CATALOG_TOPIC", "catalog",
+                             "Topic of catalogue changes (items, users' profiles, erasures): "
+                             "ingest writes it; the recommender and the trainer read it.")
     # How the clients authenticate and protect the connection (SASL, TLS): see services.core.kafka.
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = env(
         "RECSYS_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT",

@@ -10,6 +10,11 @@ that follows a poll, the consumer seeks back to the batch's first offsets; when 
 batch, or the seek fails, it is closed and a new one resumes from the group's committed
 offsets. Delivery is at least once, in order per partition: handlers must tolerate repeats.
 
+Without a consumer group (`Subscription.group_id` None) a loop follows the topic instead: it
+reads every partition from its start each time it starts, and commits nothing. That is how a
+service rebuilds a view of a topic (the catalogue) in memory; `caught_up` tells when it has
+read what the topic held.
+
 Lag is the high watermark that fetch responses carry minus the position, never
 `end_offsets()`: the local broker (Tansu) answers ListOffsets(latest) wrongly.
 """
@@ -79,7 +84,7 @@ class Subscription:
 
     bootstrap: str
     topic: str
-    group_id: str
+    group_id: str | None  # None: follow the topic from its start, without a group
     name: str  # the thread's and the Kafka client's name; logs call the loop by it
     security: KafkaSecurity = PLAINTEXT
     max_records: int = 500  # most records handed to the handler at once
@@ -135,6 +140,9 @@ class ConsumerLoop(Generic[M]):
         self._failures = 0  # in a row; 0 while the loop works
         #: Records in the topic not consumed yet, over the assigned partitions (0 until known).
         self.lag = 0
+        #: For a follower: every partition read up to the high watermark of its last fetch (or
+        #: the topic does not exist yet): what was on the topic has been handed to the handler.
+        self.caught_up = False
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=subscription.name, daemon=True)
 
@@ -172,8 +180,11 @@ class ConsumerLoop(Generic[M]):
 
     def _connect(self) -> KafkaConsumer:
         sub = self._subscription
+        # A follower assigns itself the partitions (`_poll`): subscribing to a topic that does
+        # not exist yet would make some brokers (Tansu) create it, without its writer's settings.
+        topics = () if sub.group_id is None else (sub.topic,)
         return KafkaConsumer(
-            sub.topic,
+            *topics,
             **consumer_config(sub.bootstrap, group_id=sub.group_id, client_id=sub.name,
                               security=sub.security),
             max_poll_records=sub.max_records,
@@ -181,12 +192,24 @@ class ConsumerLoop(Generic[M]):
         )
 
     def _poll(self, consumer: KafkaConsumer) -> Batch[Any]:
-        polled = consumer.poll(timeout_ms=self._subscription.poll_timeout_ms)
+        sub = self._subscription
+        if sub.group_id is None and not consumer.assignment():
+            partitions = consumer.partitions_for_topic(sub.topic)
+            if not partitions:  # no topic yet: nothing to read, look again after a while
+                self.caught_up = True
+                self._stopping.wait(sub.poll_timeout_ms / 1000)
+                return Batch([])
+            consumer.assign([TopicPartition(sub.topic, p) for p in sorted(partitions)])
+        polled = consumer.poll(timeout_ms=sub.poll_timeout_ms)
         self.lag = _lag(consumer)
+        if sub.group_id is None:
+            self.caught_up = _caught_up(consumer)
         return Batch([Record(tp.partition, record.offset, decode(self._message, record.value))
                       for tp, records in polled.items() for record in records])
 
     def _commit(self, consumer: KafkaConsumer, batch: Batch[Any]) -> None:
+        if self._subscription.group_id is None:  # a follower keeps no offsets
+            return
         topic = self._subscription.topic
         consumer.commit({TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
                          for partition, offset in batch.next_offsets().items()})
@@ -236,6 +259,11 @@ def _lag(consumer: KafkaConsumer) -> int:
         if highwater is not None and position is not None:
             lag += max(highwater - position, 0)
     return lag
+
+
+def _caught_up(consumer: KafkaConsumer) -> bool:
+    return all((mark := consumer.highwater(tp)) is not None and consumer.position(tp) >= mark
+               for tp in consumer.assignment())
 
 
 def _close(consumer: KafkaConsumer) -> None:

@@ -97,9 +97,10 @@ def producer_config(bootstrap: str, *, client_id: str,
     }
 
 
-def consumer_config(bootstrap: str, *, group_id: str, client_id: str,
+def consumer_config(bootstrap: str, *, group_id: str | None, client_id: str,
                     security: KafkaSecurity = PLAINTEXT) -> dict[str, Any]:
-    """A group consumer that commits offsets itself, only after its work is durable."""
+    """A group consumer that commits offsets itself, only after its work is durable (without a
+    group, None: a consumer that reads from the start and commits nothing)."""
     return {
         **security.client_options(),
         "bootstrap_servers": bootstrap,
@@ -126,8 +127,8 @@ def read_end_offsets(bootstrap: str, topic: str, *, security: KafkaSecurity = PL
     batch (and exact on Apache Kafka), so a fetch from there is small and brings the true end.
     Raises KafkaError or TimeoutError when the broker does not answer within `timeout_s`.
     """
-    config = consumer_config(bootstrap, group_id="", client_id="offsets", security=security)
-    consumer = KafkaConsumer(**{**config, "group_id": None}, fetch_max_wait_ms=100)
+    config = consumer_config(bootstrap, group_id=None, client_id="offsets", security=security)
+    consumer = KafkaConsumer(**config, fetch_max_wait_ms=100)
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
@@ -141,5 +142,19 @@ def read_end_offsets(bootstrap: str, topic: str, *, security: KafkaSecurity = PL
                                    f"{[tp.partition for tp in missing]} in {timeout_s:g} s")
             consumer.poll(timeout_ms=200)
         return {tp.partition: int(consumer.highwater(tp)) for tp in assigned}
+    finally:
+        consumer.close(autocommit=False)
+
+
+def read_committed_offsets(bootstrap: str, topic: str, group_id: str, *,
+                           security: KafkaSecurity = PLAINTEXT) -> dict[int, int]:
+    """The offset consumer group `group_id` has committed on each partition of `topic` (those
+    without a commit are left out), read without joining the group."""
+    consumer = KafkaConsumer(**consumer_config(bootstrap, group_id=group_id,
+                                               client_id="committed", security=security))
+    try:
+        committed = {p: consumer.committed(TopicPartition(topic, p))
+                     for p in sorted(consumer.partitions_for_topic(topic) or ())}
+        return {p: int(offset) for p, offset in committed.items() if offset is not None}
     finally:
         consumer.close(autocommit=False)

@@ -4,6 +4,9 @@ The short name is the service's name everywhere outside protobuf (its package, p
 Kubernetes Deployment and Service, Envoy cluster, Prometheus job); the full name is what gRPC,
 grpc.health.v1, reflection and the `grpc_service` metric label use. Full names come from the
 generated descriptors, so a renamed proto service cannot leave a stale copy behind.
+
+A few services have no server of their own: they share another's (`HOSTED_SERVICES`), and the
+edge routes them to that server's cluster.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from recsys.catalog.v1 import catalog_pb2
 from recsys.ingest.v1 import ingest_pb2
 from recsys.recommender.v1 import recommender_pb2
 from recsys.trainer.v1 import trainer_pb2
@@ -21,3 +25,21 @@ SERVICE_NAMES: Mapping[str, str] = MappingProxyType({
     "trainer": trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name,
     "recommender": recommender_pb2.DESCRIPTOR.services_by_name["RecommenderService"].full_name,
 })
+
+CATALOG = "catalog"
+
+# Short name → (full gRPC service name, short name of the server that serves it). The
+# catalogue is written to Kafka as interactions are, so ingest serves it.
+HOSTED_SERVICES: Mapping[str, tuple[str, str]] = MappingProxyType({
+    CATALOG: (catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name, "ingest"),
+})
+
+# Every gRPC service of the mesh: short name → full name (the servers' own, then the hosted).
+ALL_SERVICE_NAMES: Mapping[str, str] = MappingProxyType({
+    **SERVICE_NAMES, **{name: full for name, (full, _) in HOSTED_SERVICES.items()},
+})
+
+
+def server_of(name: str) -> str:
+    """The short name of the server that serves service `name` (short name)."""
+    return HOSTED_SERVICES[name][1] if name in HOSTED_SERVICES else name

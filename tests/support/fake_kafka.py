@@ -2,7 +2,9 @@
 
 `FakeBroker` holds one topic's partitions and one group's committed offsets; called like the
 KafkaConsumer class (monkeypatch `services.core.consumer.KafkaConsumer` with it), it returns a
-`FakeConsumer` that starts from the committed offsets, as a real group member does.
+`FakeConsumer` that starts from the committed offsets, as a real group member does; one made
+without a topic (a follower, with no group) reads the partitions it assigns itself from the
+start. `exists` False plays a topic not created yet.
 `expect_committed` waits until the group committed given offsets: everything before them has
 been handled.
 """
@@ -36,6 +38,7 @@ class FakeBroker:
         self.consumers: list[FakeConsumer] = []
         self.fail_connects = 0
         self.fail_commits = 0
+        self.exists = True
         self.changed = threading.Condition()
 
     def produce(self, partition: int, *values: bytes | None) -> None:
@@ -43,29 +46,41 @@ class FakeBroker:
             self.log[partition].extend(values)
             self.changed.notify_all()
 
-    def __call__(self, topic: str, **options: Any) -> FakeConsumer:
-        assert topic == self.topic
+    def __call__(self, *topics: str, **options: Any) -> FakeConsumer:
+        assert topics in ((self.topic,), ())
         with self.changed:
             if self.fail_connects:
                 self.fail_connects -= 1
                 self.changed.notify_all()
                 raise KafkaTimeoutError("Unable to bootstrap from the fake broker")
-            consumer = FakeConsumer(self, options)
+            consumer = FakeConsumer(self, options, subscribed=bool(topics))
             self.consumers.append(consumer)
             self.changed.notify_all()
             return consumer
 
 
 class FakeConsumer:
-    def __init__(self, broker: FakeBroker, options: dict[str, Any]) -> None:
+    def __init__(self, broker: FakeBroker, options: dict[str, Any], *,
+                 subscribed: bool) -> None:
         self.options = options
         self.closed = False
         self._broker = broker
-        self._positions = {TopicPartition(broker.topic, p): broker.committed.get(p, 0)
-                           for p in broker.log}
+        self._positions: dict[TopicPartition, int] = {}
+        if subscribed:
+            self._positions = {TopicPartition(broker.topic, p): broker.committed.get(p, 0)
+                               for p in broker.log}
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._positions)
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        assert topic == self._broker.topic
+        return set(self._broker.log) if self._broker.exists else set()
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        """A follower's own assignment: no group, so every partition from its start."""
+        assert self.options["group_id"] is None
+        self._positions = dict.fromkeys(partitions, 0)
 
     def _pending(self) -> bool:
         return any(len(self._broker.log[tp.partition]) > position

@@ -75,9 +75,10 @@ def run(broker: FakeBroker, errors: list[Exception]) -> Iterator[Callable[..., L
     loops: list[Loop] = []
 
     def start(handler: Callable[[Batch[interaction_pb2.Interaction]], None], *,
-              backoff: Backoff | None = None, max_records: int = 10) -> Loop:
+              backoff: Backoff | None = None, max_records: int = 10,
+              group_id: str | None = "g") -> Loop:
         loop = ConsumerLoop(
-            Subscription(bootstrap="fake:9092", topic=TOPIC, group_id="g", name="test",
+            Subscription(bootstrap="fake:9092", topic=TOPIC, group_id=group_id, name="test",
                          max_records=max_records, poll_timeout_ms=50),
             handler, on_error=errors.append, backoff=backoff or RecordingBackoff())
         loops.append(loop)
@@ -204,6 +205,34 @@ def test_lag_is_the_high_watermark_minus_the_position(
     expect_committed(broker, {0: 5, 1: 1})
     assert lags[0] == 4  # 6 records, 2 polled
     assert loop.lag == 0
+
+
+def test_a_follower_reads_every_partition_from_its_start_each_time_and_commits_nothing(
+        broker: FakeBroker, run: Callable[..., Loop]) -> None:
+    broker.produce(0, interaction(1), interaction(2))
+    broker.produce(1, interaction(3))
+    broker.committed = {0: 2, 1: 1}  # some group's offsets: a follower has none of its own
+    for _ in range(2):  # a restarted follower reads it all again
+        handler = Handler(broker)
+        loop = run(handler, group_id=None)
+        eventually(lambda: loop.caught_up, timeout=10, what="the follower caught up")  # noqa: B023
+        loop.stop()
+        assert sorted(r for batch in handler.seen for r in batch) == [
+            (0, 0, "e1"), (0, 1, "e2"), (1, 0, "e3")]
+    assert broker.committed == {0: 2, 1: 1}
+
+
+def test_a_follower_of_a_topic_not_made_yet_has_read_everything_and_reads_it_once_made(
+        broker: FakeBroker, run: Callable[..., Loop]) -> None:
+    broker.exists = False
+    handler = Handler(broker)
+    loop = run(handler, group_id=None)
+    eventually(lambda: loop.caught_up, timeout=10, what="caught up with a missing topic")
+    broker.produce(0, interaction(1))
+    broker.exists = True
+    eventually(lambda: handler.seen == [[(0, 0, "e1")]], timeout=10,
+               what="the topic's first record, once the topic exists")
+    assert loop.caught_up
 
 
 def test_the_backoff_doubles_up_to_its_longest_wait() -> None:
