@@ -14,13 +14,13 @@ dictionary's keys in one call.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from recsys.events.v1.catalog_pb2 import CatalogChange, Item, User
+from recsys.events.v1.catalog_pb2 import CatalogChange, Item, User, UserErasure
 from services.core.consumer import Record
 
 ITEM_KEY = "item:"
@@ -65,13 +65,29 @@ def _seconds(stamp: Timestamp) -> float:
     return stamp.seconds + stamp.nanos / 1e9
 
 
+#: The logger of erasures' audit lines: who asked, when, what was erased; never the user's
+#: data, and the user only as `audit_id`.
+AUDIT_LOG = "recsys.audit"
+
+
+def audit_id(user_id: str) -> str:
+    """How audit lines name a user: the hex SHA-256 of the id (whoever knows the id can find
+    its lines; the lines alone do not reveal it)."""
+    return hashlib.sha256(user_id.encode()).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class Erasure:
     """Where a user's erasure is on the catalogue topic, and which events it covers."""
 
     partition: int  # of the catalogue topic
     offset: int  # the record that erased the user
-    interaction_offsets: Mapping[int, int]  # per partition of the interactions topic
+    message: UserErasure
+
+    @property
+    def interaction_offsets(self) -> Mapping[int, int]:
+        """Per partition of the interactions topic, the end offset when it was accepted."""
+        return self.message.interaction_offsets
 
     def covers(self, partition: int, offset: int) -> bool:
         """Whether the interactions topic's record at (`partition`, `offset`) was acknowledged
@@ -109,13 +125,16 @@ class CatalogView:
         return ",".join(f"{p}:{o}" for p, o in sorted(self.positions.items()))
 
     def apply(self, records: Iterable[Record[CatalogChange]]) -> Changes:
-        """Fold `records` in; the items and users they changed. A record that does not decode
-        is skipped (its position still counts)."""
+        """Fold `records` in; the items and users they changed. A record before the view's
+        position is skipped (a follower that reconnected reads the topic from its start
+        again: replaying it would show older states for a while), and so is one that does
+        not decode (its position still counts)."""
         items: set[str] = set()
         users: set[str] = set()
         for record in records:
-            self.positions[record.partition] = max(self.positions.get(record.partition, 0),
-                                                   record.offset + 1)
+            if record.offset < self.positions.get(record.partition, 0):
+                continue
+            self.positions[record.partition] = record.offset + 1
             change = record.message
             kind = change.WhichOneof("change") if change is not None else None
             if change is None or kind is None:
@@ -134,9 +153,8 @@ class CatalogView:
             else:
                 erasure = change.user_erasure
                 self.users.pop(erasure.user_id, None)
-                self.erasures[erasure.user_id] = Erasure(
-                    record.partition, record.offset,
-                    MappingProxyType(dict(erasure.interaction_offsets)))
+                self.erasures[erasure.user_id] = Erasure(record.partition, record.offset,
+                                                         erasure)
                 users.add(erasure.user_id)
         return Changes(frozenset(items), frozenset(users))
 
@@ -145,6 +163,4 @@ class CatalogView:
         if user.HasField("erasure") and user.user_id not in self.erasures:
             # The erasure record itself is gone (a compacted topic): this later record that
             # carries it stands in for it.
-            self.erasures[user.user_id] = Erasure(
-                record.partition, record.offset,
-                MappingProxyType(dict(user.erasure.interaction_offsets)))
+            self.erasures[user.user_id] = Erasure(record.partition, record.offset, user.erasure)

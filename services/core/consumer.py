@@ -11,9 +11,9 @@ batch, or the seek fails, it is closed and a new one resumes from the group's co
 offsets. Delivery is at least once, in order per partition: handlers must tolerate repeats.
 
 Without a consumer group (`Subscription.group_id` None) a loop follows the topic instead: it
-reads every partition from its start each time it starts, and commits nothing. That is how a
-service rebuilds a view of a topic (the catalogue) in memory; `caught_up` tells when it has
-read what the topic held.
+reads every partition from its start each time it connects, and commits nothing. That is how a
+service rebuilds a view of a topic (the catalogue) in memory; its handler skips what it has
+already applied, and `caught_up` tells when it has read what the topic held.
 
 Lag is the high watermark that fetch responses carry minus the position, never
 `end_offsets()`: the local broker (Tansu) answers ListOffsets(latest) wrongly.
@@ -140,8 +140,9 @@ class ConsumerLoop(Generic[M]):
         self._failures = 0  # in a row; 0 while the loop works
         #: Records in the topic not consumed yet, over the assigned partitions (0 until known).
         self.lag = 0
-        #: For a follower: every partition read up to the high watermark of its last fetch (or
-        #: the topic does not exist yet): what was on the topic has been handed to the handler.
+        #: For a follower: it has read every partition up to the high watermark of a fetch (or
+        #: found no such topic), so what the topic held when it started has been handed to the
+        #: handler. Stays true.
         self.caught_up = False
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=subscription.name, daemon=True)
@@ -202,7 +203,7 @@ class ConsumerLoop(Generic[M]):
             consumer.assign([TopicPartition(sub.topic, p) for p in sorted(partitions)])
         polled = consumer.poll(timeout_ms=sub.poll_timeout_ms)
         self.lag = _lag(consumer)
-        if sub.group_id is None:
+        if sub.group_id is None and not self.caught_up:
             self.caught_up = _caught_up(consumer)
         return Batch([Record(tp.partition, record.offset, decode(self._message, record.value))
                       for tp, records in polled.items() for record in records])

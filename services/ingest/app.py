@@ -1,18 +1,28 @@
-"""IngestService wired together: settings → publisher, ingest core, servicer, broker watch."""
+"""IngestService and CatalogService wired together: settings → a publisher per topic, the
+ingest core, the catalogue core and its view of the catalogue topic, servicers, broker watch."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Sequence
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry
 
+from recsys.catalog.v1 import catalog_pb2_grpc
+from recsys.events.v1.catalog_pb2 import CatalogChange
 from recsys.ingest.v1 import ingest_pb2_grpc
+from services.core.catalog import CatalogView
+from services.core.consumer import Batch, ConsumerLoop, Subscription
 from services.core.health import HealthReporter
+from services.core.kafka import read_end_offsets
 from services.core.server import ServiceBinding
+from services.ingest.catalog import Catalog
+from services.ingest.catalog_servicer import SERVICE as CATALOG_SERVICE
+from services.ingest.catalog_servicer import CatalogServicer
 from services.ingest.ingestor import Ingestor
 from services.ingest.metrics import IngestMetrics
 from services.ingest.publisher import Publisher
@@ -24,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: The broker check backs off up to this many health intervals while the broker is down.
 MAX_BACKOFF_INTERVALS = 4
+#: The catalogue topic keeps each item's and user's last record (README: The catalogue).
+CATALOG_TOPIC_CONFIG = {"cleanup.policy": "compact"}
 
 
 class IngestApp:
@@ -43,29 +55,62 @@ class IngestApp:
             max_batch=settings.max_batch,
             ack_timeout_s=settings.ack_timeout_s)
         self._servicer = IngestServicer(self.ingestor)
+        self.catalog_publisher = Publisher(
+            bootstrap=settings.kafka_bootstrap, topic=settings.catalog_topic,
+            partitions=settings.topic_partitions, replication=settings.topic_replication,
+            security=settings.kafka_security(), client_id="ingest-catalog",
+            topic_configs=CATALOG_TOPIC_CONFIG)
+        view = CatalogView()
+        self._catalog_follower: ConsumerLoop[CatalogChange] = ConsumerLoop(
+            Subscription(bootstrap=settings.kafka_bootstrap, topic=settings.catalog_topic,
+                         group_id=None, name="ingest-catalog",
+                         security=settings.kafka_security()),
+            lambda batch: self._apply(view, batch), message=CatalogChange,
+            on_error=lambda _: None)
+        self.catalog = Catalog(
+            publisher=self.catalog_publisher, view=view,
+            view_ready=lambda: self._catalog_follower.caught_up, metrics=self._metrics,
+            max_batch=settings.max_batch, ack_timeout_s=settings.ack_timeout_s,
+            interaction_ends=functools.partial(
+                read_end_offsets, settings.kafka_bootstrap, settings.kafka_topic,
+                security=settings.kafka_security()))
+        self._catalog_servicer = CatalogServicer(self.catalog)
         self._watch: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def _apply(view: CatalogView, batch: Batch[CatalogChange]) -> None:
+        view.apply(batch.records)
 
     @property
     def bindings(self) -> Sequence[ServiceBinding]:
         return [ServiceBinding(SERVICE, lambda server: ingest_pb2_grpc
-                               .add_IngestServiceServicer_to_server(self._servicer, server))]
+                               .add_IngestServiceServicer_to_server(self._servicer, server)),
+                ServiceBinding(CATALOG_SERVICE, lambda server: catalog_pb2_grpc
+                               .add_CatalogServiceServicer_to_server(self._catalog_servicer,
+                                                                     server))]
 
     async def start(self, health: HealthReporter) -> None:
+        self._catalog_follower.start()
         self._watch = asyncio.create_task(self._watch_broker(health), name="ingest-broker-watch")
 
     async def _watch_broker(self, health: HealthReporter) -> None:
         """Keep health in step with the broker: SERVING while it answers and the topic exists
-        (created when missing); NOT_SERVING, with backoff between checks, while it does not."""
+        (created when missing); NOT_SERVING, with backoff between checks, while it does not.
+        CatalogService is SERVING while its topic's publisher is ready and this server has
+        read that topic to its end once."""
         interval = self._settings.health_interval_s
         delay, was_ready = interval, None
         while True:
             try:
                 await self.publisher.check()
+                await self.catalog_publisher.check()
             except Exception as exc:  # any failure means "not reachable now"; never stop
                 if was_ready is not False:
                     log.warning("Kafka broker unreachable; ingest is NOT_SERVING",
                                 extra={"bootstrap": self._settings.kafka_bootstrap,
                                        "error": repr(exc)})
+            await health.set_serving(CATALOG_SERVICE, self.catalog_publisher.ready
+                                     and self._catalog_follower.caught_up)
             ready = self.publisher.ready
             if ready and was_ready is not True:
                 log.info("Kafka broker reachable; ingest is SERVING",
@@ -83,4 +128,6 @@ class IngestApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
             self._watch = None
+        await asyncio.to_thread(self._catalog_follower.stop)
         await self.publisher.close()
+        await self.catalog_publisher.close()

@@ -194,7 +194,7 @@ class Ingestor:
         chunk = self._prepare(events, 0)
         if chunk.rejections and all_or_nothing:
             self._metrics.events.labels(REJECTED, "all_or_nothing").inc(len(chunk.values))
-            raise _all_or_nothing_error(chunk.rejections)
+            raise all_or_nothing_error(chunk.rejections)
         await self._publish(chunk, time_left)
         return BatchResult(len(chunk.values), chunk.event_ids, chunk.rejections)
 
@@ -278,15 +278,17 @@ class StreamIngest:
         return StreamResult(self._tracker.accepted, self._rejected, self._rejections)
 
 
-def _all_or_nothing_error(rejections: Sequence[Rejection]) -> InvalidArgument:
-    """INVALID_ARGUMENT naming the first bad event; a BadRequest detail lists every one."""
+def all_or_nothing_error(rejections: Sequence[Rejection], collection: str = "interactions",
+                         noun: str = "events") -> InvalidArgument:
+    """INVALID_ARGUMENT naming the first bad entry of the request's `collection` (of `noun`);
+    a BadRequest detail lists every one."""
     first = rejections[0]
-    more = f" (and {len(rejections) - 1} more invalid events)" if len(rejections) > 1 else ""
+    more = f" (and {len(rejections) - 1} more invalid {noun})" if len(rejections) > 1 else ""
     violations = [
         error_details_pb2.BadRequest.FieldViolation(
-            field=f"interactions[{r.index}].{r.field}", description=r.reason)
+            field=f"{collection}[{r.index}].{r.field}", description=r.reason)
         for r in rejections
     ]
     return InvalidArgument(
-        f"interactions[{first.index}].{first.field}", first.reason + more,
+        f"{collection}[{first.index}].{first.field}", first.reason + more,
         details=error_details_pb2.BadRequest(field_violations=violations))

@@ -21,6 +21,7 @@ class IngestMetrics:
     batch_size: Histogram
     ack_seconds: Histogram
     broker_up: Gauge
+    catalog_changes: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> IngestMetrics:
@@ -48,5 +49,12 @@ class IngestMetrics:
                 "1 while the Kafka broker answers and the topic exists (health SERVING), "
                 "else 0.",
                 registry=registry,
+            ),
+            catalog_changes=Counter(
+                "recsys_ingest_catalog_changes_total",
+                "Catalogue changes by kind (item, hide, unhide, delete, user, erasure) and "
+                "outcome: accepted (acknowledged by the broker), rejected (invalid) or failed "
+                "(not acknowledged).",
+                ("change", "outcome"), registry=registry,
             ),
         )

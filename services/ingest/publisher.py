@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -106,11 +106,13 @@ class Publisher:
 
     def __init__(self, *, bootstrap: str, topic: str, partitions: int, replication: int,
                  check_timeout_s: float = 3.0, client_id: str = "ingest",
-                 security: KafkaSecurity = PLAINTEXT) -> None:
+                 security: KafkaSecurity = PLAINTEXT,
+                 topic_configs: Mapping[str, str] | None = None) -> None:
         self.topic = topic
         self._bootstrap = bootstrap
         self._security = security
-        self._new_topic = NewTopic(topic, partitions, replication)
+        self._new_topic = NewTopic(topic, partitions, replication,
+                                   topic_configs=dict(topic_configs or {}))
         self._check_timeout_ms = int(check_timeout_s * 1000)
         self._client_id = client_id
         self._producer: KafkaProducer | None = None

@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from recsys.catalog.v1 import catalog_pb2_grpc
 from recsys.events.v1 import interaction_pb2
 from recsys.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from services.core import server
@@ -44,17 +45,21 @@ class Ingest:
     def target(self) -> str:
         return f"127.0.0.1:{self.running.port}"
 
-    async def health(self) -> int:
+    @property
+    def catalog(self) -> catalog_pb2_grpc.CatalogServiceStub:
+        return catalog_pb2_grpc.CatalogServiceStub(self.channel)
+
+    async def health(self, service: str = SERVICE) -> int:
         stub = health_pb2_grpc.HealthStub(self.channel)
-        answer = await stub.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=2)
+        answer = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
         return answer.status
 
-    async def wait_health(self, status: int) -> None:
+    async def wait_health(self, status: int, service: str = SERVICE) -> None:
         async def reached() -> bool:
-            return await self.health() == status
+            return await self.health(service) == status
 
         name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
-        await eventually_async(reached, timeout=30, what=f"ingest health {name}")
+        await eventually_async(reached, timeout=30, what=f"{service} health {name}")
 
     def metric(self, name: str, **labels: str) -> float | None:
         return self.registry.get_sample_value(name, labels)
@@ -67,9 +72,11 @@ class Ingest:
 async def launch_ingest(bootstrap: str, topic: str | None = None,
                         **settings: object) -> Ingest:
     """An ingest server on port 0, answering at once (SERVING or not)."""
+    values: dict[str, object] = {"catalog_topic": f"catalog-{uuid.uuid4().hex[:10]}",
+                                 **settings}
     config = IngestSettings(kafka_bootstrap=bootstrap,
                             kafka_topic=topic or f"interactions-{uuid.uuid4().hex[:10]}",
-                            health_interval_s=0.2, **settings)  # type: ignore[arg-type]
+                            health_interval_s=0.2, **values)  # type: ignore[arg-type]
     registry = CollectorRegistry()
     running = await server.start(IngestApp(config, registry), config, registry)
     return Ingest(running, config, registry)

@@ -1,5 +1,6 @@
 """Every RPC in the contracts is implemented by its service's servicer, and every unary RPC has
-a REST face: once for each service of the mesh (services.core.names)."""
+a REST face: once for each service of the mesh (services.core.names), those that share another
+service's server (`services.<server>.<name>_servicer`) included."""
 
 from __future__ import annotations
 
@@ -10,13 +11,18 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import ServiceDescriptor
 
-from services.core.names import SERVICE_NAMES
+from services.core.names import ALL_SERVICE_NAMES, server_of
 
-each_service = pytest.mark.parametrize("name", list(SERVICE_NAMES))
+each_service = pytest.mark.parametrize("name", list(ALL_SERVICE_NAMES))
 
 
 def descriptor(name: str) -> ServiceDescriptor:
-    return descriptor_pool.Default().FindServiceByName(SERVICE_NAMES[name])
+    return descriptor_pool.Default().FindServiceByName(ALL_SERVICE_NAMES[name])
+
+
+def servicer_module(name: str) -> str:
+    server = server_of(name)
+    return f"services.{server}.servicer" if server == name else f"services.{server}.{name}_servicer"
 
 
 def generated_base(service: ServiceDescriptor) -> type:
@@ -31,10 +37,10 @@ def generated_base(service: ServiceDescriptor) -> type:
 def test_every_rpc_is_implemented(name: str) -> None:
     service = descriptor(name)
     base = generated_base(service)
-    module = importlib.import_module(f"services.{name}.servicer")
+    module = importlib.import_module(servicer_module(name))
     servicers = [value for value in vars(module).values()
                  if isinstance(value, type) and issubclass(value, base) and value is not base]
-    assert len(servicers) == 1, f"services.{name}.servicer: one {base.__name__}, not {servicers}"
+    assert len(servicers) == 1, f"{module.__name__}: one {base.__name__}, not {servicers}"
     servicer = servicers[0]
     # The module names the service it serves (health and bindings use that name) as the
     # descriptors do.

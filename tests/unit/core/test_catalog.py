@@ -88,3 +88,11 @@ def test_an_item_is_available_unless_hidden_or_outside_its_window() -> None:
     assert window_bounds(windowed) == (100.0, 200.0)
     assert available(Item(item_id="i2"), 0) and window_bounds(Item(item_id="i2")) == ()
     assert not available(Item(item_id="i3", hidden=True), 150)
+
+
+def test_records_read_again_after_a_reconnection_change_nothing() -> None:
+    view = CatalogView()
+    view.apply(records(item("i1"), item("i1", hidden=True)))
+    replayed = view.apply(records(item("i1"), item("i1", hidden=True)))
+    assert not replayed
+    assert view.items["i1"].hidden and view.version == "0:2"
