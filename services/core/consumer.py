@@ -144,6 +144,7 @@ class ConsumerLoop(Generic[M]):
         #: found no such topic), so what the topic held when it started has been handed to the
         #: handler. Stays true.
         self.caught_up = False
+        self._at_end = False  # the last poll reached the end (`caught_up` once it is handled)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=subscription.name, daemon=True)
 
@@ -168,6 +169,8 @@ class ConsumerLoop(Generic[M]):
                 if batch.records:
                     self._handler(batch)
                     self._commit(consumer, batch)
+                # Only now: what the poll that reached the end brought has been handled.
+                self.caught_up = self.caught_up or self._at_end
             except Exception as exc:  # one rule for all: count, log, back off, read it again
                 delay_s = self._failed(exc)
                 if consumer is not None and not self._rewind(consumer, batch):
@@ -197,14 +200,14 @@ class ConsumerLoop(Generic[M]):
         if sub.group_id is None and not consumer.assignment():
             partitions = consumer.partitions_for_topic(sub.topic)
             if not partitions:  # no topic yet: nothing to read, look again after a while
-                self.caught_up = True
+                self._at_end = True
                 self._stopping.wait(sub.poll_timeout_ms / 1000)
                 return Batch([])
             consumer.assign([TopicPartition(sub.topic, p) for p in sorted(partitions)])
         polled = consumer.poll(timeout_ms=sub.poll_timeout_ms)
         self.lag = _lag(consumer)
-        if sub.group_id is None and not self.caught_up:
-            self.caught_up = _caught_up(consumer)
+        if sub.group_id is None:
+            self._at_end = _caught_up(consumer)
         return Batch([Record(tp.partition, record.offset, decode(self._message, record.value))
                       for tp, records in polled.items() for record in records])
 

@@ -31,6 +31,10 @@ def lineage_to_proto(lineage: Lineage | None) -> model_pb2.DatasetLineage | None
         row_count=lineage.row_count, content_hash=lineage.content_hash,
         partition_offsets=dict(lineage.partition_offsets), topic=lineage.topic,
         user_count=lineage.user_count, item_count=lineage.item_count,
+        catalog_topic=lineage.catalog_topic, catalog_offsets=dict(lineage.catalog_offsets),
+        catalog_item_count=lineage.catalog_item_count,
+        catalog_user_count=lineage.catalog_user_count,
+        catalog_content_hash=lineage.catalog_content_hash,
     )
 
 

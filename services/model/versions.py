@@ -74,6 +74,8 @@ def parse_tags(tags: Mapping[str, str]
               if k.startswith(LINEAGE_TAG)}
     try:
         fields["partition_offsets"] = json.loads(fields["partition_offsets"])
+        if "catalog_offsets" in fields:  # versions from before the catalogue have none
+            fields["catalog_offsets"] = json.loads(fields["catalog_offsets"])
         lineage = Lineage.from_dict(fields)
     except (KeyError, ValueError, TypeError):  # a version registered by something else
         lineage = None
