@@ -69,6 +69,7 @@ from scripts.localstack.supervisor import (
 from services.core.client import channel
 from services.core.names import SERVICE_NAMES
 from services.core.tls import ClientTLS
+from services.edge.clusters import HEALTH_CHECK_INTERVAL_S, HEALTH_CHECK_TIMEOUT_S
 from services.edge.profiles import pki_security
 
 #: How long supervisord may take to stop every program before it is killed.
@@ -79,10 +80,11 @@ def _log(message: str) -> None:
     print(f"\033[1m[stack]\033[0m {message}", flush=True)
 
 
-def service_env(stack: LocalStack, *, mtls: Pki | None = None) -> dict[str, str]:
+def service_env(stack: LocalStack, *, mtls: Pki | None = None,
+                replicas: int = 1) -> dict[str, str]:
     """The settings that point the services at the stack's components (and, with `mtls`,
     turn on mutual TLS with that PKI's server certificate and CA)."""
-    return {
+    env = {
         "RECSYS_KAFKA_BOOTSTRAP": stack.kafka.bootstrap,
         "RECSYS_MLFLOW_TRACKING_URI": stack.mlflow.tracking_uri,
         "RECSYS_REDIS_URL": stack.redis.url,
@@ -90,6 +92,11 @@ def service_env(stack: LocalStack, *, mtls: Pki | None = None) -> dict[str, str]
         "RECSYS_LOG_FORMAT": "text",
         **(mtls.server_env() if mtls else {}),
     }
+    if replicas > 1:
+        # What a pod's preStop sleep does in Kubernetes: a stopping replica serves on until
+        # Envoy's health checks have seen it NOT_SERVING and send its calls to the other one.
+        env["RECSYS_SHUTDOWN_DELAY_S"] = str(HEALTH_CHECK_INTERVAL_S + HEALTH_CHECK_TIMEOUT_S)
+    return env
 
 
 def envoy_for(stack: LocalStack, pki: Pki, *, mtls: bool = False, replicas: int = 1) -> Envoy:
@@ -227,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     pki = ensure_pki(stack.state_dir / "pki")
     envoy = envoy_for(stack, pki, mtls=args.mtls, replicas=args.replicas)
     envoy.prepare()
-    env = service_env(stack, mtls=pki if args.mtls else None)
+    env = service_env(stack, mtls=pki if args.mtls else None, replicas=args.replicas)
     write_config(stack, programs(stack, envoy, env, replicas=args.replicas))
     security = security_info(pki, mtls=args.mtls)
     (stack.state_dir / "security.json").write_text(json.dumps(security, indent=2))

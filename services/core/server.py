@@ -74,10 +74,13 @@ class RunningServer:
     health_port: int | None = None  # the plaintext health-only port, when configured
     _closers: list[Callable[[], None]] = field(default_factory=list)
 
-    async def stop(self, grace: float) -> None:
-        """Health NOT_SERVING, let the app end its long work, refuse new RPCs, drain in-flight
-        ones within `grace`, close the app. Logs how many calls the grace period cut short."""
+    async def stop(self, grace: float, *, delay: float = 0.0) -> None:
+        """Health NOT_SERVING, serve on for `delay` seconds (while load balancers notice), let
+        the app end its long work, refuse new RPCs, drain in-flight ones within `grace`, close
+        the app. Logs how many calls the grace period cut short."""
         await self.health.shutdown()
+        if delay:
+            await asyncio.sleep(delay)
         log.info("draining", extra={"in_flight": self.calls.in_flight, "grace_s": grace})
         await self.app.drain()
         # Calls still in flight when the grace period runs out are cut short (cancelled).
@@ -170,6 +173,7 @@ async def serve(app: App, settings: ServerSettings, registry: CollectorRegistry)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
-    log.info("shutting down", extra={"grace_s": settings.shutdown_grace_s})
-    await running.stop(settings.shutdown_grace_s)
+    log.info("shutting down", extra={"grace_s": settings.shutdown_grace_s,
+                                     "delay_s": settings.shutdown_delay_s})
+    await running.stop(settings.shutdown_grace_s, delay=settings.shutdown_delay_s)
     log.info("stopped")

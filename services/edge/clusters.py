@@ -9,6 +9,11 @@ from services.core.names import SERVICE_NAMES
 from services.edge.blocks import socket, tls_context, tls_socket, typed
 from services.edge.policy import TlsFiles
 
+# How often Envoy asks each host for its health, and how long it waits for the answer: a host
+# that turns NOT_SERVING gets no new calls after at most their sum.
+HEALTH_CHECK_INTERVAL_S = 2
+HEALTH_CHECK_TIMEOUT_S = 1
+
 
 def static_cluster(name: str, host: str, port: int, *more: tuple[str, int]) -> dict[str, Any]:
     """A cluster of fixed hosts: (`host`, `port`), then `more` of them."""
@@ -46,8 +51,8 @@ def grpc_cluster(name: str, address: str, tls: TlsFiles | None = None) -> dict[s
                 explicit_http_config={"http2_protocol_options": {}}),
         },
         "health_checks": [{
-            "timeout": "1s",
-            "interval": "2s",
+            "timeout": f"{HEALTH_CHECK_TIMEOUT_S}s",
+            "interval": f"{HEALTH_CHECK_INTERVAL_S}s",
             "no_traffic_interval": "5s",
             "unhealthy_threshold": 2,
             "healthy_threshold": 1,
