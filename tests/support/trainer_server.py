@@ -23,7 +23,7 @@ from services.data.synthetic import SyntheticData, SyntheticSpec
 from services.trainer.app import TrainerApp
 from services.trainer.settings import TrainerSettings
 from tests.support.ingest_server import start_ingest
-from tests.support.service_process import ServiceProcess
+from tests.support.service_process import LoggedService
 from tests.support.topics import read_topic
 
 #: The trainers' data: generated, so no test needs a dataset from outside the repository.
@@ -153,7 +153,7 @@ async def stop_trainer(trainer: Trainer) -> None:
     await trainer.running.stop(2.0)
 
 
-class TrainerProcess(ServiceProcess):
+class TrainerProcess(LoggedService):
     """`python -m services.trainer` as its own process, its store in `store_dir`."""
 
     def __init__(self, data_dir: Path, *, environ: dict[str, str]) -> None:

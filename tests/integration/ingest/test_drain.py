@@ -18,7 +18,7 @@ from scripts.localstack.components import TansuBroker
 from services.cli.ingest import stream_events
 from services.data.synthetic import SyntheticData, SyntheticSpec
 from tests.support.polling import eventually
-from tests.support.service_process import NOT_SERVING, SERVING, HealthWatch, ServiceProcess
+from tests.support.service_process import NOT_SERVING, SERVING, HealthWatch, LoggedService
 from tests.support.topics import read_topic
 
 pytestmark = pytest.mark.integration
@@ -30,7 +30,7 @@ def test_sigterm_mid_stream_publishes_every_acknowledged_event(
     kafka: TansuBroker, tmp_path: Path
 ) -> None:
     topic = f"drain-{uuid.uuid4().hex[:8]}"
-    ingest = ServiceProcess(tmp_path, "ingest", environ={
+    ingest = LoggedService(tmp_path, "ingest", environ={
         "RECSYS_KAFKA_BOOTSTRAP": kafka.bootstrap, "RECSYS_KAFKA_TOPIC": topic})
     ingest.start().wait_ready(60)
     try:

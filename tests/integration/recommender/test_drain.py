@@ -18,7 +18,7 @@ from scripts.localstack.components import MlflowServer, RedisServer, free_port
 from tests.support.artifacts import small_artifact
 from tests.support.model_registry import publish
 from tests.support.polling import eventually
-from tests.support.service_process import NOT_SERVING, SERVING, HealthWatch, ServiceProcess
+from tests.support.service_process import NOT_SERVING, SERVING, HealthWatch, LoggedService
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ def test_sigterm_under_load_answers_every_accepted_call(
     mlflow_server: MlflowServer, redis_server: RedisServer, model_name: str, tmp_path: Path
 ) -> None:
     publish(mlflow_server.tracking_uri, model_name, small_artifact(), tmp_path / "models")
-    recommender = ServiceProcess(tmp_path / "recommender", "recommender", environ={
+    recommender = LoggedService(tmp_path / "recommender", "recommender", environ={
         "RECSYS_MLFLOW_TRACKING_URI": mlflow_server.tracking_uri,
         "RECSYS_MODEL_NAME": model_name, "RECSYS_REDIS_URL": redis_server.url,
         "RECSYS_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
