@@ -1,5 +1,6 @@
 """The whole local stack, started as the README starts it, with the main job run on it: one
-for the session (tests/support/local_stack.py), and clients of it."""
+for the session (tests/support/local_stack.py), with two replicas of ingest and of the
+recommender behind Envoy, and clients of it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from tests.support.local_stack import Stack, local_stack
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with local_stack(tmp_path_factory.mktemp("local-stack")) as running:
+    with local_stack(tmp_path_factory.mktemp("local-stack"), "--replicas", "2") as running:
         yield running
 
 
