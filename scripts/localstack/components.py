@@ -148,7 +148,8 @@ class Component(ABC):
         self.data_dir.mkdir(parents=True, exist_ok=True)
 
     def pre_commands(self) -> list[list[str]]:
-        """Commands the Procfile runs before `command()` (start() does the same in Python)."""
+        """Commands the local stack's line runs before `command()` (start() does the same in
+        Python)."""
         return []
 
     @abstractmethod

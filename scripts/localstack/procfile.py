@@ -151,7 +151,7 @@ def procfile_line(component: Component) -> str:
 
 def service_line(module: str, *, grpc_port: int, metrics_port: int,
                  env: Mapping[str, str] | None = None) -> str:
-    """A Procfile command for one of our gRPC servers (`python -m services.<name>`)."""
+    """The line of one of our gRPC servers (`python -m services.<name>`)."""
     variables = {"RECSYS_GRPC_PORT": str(grpc_port), "RECSYS_METRICS_PORT": str(metrics_port),
                  **(env or {})}
     assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in variables.items())
