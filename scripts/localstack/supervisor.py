@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scripts.localstack.components import VENV_BIN, group_pids
+from scripts.localstack.components import VENV_BIN
 from scripts.localstack.procfile import ROOT, LocalStack, procfile_line
 
 #: Seconds a program must stay up to count as started (a quicker exit is a failed start).
@@ -164,7 +164,6 @@ class Supervisor:
             return {}
         return counts
 
-    def group_pids(self) -> list[int]:
-        """Every live process of every program (each program is a process group)."""
-        return [pid for info in self.processes().values() if info["pid"]
-                for pid in group_pids(info["pid"])]
+    def process_groups(self) -> list[int]:
+        """The process group of each running program (its pid: it leads its group)."""
+        return [info["pid"] for info in self.processes().values() if info["pid"]]

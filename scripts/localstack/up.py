@@ -295,22 +295,23 @@ def _serve(control: Supervisor, supervisord: subprocess.Popen[bytes],
 
 def _stop(supervisord: subprocess.Popen[bytes], state_dir: Path) -> None:
     """SIGTERM to supervisord, which stops every program, each within its stop_wait_s; past
-    STOP_TIMEOUT_S, SIGKILL to it and to whatever the programs left."""
+    STOP_TIMEOUT_S, SIGKILL to it and to each program's process group."""
     if supervisord.poll() is not None:
         return
     try:
-        leftovers = Supervisor(state_dir).group_pids()
-    except OSError:  # not listening yet: its programs are its children, found below
-        leftovers = []
+        groups = Supervisor(state_dir).process_groups()
+    except OSError:  # not listening yet: nothing started that it would not stop itself
+        groups = []
     supervisord.send_signal(signal.SIGTERM)
     try:
         supervisord.wait(STOP_TIMEOUT_S)
+        return
     except subprocess.TimeoutExpired:
         os.killpg(supervisord.pid, signal.SIGKILL)
         supervisord.wait()
-    for pid in leftovers:
+    for pgid in groups:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+            os.killpg(pgid, signal.SIGKILL)
 
 
 if __name__ == "__main__":
