@@ -379,7 +379,7 @@ def report(faults: list[Fault], calls: Report, stack: Stack, command: str) -> No
                        or c.code not in BROKER_DOWN or INGEST_FAILURE not in c.details]
             answers = [c.seconds for c in failures if c.method == "CreateInteraction"]
             print(f"  failed ingest answers: slowest {max(answers, default=0) * 1000:.0f} ms; "
-                  f"failures that are not ingest's, with an IngestFailure: {len(unnamed)}")
+                  f"failures other than ingest's naming the unpublished events: {len(unnamed)}")
             fault.notes["failed_answer_max_s"] = max(answers, default=0.0)
             targets &= not unnamed
         elif fault.name != "replica":
