@@ -3,9 +3,9 @@
 Each fixture starts its component, waits until it answers, and stops it (process group and
 all) when its scope ends, even if a test failed; `pytest_sessionfinish` sweeps whatever is
 left, and an atexit hook in `components` is the last resort. Under CI=true a skipped test
-fails the run (`tests/support/ci_skips.py`). A run that starts servers (anything beyond
-tests/unit and tests/static) happens in a network namespace with only the loopback interface,
-and fails if anything tried to reach beyond it (`tests/support/loopback.py`).
+fails the run (`tests/support/ci_skips.py`). A run that takes in tests/integration or
+tests/e2e happens in a network namespace with only the loopback interface, and fails if
+anything tried to reach beyond it (`tests/support/loopback.py`).
 """
 
 from __future__ import annotations
@@ -49,11 +49,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _starts_servers(config: pytest.Config) -> bool:
-    """Whether the run reaches beyond the suites that start no server."""
-    serverless = [TESTS / "unit", TESTS / "static"]
+    """Whether the run takes in the integration or end-to-end tests (a path inside one of
+    them, or above them: `pytest tests`)."""
+    suites = [TESTS / "integration", TESTS / "e2e"]
     paths = [Path(config.invocation_params.dir, arg.split("::")[0]).resolve()
              for arg in config.args]
-    return not all(any(path.is_relative_to(suite) for suite in serverless) for path in paths)
+    return any(path.is_relative_to(suite) or suite.is_relative_to(path)
+               for path in paths for suite in suites)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
