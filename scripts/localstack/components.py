@@ -2,7 +2,7 @@
 
 Each component is one process group started on loopback ports with its data and log file in
 its own directory. `command()` and `env()` are the single source of the command line: the
-fixtures run it with `start()`, the local stack writes it into a Procfile (see `procfile.py`).
+fixtures run it with `start()`, the local stack hands it to supervisord (see `procfile.py`).
 
 Nothing here may send traffic off the loopback interface: every server binds 127.0.0.1, every
 client is given an explicit endpoint and credentials, and telemetry is switched off.
@@ -148,7 +148,8 @@ class Component(ABC):
         self.data_dir.mkdir(parents=True, exist_ok=True)
 
     def pre_commands(self) -> list[list[str]]:
-        """Commands the Procfile runs before `command()` (start() does the same in Python)."""
+        """Commands the local stack's line runs before `command()` (start() does the same in
+        Python)."""
         return []
 
     @abstractmethod

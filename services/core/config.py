@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from services.core import kafka, tls
-from services.core.settings import env, port, positive
+from services.core.settings import env, non_negative, port, positive
 
 
 def secret(field: Any) -> Any:
@@ -33,6 +33,11 @@ class ServerSettings:
     shutdown_grace_s: float = env("RECSYS_SHUTDOWN_GRACE_S", 10.0,
                                   "Seconds in-flight RPCs get to finish on SIGTERM.",
                                   check=positive, rule="> 0")
+    shutdown_delay_s: float = env(
+        "RECSYS_SHUTDOWN_DELAY_S", 0.0,
+        "Seconds a server keeps serving on SIGTERM after health turns NOT_SERVING, before it "
+        "drains: load balancers that health-check it (Envoy) stop sending calls first. 0 in "
+        "Kubernetes, where the pod's preStop sleep does this.", check=non_negative, rule=">= 0")
     tls_cert_file: str = env(
         "RECSYS_TLS_CERT_FILE", "",
         "PEM certificate chain of the gRPC server; with RECSYS_TLS_KEY_FILE the port speaks TLS "

@@ -97,10 +97,12 @@ async def _abort_with(context: grpc.aio.ServicerContext, exc: RecsysError) -> No
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts started and handled RPCs and times them, labelled by type, service and method."""
+    """Counts started and handled RPCs and times them, labelled by type, service and method;
+    `in_flight` is how many calls have started and not yet ended."""
 
     def __init__(self, metrics: GrpcServerMetrics) -> None:
         self._metrics = metrics
+        self.in_flight = 0
 
     async def intercept_service(
         self, continuation: Continuation, details: grpc.HandlerCallDetails
@@ -115,11 +117,13 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         @asynccontextmanager
         async def measured(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
             metrics.started.labels(*labels).inc()
+            self.in_flight += 1
             start, failed = time.perf_counter(), True
             try:
                 yield
                 failed = False
             finally:
+                self.in_flight -= 1
                 code = context.code()
                 if isinstance(code, int):
                     code = _CODES.get(code, grpc.StatusCode.UNKNOWN)

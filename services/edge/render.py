@@ -34,7 +34,9 @@ def render_envoy_config(
     """The Envoy bootstrap as YAML.
 
     `ingest`, `trainer`, `recommender` are "host:port" upstreams: an IP address is a static
-    host, a name is resolved by DNS (a headless Service: every ready pod, round robin).
+    host (several, comma-separated, for replicas), a name is resolved by DNS (a headless
+    Service: every ready pod). Calls go round robin to the healthy hosts, and idempotent ones
+    are retried on another host when one fails as a stopping replica does.
     `descriptor_path` is where Envoy reads the descriptor set; `descriptor` is the local copy
     read here to find the streaming methods. The admin endpoint always binds 127.0.0.1;
     `stats_port` adds a listener on `listen_address` exposing only its /stats/prometheus and

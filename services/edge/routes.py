@@ -3,7 +3,8 @@
 
 The transcoder rewrites a REST request's path to its gRPC path before routing, so one route
 per service serves both protocols, and each policy (services.edge.policy) is attached once per
-service route, or per method for overrides. Health, reflection and unknown paths are 404s,
+service route, or per method for overrides. A service route retries its idempotent methods on
+another replica (services.edge.retries). Health, reflection and unknown paths are 404s,
 which need no token.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 from services.core.names import SERVICE_NAMES
 from services.edge.blocks import typed
 from services.edge.policy import UNARY_TIMEOUT, EdgeSecurity, service_of
+from services.edge.retries import retry_policy
 from services.edge.security_filters import open_route, route_security
 
 # Streaming calls (gRPC only: bulk ingest, watching a training job) have no overall limit but
@@ -42,6 +44,8 @@ def edge_routes(streaming: list[str], security: EdgeSecurity | None) -> list[dic
             # Honour the client's grpc-timeout, capped at the route's timeout.
             action |= {"timeout": timeout,
                        "max_stream_duration": {"grpc_timeout_header_max": timeout}}
+            if retries := retry_policy(service):
+                action["retry_policy"] = retries
         filters = dict(_UNBUFFERED)
         if policy is not None:
             filters |= route_security(policy)

@@ -98,6 +98,9 @@ class RecommenderApp:
         if self._history is not None:
             self._history.start()
 
+    async def drain(self) -> None:
+        """Nothing to end early: every call is a quick unary one, left to finish."""
+
     def _swapped(self, model: LoadedModel) -> None:
         """On the poller thread, after a swap: report SERVING, drop the old version's answers."""
         if self._loop is not None and not self._closed:

@@ -55,6 +55,9 @@ class ProbeApp:
     async def start(self, health: HealthReporter) -> None:
         await health.set_serving(SERVICE, True)
 
+    async def drain(self) -> None:
+        pass
+
     async def close(self) -> None:
         self.closed = True
 
