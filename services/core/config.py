@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from services.core import kafka, tls
+from services.core.callers import CallerPolicy
 from services.core.settings import env, port, positive
 
 
@@ -42,6 +43,19 @@ class ServerSettings:
     tls_ca_file: str = env(
         "RECSYS_TLS_CA_FILE", "",
         "PEM CA bundle; set, clients must present a certificate it signed (mutual TLS).")
+    tls_callers: tuple[str, ...] = env(
+        "RECSYS_TLS_CALLERS", ("envoy", "recsys-admin"),
+        "With mutual TLS: the client certificate identities (a DNS name of the certificate, "
+        "else its common name) that may call this service's RPCs and reflection; any "
+        "certificate from the CA may call health.")
+    tls_admin_callers: tuple[str, ...] = env(
+        "RECSYS_TLS_ADMIN_CALLERS", ("envoy", "recsys-admin"),
+        "With mutual TLS: the identities that may call the admin RPCs (start or cancel a "
+        "training job, promote a model version).")
+    tls_edge_callers: tuple[str, ...] = env(
+        "RECSYS_TLS_EDGE_CALLERS", ("envoy",),
+        "With mutual TLS: the identities (Envoy) trusted to name the end user they call for, "
+        "in the x-recsys-caller header (logged, and recorded on admin actions).")
     health_port: int = env(
         "RECSYS_HEALTH_PORT", 0,
         "Plaintext port serving only grpc.health.v1, for probes that cannot do (mutual) TLS, "
@@ -52,6 +66,11 @@ class ServerSettings:
         self.server_tls()
         if isinstance(self, KafkaSettings):
             self.kafka_security()
+
+    def caller_policy(self) -> CallerPolicy:
+        """Who may call what, by client certificate (enforced with mutual TLS only)."""
+        return CallerPolicy.of(callers=self.tls_callers, admins=self.tls_admin_callers,
+                               edge=self.tls_edge_callers)
 
     def server_tls(self) -> tls.ServerTLS | None:
         """The gRPC port's TLS (None: plaintext); raises SettingsError when misconfigured."""

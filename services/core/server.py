@@ -5,7 +5,8 @@ interceptors, and returns the server unstarted, so tests and `__main__` build it
 `serve` runs it until SIGTERM/SIGINT and shuts down in order: health NOT_SERVING, drain
 in-flight RPCs within the grace period, close the service's resources.
 
-With TLS settings the gRPC port speaks TLS (mutual TLS with a CA: see `services.core.tls`),
+With TLS settings the gRPC port speaks TLS (mutual TLS with a CA: see `services.core.tls`, and
+then each caller's certificate identity is checked: `services.core.callers`),
 and RECSYS_HEALTH_PORT adds a plaintext port that serves grpc.health.v1 only, from the same
 health state, for probes that cannot present a client certificate.
 """
@@ -24,9 +25,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from services.core.callers import CallerPolicy
 from services.core.config import ServerSettings
 from services.core.health import HealthReporter
-from services.core.interceptors import ErrorInterceptor, MetricsInterceptor
+from services.core.interceptors import (
+    AuthorizationInterceptor,
+    ErrorInterceptor,
+    MetricsInterceptor,
+)
 from services.core.metrics import GrpcServerMetrics
 
 log = logging.getLogger(__name__)
@@ -80,11 +86,17 @@ class RunningServer:
 
 
 def build_server(
-    app: App, health: HealthReporter, registry: CollectorRegistry
+    app: App, health: HealthReporter, registry: CollectorRegistry, *,
+    callers: CallerPolicy | None = None,
 ) -> grpc.aio.Server:
-    """An unstarted grpc.aio server with the app's services, health, reflection, interceptors."""
+    """An unstarted grpc.aio server with the app's services, health, reflection, interceptors;
+    with `callers` (mutual TLS), only the identities it allows get past the interceptors."""
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        MetricsInterceptor(GrpcServerMetrics.create(registry)), ErrorInterceptor()]
+    if callers is not None:
+        interceptors.append(AuthorizationInterceptor(callers))
     server = grpc.aio.server(
-        interceptors=[MetricsInterceptor(GrpcServerMetrics.create(registry)), ErrorInterceptor()],
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -107,9 +119,10 @@ async def start(app: App, settings: ServerSettings, registry: CollectorRegistry)
     """Build, bind and start the server and its metrics endpoint; then start the app."""
     health = HealthReporter(b.name for b in app.bindings)
     await health.initialise()
-    server = build_server(app, health, registry)
-    address = f"{settings.host}:{settings.grpc_port}"
     tls = settings.server_tls()
+    server = build_server(app, health, registry,
+                          callers=settings.caller_policy() if tls and tls.mutual else None)
+    address = f"{settings.host}:{settings.grpc_port}"
     port = (server.add_insecure_port(address) if tls is None
             else server.add_secure_port(address, tls.credentials()))
     if port == 0:
