@@ -44,10 +44,11 @@ class Profile:
 def pki_security(directory: Path | str, *, mutual_tls: bool = False,
                  policies: Mapping[str, RoutePolicy] = DEFAULT_POLICIES) -> EdgeSecurity:
     """Security from a folder laid out as the local PKI writes it (scripts/localstack/pki.py):
-    the server certificate on the listener, its JWKS, and with `mutual_tls` the client
-    certificate and CA towards the services."""
+    the server certificate on the listener, its JWKS, and with `mutual_tls` Envoy's client
+    certificate and the CA towards the services."""
     folder = Path(directory)
-    upstream = TlsFiles(cert=str(folder / "client.crt"), key=str(folder / "client.key"),
+    upstream = TlsFiles(cert=str(folder / "envoy-client.crt"),
+                        key=str(folder / "envoy-client.key"),
                         ca=str(folder / "ca.crt")) if mutual_tls else None
     return EdgeSecurity(
         listener_tls=TlsFiles(cert=str(folder / "server.crt"), key=str(folder / "server.key")),

@@ -3,8 +3,9 @@
 
 The transcoder rewrites a REST request's path to its gRPC path before routing, so one route
 per service serves both protocols, and each policy (services.edge.policy) is attached once per
-service route, or per method for overrides. Health, reflection and unknown paths are 404s,
-which need no token.
+service route, or per method for overrides. Health, reflection and unknown gRPC paths are
+404s, which need no token; a REST path needs one (authentication runs before the transcoder
+knows whether the path exists).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from services.core.names import SERVICE_NAMES
 from services.edge.blocks import typed
 from services.edge.policy import UNARY_TIMEOUT, EdgeSecurity, service_of
-from services.edge.security_filters import open_route, route_security
+from services.edge.security_filters import open_route, route_security, unknown_rest_route
 
 # Streaming calls (gRPC only: bulk ingest, watching a training job) have no overall limit but
 # are cut after this long without a message in either direction.
@@ -39,9 +40,12 @@ def edge_routes(streaming: list[str], security: EdgeSecurity | None) -> list[dic
         if stream:
             action |= {"timeout": "0s", "idle_timeout": STREAM_IDLE_TIMEOUT}
         else:
-            # Honour the client's grpc-timeout, capped at the route's timeout.
+            # Honour the client's grpc-timeout, capped at the route's timeout; the whole
+            # exchange, receiving the request body included, ends at the timeout too (a client
+            # that sends its body slowly cannot hold a stream and its buffer longer).
             action |= {"timeout": timeout,
-                       "max_stream_duration": {"grpc_timeout_header_max": timeout}}
+                       "max_stream_duration": {"max_stream_duration": timeout,
+                                               "grpc_timeout_header_max": timeout}}
         filters = dict(_UNBUFFERED)
         if policy is not None:
             filters |= route_security(policy)
@@ -61,9 +65,10 @@ def edge_routes(streaming: list[str], security: EdgeSecurity | None) -> list[dic
     unsecured = open_route() if security else {}
     routes.append({"match": {"prefix": "/", "grpc": {}}, "direct_response": not_found,
                    "typed_per_filter_config": {**_UNBUFFERED, **unsecured}})
-    # REST before transcoding: the transcoder answers unknown REST routes itself.
+    # REST before transcoding: the transcoder routes a known path to its service's route and
+    # leaves an unknown one here. With security, a token is checked on this route first.
     rest: dict[str, Any] = {"match": {"prefix": "/"}, "direct_response": not_found}
-    if unsecured:
-        rest["typed_per_filter_config"] = unsecured
+    if security is not None:
+        rest["typed_per_filter_config"] = unknown_rest_route()
     routes.append(rest)
     return routes
