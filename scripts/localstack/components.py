@@ -32,6 +32,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
+from scripts import mlflow_users
+
 HOST = "127.0.0.1"
 VENV_BIN = Path(sys.executable).parent
 
@@ -599,7 +601,8 @@ class MlflowServer(Component):
     name = "mlflow"
 
     def __init__(self, data_dir: Path, *, port: int | None = None,
-                 template_cache: Path | None = None, use_template: bool = True) -> None:
+                 template_cache: Path | None = None, use_template: bool = True,
+                 authenticated: bool = False) -> None:
         super().__init__(data_dir)
         self.port = port or free_port()
         self._template = None
@@ -607,6 +610,10 @@ class MlflowServer(Component):
             version = importlib.metadata.version("mlflow")
             self._template = (template_cache or default_cache_dir()) / f"mlflow-{version}.sqlite"
         self._fresh = False
+        # With `authenticated`, MLflow's basic-auth app: every request needs a user
+        # (users.json keeps the generated passwords across restarts; see create_users).
+        self.authenticated = authenticated
+        self._secrets = self._saved_secrets() if authenticated else {}
 
     @property
     def tracking_uri(self) -> str:
@@ -616,29 +623,91 @@ class MlflowServer(Component):
     def db_path(self) -> Path:
         return self.data_dir / "mlflow.db"
 
+    @property
+    def _auth_config(self) -> Path:
+        return self.data_dir / "basic_auth.ini"
+
+    @property
+    def _secrets_path(self) -> Path:
+        return self.data_dir / "users.json"
+
+    def _saved_secrets(self) -> dict[str, str]:
+        try:
+            saved: dict[str, str] = json.loads(self._secrets_path.read_text())
+            return saved
+        except (OSError, ValueError):
+            names = ("admin", "flask", mlflow_users.TRAINER, mlflow_users.RECOMMENDER)
+            return {name: secrets.token_urlsafe(24) for name in names}
+
+    def credentials(self, user: str) -> tuple[str, str]:
+        """(user, password) of "admin", mlflow_users.TRAINER or mlflow_users.RECOMMENDER."""
+        return user, self._secrets[user]
+
+    def service_env(self, user: str) -> dict[str, str]:
+        """The settings with which a service (the trainer, the recommender) signs in as
+        `user`; none without authentication."""
+        if not self.authenticated:
+            return {}
+        return {"RECSYS_MLFLOW_USERNAME": user, "RECSYS_MLFLOW_PASSWORD": self._secrets[user]}
+
     def command(self) -> list[str]:
-        return [
+        argv = [
             str(VENV_BIN / "mlflow"), "server",
             "--host", HOST, "--port", str(self.port), "--workers", "1",
             "--backend-store-uri", f"sqlite:///{self.db_path}",
             "--serve-artifacts", "--artifacts-destination", str(self.data_dir / "artifacts"),
         ]
+        if self.authenticated:
+            argv += ["--app-name", "basic-auth"]
+        return argv
 
     def env(self) -> dict[str, str]:
-        return {
+        env = {
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # else ~15 processes, ~3 GB
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "DO_NOT_TRACK": "true",
         }
+        if self.authenticated:  # the admin's password is in the config file (0600)
+            env |= {"MLFLOW_AUTH_CONFIG_PATH": str(self._auth_config),
+                    "MLFLOW_FLASK_SERVER_SECRET_KEY": self._secrets["flask"]}
+        return env
+
+    def create_users(self, model_name: str = "recsys-mf") -> None:
+        """The trainer's and the recommender's accounts, and `model_name` managed by the
+        trainer (scripts/mlflow_users.py); call once the server answers."""
+        mlflow_users.ensure_users(
+            self.tracking_uri, self.credentials("admin"),
+            {name: self._secrets[name]
+             for name in (mlflow_users.TRAINER, mlflow_users.RECOMMENDER)}, model_name)
+
+    def _write_private(self, path: Path, text: str) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
 
     def prepare(self) -> None:
         super().prepare()
+        if self.authenticated:
+            self._write_private(self._secrets_path, json.dumps(self._secrets))
+            # default_permission READ: any signed-in user reads; writing a registered model
+            # takes its creator's or a granted permission (the trainer's).
+            self._write_private(self._auth_config, "\n".join([
+                "[mlflow]", "default_permission = READ",
+                f"database_uri = sqlite:///{self.data_dir / 'basic_auth.db'}",
+                "admin_username = admin", f"admin_password = {self._secrets['admin']}",
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+                ""]))
         self._fresh = not self.db_path.exists()
         if self._fresh and self._template and self._template.is_file():
             shutil.copyfile(self._template, self.db_path)
             self._fresh = False
 
     def _on_ready(self) -> None:
+        self._save_template()  # first: the template holds no model of these users
+        if self.authenticated:
+            self.create_users()
+
+    def _save_template(self) -> None:
         # Snapshot the just-migrated store; sqlite's backup API copies it consistently.
         if not (self._fresh and self._template) or self._template.exists():
             return

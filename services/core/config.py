@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from services.core import kafka, tls
 from services.core.callers import CallerPolicy
-from services.core.settings import env, port, positive
+from services.core.settings import SettingsError, env, port, positive
 
 
 def secret(field: Any) -> Any:
@@ -66,6 +66,8 @@ class ServerSettings:
         self.server_tls()
         if isinstance(self, KafkaSettings):
             self.kafka_security()
+        if isinstance(self, MlflowSettings):
+            self.mlflow_credentials()
 
     def caller_policy(self) -> CallerPolicy:
         """Who may call what, by client certificate (enforced with mutual TLS only)."""
@@ -127,3 +129,16 @@ class MlflowSettings:
     model_name: str = env("RECSYS_MODEL_NAME", "recsys-mf",
                           "Registered model: the trainer adds a version per run, the "
                           "recommender serves its \"champion\".")
+    mlflow_username: str = env(
+        "RECSYS_MLFLOW_USERNAME", "",
+        "MLflow user (its basic-auth app): the trainer's may write, the recommender's only "
+        "read. Empty: no credentials (an MLflow without authentication).")
+    mlflow_password: str = secret(env(
+        "RECSYS_MLFLOW_PASSWORD", "",
+        "Password of RECSYS_MLFLOW_USERNAME (from a Secret; never printed)."))
+
+    def mlflow_credentials(self) -> tuple[str, str] | None:
+        """(user, password) for MLflow, or None; SettingsError when only one is set."""
+        if bool(self.mlflow_username) != bool(self.mlflow_password):
+            raise SettingsError("RECSYS_MLFLOW_USERNAME and RECSYS_MLFLOW_PASSWORD go together")
+        return (self.mlflow_username, self.mlflow_password) if self.mlflow_username else None

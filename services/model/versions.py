@@ -1,9 +1,10 @@
 """Registered versions of the model in MLflow (`recsys.model.v1.ModelVersion`).
 
 The trainer registers each version with its held-out metrics and dataset lineage as tags
-(`metrics.<name>`, `lineage.<field>`), so anyone who reads a version (the recommender, the
-trainer's `ListModelVersions`) learns them without the run. The model is one `.npz` logged as
-a plain artifact under `model/` of the run (see DESIGN.md: no MLflow flavour).
+(`metrics.<name>`, `lineage.<field>`) and its artifact's SHA-256, so anyone who reads a version
+(the recommender, the trainer's `ListModelVersions`) learns them without the run, and the
+recommender can tell that what it downloaded is what was registered. The model is one `.npz`
+logged as a plain artifact under `model/` of the run (see DESIGN.md: no MLflow flavour).
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ ARTIFACT_DIR = "model"
 ARTIFACT_FILE = "model.npz"
 METRIC_TAG = "metrics."
 LINEAGE_TAG = "lineage."
+# The SHA-256 of the version's ARTIFACT_FILE, recorded by the trainer when it registers the
+# version; the recommender serves a download only if it has this hash.
+ARTIFACT_SHA256_TAG = "recsys.artifact_sha256"
+# Who last pointed the champion alias at the version through PromoteModelVersion.
+PROMOTED_BY_TAG = "recsys.promoted_by"
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,7 @@ class VersionInfo:
     metrics: Mapping[str, float]
     lineage: Lineage | None
     created_at_ms: int
+    artifact_sha256: str = ""  # ARTIFACT_SHA256_TAG; "" for a version registered without it
 
 
 def version_tags(metrics: Mapping[str, float], lineage: Lineage) -> dict[str, str]:
