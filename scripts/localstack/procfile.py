@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from collections.abc import Mapping
@@ -119,7 +120,7 @@ def local_stack(state_dir: Path = STATE_DIR, ports: LocalPorts | None = None, *,
         seaweed=seaweed,
         kafka=TansuBroker(state_dir / "kafka", port=ports.kafka, storage=seaweed),
         redis=RedisServer(state_dir / "redis", port=ports.redis),
-        mlflow=MlflowServer(state_dir / "mlflow", port=ports.mlflow),
+        mlflow=MlflowServer(state_dir / "mlflow", port=ports.mlflow, authenticated=True),
         prometheus=Prometheus(state_dir / "prometheus", config_file=prometheus_config,
                               port=ports.prometheus),
     )
@@ -145,15 +146,23 @@ def service_line(module: str, *, grpc_port: int, metrics_port: int,
             f"{shlex.quote(sys.executable)} -m {module}")
 
 
-def service_lines(ports: LocalPorts, env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The three services' lines, for `write_procfile(extra=...)` once they exist."""
+def service_lines(ports: LocalPorts, env: Mapping[str, str] | None = None, *,
+                  own: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, str]:
+    """The three services' lines, for `write_procfile(extra=...)` once they exist; `own`
+    adds variables for one service only (by name: its MLflow account)."""
+    own = own or {}
+
+    def variables(name: str) -> dict[str, str]:
+        return {**(env or {}), **own.get(name, {})}
+
     return {
         "ingest": service_line("services.ingest", grpc_port=ports.ingest_grpc,
-                               metrics_port=ports.ingest_metrics, env=env),
+                               metrics_port=ports.ingest_metrics, env=variables("ingest")),
         "trainer": service_line("services.trainer", grpc_port=ports.trainer_grpc,
-                                metrics_port=ports.trainer_metrics, env=env),
+                                metrics_port=ports.trainer_metrics, env=variables("trainer")),
         "recommender": service_line("services.recommender", grpc_port=ports.recommender_grpc,
-                                    metrics_port=ports.recommender_metrics, env=env),
+                                    metrics_port=ports.recommender_metrics,
+                                    env=variables("recommender")),
     }
 
 
@@ -181,7 +190,7 @@ def write_procfile(stack: LocalStack, *, extra: Mapping[str, str] | None = None,
     for component in stack.components:
         component.prepare()
     procfile = stack.state_dir / "Procfile"
-    procfile.write_text(procfile_text(stack, extra=extra))
+    _write_private(procfile, procfile_text(stack, extra=extra))  # services' MLflow passwords
     variables = {
         "PYTHONUNBUFFERED": "1",
         "MLFLOW_TRACKING_URI": stack.mlflow.tracking_uri,
@@ -192,8 +201,16 @@ def write_procfile(stack: LocalStack, *, extra: Mapping[str, str] | None = None,
         **(env or {}),
     }
     dotenv = stack.state_dir / ".env"
-    dotenv.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in variables.items()))
+    _write_private(dotenv, "".join(f"{k}={shlex.quote(v)}\n" for k, v in variables.items()))
     return procfile, dotenv
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Owner-only (0600), from the first byte."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
 
 
 def honcho_argv(stack: LocalStack) -> list[str]:

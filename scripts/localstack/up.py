@@ -3,7 +3,7 @@
     python -m scripts.localstack.up                 # stack + main job, then serve (Ctrl-C stops)
     python -m scripts.localstack.up --no-job        # stack only
     python -m scripts.localstack.up --movielens ../shared/datasets/ml-100k
-    python -m scripts.localstack.up --mtls          # mutual TLS between every gRPC hop
+    python -m scripts.localstack.up --plaintext     # no mutual TLS between gRPC hops
 
 The stack: SeaweedFS S3 and the Tansu broker on it (durable), Redis, MLflow, Prometheus, the
 three gRPC services and Envoy, each a line of one Procfile run by honcho, with every log line
@@ -13,9 +13,12 @@ endpoints are printed. SIGINT or SIGTERM stops honcho, which stops every process
 Envoy runs as in production: TLS on its listener, a token with the route's scope on every
 call, per-client rate limits. The certificates and the token signing key come from
 <state>/pki (`scripts/localstack/pki.py`, created once, kept); <state>/security.json says
-where they are. With --mtls every service also requires a client certificate from that CA;
-the main job's clients (this process and the `recsys` commands it starts) get one through the
-RECSYS_CLI_TLS_* variables.
+where they are. Every service requires a client certificate from that CA and lets only Envoy
+and the admin identity (the CLI's certificate) call more than health; the main job's clients
+(this process and the `recsys` commands it starts) get the admin's through the
+RECSYS_CLI_TLS_* variables. --plaintext turns mutual TLS off (debugging with plain grpcurl).
+MLflow runs its basic-auth app: the trainer and the recommender sign in with accounts of their
+own (passwords generated into <state>/mlflow/users.json, 0600), the trainer's may write.
 """
 
 from __future__ import annotations
@@ -173,9 +176,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--movielens", type=Path,
                         help="load this MovieLens directory instead of synthetic data")
     parser.add_argument("--timeout", type=float, default=180, help="readiness timeout, s")
-    parser.add_argument("--mtls", action="store_true",
-                        help="mutual TLS on every service's gRPC port (Envoy and the main "
-                             "job present client certificates)")
+    parser.add_argument("--plaintext", dest="mtls", action="store_false",
+                        help="turn off mutual TLS on the services' gRPC ports (on by default: "
+                             "Envoy and the main job present client certificates)")
     return parser
 
 
@@ -187,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     envoy = envoy_for(stack, pki, mtls=args.mtls)
     envoy.prepare()
     env = service_env(stack, mtls=pki if args.mtls else None)
-    write_procfile(stack, extra={**service_lines(stack.ports, env),
+    accounts = {name: stack.mlflow.service_env(name) for name in ("trainer", "recommender")}
+    write_procfile(stack, extra={**service_lines(stack.ports, env, own=accounts),
                                  "envoy": procfile_line(envoy)})
     security = security_info(pki, mtls=args.mtls)
     (stack.state_dir / "security.json").write_text(json.dumps(security, indent=2))
@@ -212,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     try:
         wait_ready(stack, envoy, honcho, args.timeout, tls=client_tls)
+        stack.mlflow.create_users()  # the services' accounts; they retry until these exist
         urls = endpoints(stack, envoy)
         (stack.state_dir / "endpoints.json").write_text(json.dumps(urls, indent=2))
         if not args.no_job:
