@@ -19,7 +19,7 @@ from typing import Any
 from services.core.callers import CALLER_HEADER
 from services.core.names import SERVICE_NAMES
 from services.edge.blocks import ROUTER, socket, tls_context, tls_socket, typed
-from services.edge.policy import EdgeSecurity, TlsFiles
+from services.edge.policy import UNARY_TIMEOUT, EdgeSecurity, TlsFiles
 from services.edge.routes import edge_routes
 from services.edge.security_filters import authentication_filters, authorization_filters
 
@@ -70,6 +70,10 @@ def edge_listener(
         "always_set_request_id_in_response": True,
         "common_http_protocol_options": {
             "idle_timeout": "3600s",
+            # Every stream ends after this unless its route says otherwise (a service route
+            # has its policy's timeout, a streaming one none): it bounds a REST request while
+            # its body is buffered, before the transcoder routes it.
+            "max_stream_duration": UNARY_TIMEOUT,
             "headers_with_underscores_action": "REJECT_REQUEST",
             "max_headers_count": MAX_REQUEST_HEADERS,
         },

@@ -37,8 +37,9 @@ def edge_routes(streaming: list[str], security: EdgeSecurity | None) -> list[dic
         policy = security.policy(key) if security else None
         timeout = policy.timeout if policy else UNARY_TIMEOUT
         action: dict[str, Any] = {"cluster": service}
-        if stream:
-            action |= {"timeout": "0s", "idle_timeout": STREAM_IDLE_TIMEOUT}
+        if stream:  # no overall limit: 0s also lifts the listener's max_stream_duration
+            action |= {"timeout": "0s", "idle_timeout": STREAM_IDLE_TIMEOUT,
+                       "max_stream_duration": {"max_stream_duration": "0s"}}
         else:
             # Honour the client's grpc-timeout, capped at the route's timeout; the whole
             # exchange, receiving the request body included, ends at the timeout too (a client

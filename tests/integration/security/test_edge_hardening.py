@@ -115,6 +115,18 @@ def test_a_request_whose_body_never_ends_is_cut_at_the_routes_timeout(
     assert status == 408 or "grpc-status: 4" in head, head
 
 
+def test_a_rest_body_that_never_ends_is_cut_while_it_is_buffered(edge: SecureEdge) -> None:
+    """Before the transcoder routes a REST request its body is buffered: the listener's
+    stream limit (the unary timeout) ends a body that does not come."""
+    token = edge.token("ingest:write")
+    with _tls_socket(edge) as conn:
+        conn.sendall((f"POST /v1/interactions:batchCreate HTTP/1.1\r\nhost: localhost\r\n"
+                      f"content-type: application/json\r\ncontent-length: 1000\r\n"
+                      f"authorization: Bearer {token}\r\n\r\n").encode() + b'{"inter')
+        status, head = _status(conn)
+    assert status == 408, head
+
+
 def test_failed_authentication_is_rate_limited_per_client_address(
     pki: Pki, tmp_path: Path,
 ) -> None:
