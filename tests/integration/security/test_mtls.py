@@ -186,3 +186,12 @@ def test_the_admin_identity_may_call_admin_rpcs(mesh: Mesh, pki: Pki) -> None:
     with secure_channel(mesh.target("trainer"), client_tls(pki, cert=pki)) as channel:
         # Past the allow-list, to the registry, which has no such version.
         assert refused(lambda: _promote(channel)) == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_servers_certificate_cannot_act_as_a_client(mesh: Mesh, pki: Pki) -> None:
+    """The local servers share a certificate that also names "envoy": as a client certificate
+    (serverAuth only) it is refused during the handshake, so it never passes for Envoy."""
+    as_client = ClientTLS(ca_file=str(pki.ca_cert), cert_file=str(pki.server_cert),
+                          key_file=str(pki.server_key))
+    with secure_channel(mesh.target("trainer"), as_client) as channel:
+        assert refused(lambda: _promote(channel)) == grpc.StatusCode.UNAVAILABLE
