@@ -72,6 +72,14 @@ def tcp_open(port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path`, owner-only (0600) from the first byte: files with passwords."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
 def http_ok(port: int, path: str, timeout: float = 2.0) -> bool:
     """GET http://127.0.0.1:`port``path` answers 200 (http.client: no proxy lookup)."""
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
@@ -680,18 +688,13 @@ class MlflowServer(Component):
             {name: self._secrets[name]
              for name in (mlflow_users.TRAINER, mlflow_users.RECOMMENDER)}, model_name)
 
-    def _write_private(self, path: Path, text: str) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-
     def prepare(self) -> None:
         super().prepare()
         if self.authenticated:
-            self._write_private(self._secrets_path, json.dumps(self._secrets))
+            write_private(self._secrets_path, json.dumps(self._secrets))
             # default_permission READ: any signed-in user reads; writing a registered model
             # takes its creator's or a granted permission (the trainer's).
-            self._write_private(self._auth_config, "\n".join([
+            write_private(self._auth_config, "\n".join([
                 "[mlflow]", "default_permission = READ",
                 f"database_uri = sqlite:///{self.data_dir / 'basic_auth.db'}",
                 "admin_username = admin", f"admin_password = {self._secrets['admin']}",
@@ -788,4 +791,5 @@ __all__ = [
     "stop_all",
     "tansu_binary",
     "tcp_open",
+    "write_private",
 ]

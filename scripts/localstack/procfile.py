@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 from collections.abc import Mapping
@@ -29,6 +28,7 @@ from scripts.localstack.components import (
     SeaweedPorts,
     SeaweedS3,
     TansuBroker,
+    write_private,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -190,7 +190,7 @@ def write_procfile(stack: LocalStack, *, extra: Mapping[str, str] | None = None,
     for component in stack.components:
         component.prepare()
     procfile = stack.state_dir / "Procfile"
-    _write_private(procfile, procfile_text(stack, extra=extra))  # services' MLflow passwords
+    write_private(procfile, procfile_text(stack, extra=extra))  # services' MLflow passwords
     variables = {
         "PYTHONUNBUFFERED": "1",
         "MLFLOW_TRACKING_URI": stack.mlflow.tracking_uri,
@@ -201,16 +201,9 @@ def write_procfile(stack: LocalStack, *, extra: Mapping[str, str] | None = None,
         **(env or {}),
     }
     dotenv = stack.state_dir / ".env"
-    _write_private(dotenv, "".join(f"{k}={shlex.quote(v)}\n" for k, v in variables.items()))
+    write_private(dotenv, "".join(f"{k}={shlex.quote(v)}\n" for k, v in variables.items()))
     return procfile, dotenv
 
-
-def _write_private(path: Path, text: str) -> None:
-    """Owner-only (0600), from the first byte."""
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
 
 
 def honcho_argv(stack: LocalStack) -> list[str]:
