@@ -604,6 +604,8 @@ class MlflowServer(Component):
 
     A fresh SQLite store is migrated on first start (~1 s of the ~5 s); a migrated copy is kept
     in `template_cache`, keyed by the MLflow version, and copied in for the next fresh store.
+    `authenticated` runs MLflow's basic-auth app with generated passwords (`credentials`,
+    `service_env`) and, once ready, the trainer's and the recommender's accounts.
     """
 
     name = "mlflow"
@@ -656,7 +658,8 @@ class MlflowServer(Component):
         `user`; none without authentication."""
         if not self.authenticated:
             return {}
-        return {"RECSYS_MLFLOW_USERNAME": user, "RECSYS_MLFLOW_PASSWORD": self._secrets[user]}
+        name, password = self.credentials(user)
+        return {"RECSYS_MLFLOW_USERNAME": name, "RECSYS_MLFLOW_PASSWORD": password}
 
     def command(self) -> list[str]:
         argv = [
