@@ -5,7 +5,7 @@
     write_procfile(stack, extra=service_lines(stack.ports))   # once the services exist
     subprocess.run(honcho_argv(stack))
 
-`python -m scripts.localstack.procfile` writes the files and prints the honcho command.
+`python -m scripts.localstack.procfile` writes the files and prints where, and the honcho command.
 """
 
 from __future__ import annotations
@@ -215,7 +215,7 @@ def honcho_argv(stack: LocalStack) -> list[str]:
 def main() -> None:
     stack = local_stack()
     procfile, _ = write_procfile(stack)
-    print(procfile.read_text())
+    print(f"wrote {procfile} (owner-only: it holds MLflow's keys)")
     print("run:", shlex.join(honcho_argv(stack)))
 
 
