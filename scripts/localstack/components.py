@@ -702,6 +702,9 @@ class MlflowServer(Component):
                 f"database_uri = sqlite:///{self.data_dir / 'basic_auth.db'}",
                 "admin_username = admin", f"admin_password = {self._secrets['admin']}",
                 "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+                # A password is checked with scrypt on every request (tens of ms of CPU):
+                # cache a good one for a minute (a changed password takes that long).
+                "auth_cache_ttl_seconds = 60",
                 ""]))
         self._fresh = not self.db_path.exists()
         if self._fresh and self._template and self._template.is_file():
