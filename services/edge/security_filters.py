@@ -48,6 +48,9 @@ def authentication_filters(security: EdgeSecurity) -> list[dict[str, Any]]:
         "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
         "require_expiration": True,
         "clock_skew_seconds": 30,
+        # A client sends the same token call after call: its signature is verified once and
+        # the token kept (expiry and lifetime are checked again on every use).
+        "jwt_cache_config": {"jwt_cache_size": 1000},
         # The token stops at the edge; the services trust Envoy's route.
         "forward": False,
         "payload_in_metadata": JWT_PAYLOAD,
