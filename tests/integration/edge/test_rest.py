@@ -142,7 +142,7 @@ def test_model_info(edge: Edge) -> None:
     assert (body["userCount"], body["itemCount"], body["factors"]) == (
         str(len(USERS)), str(len(ITEMS)), 8)
     assert set(body["metrics"]) == {"precisionAt10", "recallAt10", "ndcgAt10", "mapAt10",
-                                    "usersEvaluated"}
+                                    "usersEvaluated", "popularityNdcgAt10"}
     assert body["lineage"]["rowCount"] == str(len(taste_group_clicks()))
     assert body["lineage"]["topic"] == "edge-interactions"
 
