@@ -43,3 +43,11 @@ ALL_SERVICE_NAMES: Mapping[str, str] = MappingProxyType({
 def server_of(name: str) -> str:
     """The short name of the server that serves service `name` (short name)."""
     return HOSTED_SERVICES[name][1] if name in HOSTED_SERVICES else name
+
+
+# The RPCs that change what is trained or served: only admin identities may call them
+# (services.core.callers); the edge asks for the `admin` scope on every TrainerService route.
+_TRAINER = SERVICE_NAMES["trainer"]
+ADMIN_METHODS: frozenset[str] = frozenset(
+    f"/{_TRAINER}/{method}"
+    for method in ("StartTrainingJob", "CancelTrainingJob", "PromoteModelVersion"))
