@@ -136,6 +136,7 @@ class Recommender(_GrpcServer):
             # No broker here: answers use the model and the cache, not recent history.
             "RECSYS_KAFKA_BOOTSTRAP": f"{HOST}:{free_port()}",
             "RECSYS_RECOMMENDER_HISTORY_CONSUMER": "false",
+            "RECSYS_RECOMMENDER_CATALOG_CONSUMER": "false",
             "RECSYS_RECOMMENDER_LOCAL_CACHE_SIZE": "10000" if local_cache else "0",
         }
 

@@ -145,11 +145,19 @@ class ConsumerLoop(Generic[M]):
         #: handler. Stays true.
         self.caught_up = False
         self._at_end = False  # the last poll reached the end (`caught_up` once it is handled)
+        self._reached_end = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=subscription.name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+
+    def wait_caught_up(self) -> bool:
+        """Block until `caught_up` (True) or the loop is stopped (False)."""
+        while not self._reached_end.wait(0.1):
+            if self._stopping.is_set():
+                return False
+        return True
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the loop to end after its batch and close the consumer, uncommitted offsets left
@@ -170,7 +178,9 @@ class ConsumerLoop(Generic[M]):
                     self._handler(batch)
                     self._commit(consumer, batch)
                 # Only now: what the poll that reached the end brought has been handled.
-                self.caught_up = self.caught_up or self._at_end
+                if self._at_end and not self.caught_up:
+                    self.caught_up = True
+                    self._reached_end.set()
             except Exception as exc:  # one rule for all: count, log, back off, read it again
                 delay_s = self._failed(exc)
                 if consumer is not None and not self._rewind(consumer, batch):

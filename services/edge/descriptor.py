@@ -6,7 +6,7 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
-from services.core.names import SERVICE_NAMES
+from services.core.names import ALL_SERVICE_NAMES
 
 # Generated with the code (scripts/gen_protos.py); the Kubernetes render mounts a copy.
 DESCRIPTOR = Path(__file__).resolve().parents[2] / "gen" / "descriptor" / "recsys.binpb"
@@ -19,7 +19,7 @@ def streaming_methods(descriptor: Path = DESCRIPTOR) -> list[str]:
         f"/{file.package}.{service.name}/{method.name}"
         for file in files
         for service in file.service
-        if f"{file.package}.{service.name}" in SERVICE_NAMES.values()
+        if f"{file.package}.{service.name}" in ALL_SERVICE_NAMES.values()
         for method in service.method
         if method.client_streaming or method.server_streaming
     )

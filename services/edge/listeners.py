@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.core.callers import CALLER_HEADER
-from services.core.names import SERVICE_NAMES
+from services.core.names import ALL_SERVICE_NAMES
 from services.edge.blocks import ROUTER, socket, tls_context, tls_socket, typed
 from services.edge.policy import UNARY_TIMEOUT, EdgeSecurity, TlsFiles
 from services.edge.routes import edge_routes
@@ -149,7 +149,7 @@ def _transcoder(descriptor_path: str) -> dict[str, Any]:
     return {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": typed(
         "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
         proto_descriptor=descriptor_path,
-        services=list(SERVICE_NAMES.values()),
+        services=list(ALL_SERVICE_NAMES.values()),
         # Output: lowerCamelCase names, every field present, enums by name (input accepts
         # both name styles): proto3's canonical JSON, see docs/rest-api.md.
         print_options={

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from services.core.names import SERVICE_NAMES
+from services.core.names import ALL_SERVICE_NAMES, CATALOG
 from services.edge import tokens
 
 # A unary call may take this long at most; a client's shorter grpc-timeout wins.
@@ -49,6 +49,10 @@ DEFAULT_POLICIES: Mapping[str, RoutePolicy] = MappingProxyType({
     "trainer": RoutePolicy(scope=tokens.ADMIN, rate_limit=RateLimit(20, burst=40)),
     "recommender": RoutePolicy(scope=tokens.RECOMMEND_READ,
                                rate_limit=RateLimit(500, burst=1000)),
+    CATALOG: RoutePolicy(scope=tokens.CATALOG_WRITE, rate_limit=RateLimit(200, burst=400)),
+    **{f"/{ALL_SERVICE_NAMES[CATALOG]}/{method}": RoutePolicy(
+        scope=tokens.CATALOG_READ, rate_limit=RateLimit(200, burst=400))
+       for method in ("GetItem", "ListItems")},
 })
 
 
@@ -80,7 +84,7 @@ class EdgeSecurity:
     per_address: RateLimit = PER_ADDRESS  # every request of a client address, token or not
 
     def __post_init__(self) -> None:
-        missing = [name for name in SERVICE_NAMES if name not in self.policies]
+        missing = [name for name in ALL_SERVICE_NAMES if name not in self.policies]
         if missing:  # fail closed: a service route without a policy would be open
             raise ValueError(f"no route policy for {', '.join(missing)}")
         if self.upstream_tls is not None and self.upstream_tls.ca is None:
@@ -96,4 +100,4 @@ class EdgeSecurity:
 def service_of(path: str) -> str:
     """The short name of the service a gRPC method path ("/pkg.Service/Method") calls."""
     full_name = path.split("/")[1]
-    return next(name for name, full in SERVICE_NAMES.items() if full == full_name)
+    return next(name for name, full in ALL_SERVICE_NAMES.items() if full == full_name)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.core.names import SERVICE_NAMES
+from services.core.names import ALL_SERVICE_NAMES, SERVICE_NAMES
 from services.edge.blocks import typed
 
 #: gRPC method paths that are safe to run twice.
@@ -32,7 +32,8 @@ RETRIES = 3
 
 def retry_policy(service: str) -> dict[str, Any] | None:
     """The retry policy of a service's route (its idempotent methods only), or None."""
-    methods = sorted(path for path in IDEMPOTENT if path.startswith(f"/{SERVICE_NAMES[service]}/"))
+    prefix = f"/{ALL_SERVICE_NAMES[service]}/"
+    methods = sorted(path for path in IDEMPOTENT if path.startswith(prefix))
     if not methods:
         return None
     return {

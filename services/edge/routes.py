@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.core.names import SERVICE_NAMES
+from services.core.names import ALL_SERVICE_NAMES, server_of
 from services.edge.blocks import typed
 from services.edge.policy import UNARY_TIMEOUT, EdgeSecurity, service_of
 from services.edge.retries import retry_policy
@@ -38,7 +38,7 @@ def edge_routes(streaming: list[str], security: EdgeSecurity | None) -> list[dic
                       stream: bool) -> dict[str, Any]:
         policy = security.policy(key) if security else None
         timeout = policy.timeout if policy else UNARY_TIMEOUT
-        action: dict[str, Any] = {"cluster": service}
+        action: dict[str, Any] = {"cluster": server_of(service)}
         if stream:  # no overall limit: 0s also lifts the listener's max_stream_duration
             action |= {"timeout": "0s", "idle_timeout": STREAM_IDLE_TIMEOUT,
                        "max_stream_duration": {"max_stream_duration": "0s"}}
@@ -62,7 +62,7 @@ def edge_routes(streaming: list[str], security: EdgeSecurity | None) -> list[dic
         for path in sorted({*streaming, *overrides})
     ]
     routes += [service_route({"prefix": f"/{full_name}/"}, name, name, False)
-               for name, full_name in SERVICE_NAMES.items()]
+               for name, full_name in ALL_SERVICE_NAMES.items()]
     # Any other gRPC path, grpc.health.v1 and reflection included, is not exposed at the edge;
     # unbuffered too, or a client stream that never ends would wait forever for its answer.
     # No token is needed to learn that a route does not exist.

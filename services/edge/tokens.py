@@ -17,4 +17,6 @@ MAX_LIFETIME_S = 7 * 24 * 3600
 INGEST_WRITE = "ingest:write"
 RECOMMEND_READ = "recommend:read"
 ADMIN = "admin"  # TrainerService: training, model versions, promotion
-SCOPES = (INGEST_WRITE, RECOMMEND_READ, ADMIN)
+CATALOG_WRITE = "catalog:write"  # CatalogService's changes: items, hiding, users, erasure
+CATALOG_READ = "catalog:read"  # CatalogService's GetItem and ListItems
+SCOPES = (INGEST_WRITE, RECOMMEND_READ, ADMIN, CATALOG_WRITE, CATALOG_READ)

@@ -25,6 +25,8 @@ from recsys.recommender.v1 import recommender_pb2
 from services.core.errors import FailedPrecondition
 from services.recommender.batching import Batcher
 from services.recommender.cache import RedisCache, request_key
+from services.recommender.catalog_keeper import CatalogKeeper
+from services.recommender.catalog_state import CatalogState, categories_tag
 from services.recommender.local_cache import LocalAnswers
 from services.recommender.metrics import RecommenderMetrics
 from services.recommender.model_store import LoadedModel
@@ -39,6 +41,7 @@ _STRATEGY_TO_PROTO = {
     Strategy.PERSONALIZED: recommender_pb2.STRATEGY_PERSONALIZED,
     Strategy.FOLD_IN: recommender_pb2.STRATEGY_FOLD_IN,
     Strategy.POPULARITY: recommender_pb2.STRATEGY_POPULARITY,
+    Strategy.LABEL_POPULARITY: recommender_pb2.STRATEGY_LABEL_POPULARITY,
 }
 _STRATEGY_FROM_PROTO = {v: k for k, v in _STRATEGY_TO_PROTO.items()}
 
@@ -48,12 +51,13 @@ class Recommendation:
     model_version: str
     strategy: Strategy
     items: Ranked
+    cold_start: frozenset[str] = frozenset()  # items the model does not know (catalogue)
 
     @cached_property
     def proto(self) -> recommender_pb2.RecommendResponse:
         """Built once: an answer from the in-process tier is sent again as is (never mutate)."""
         return recommender_pb2.RecommendResponse(
-            items=[recommender_pb2.ScoredItem(item_id=i, score=s) for i, s in self.items],
+            items=_scored_items(self.items, self.cold_start),
             model_version=self.model_version,
             strategy=_STRATEGY_TO_PROTO[self.strategy],
         )
@@ -64,6 +68,7 @@ class Recommendation:
             model_version=message.model_version,
             strategy=_STRATEGY_FROM_PROTO[message.strategy],
             items=tuple((item.item_id, item.score) for item in message.items),
+            cold_start=frozenset(item.item_id for item in message.items if item.cold_start),
         )
 
 
@@ -71,6 +76,20 @@ class Recommendation:
 class Similar:
     model_version: str
     items: Ranked
+    cold_start: frozenset[str] = frozenset()  # items the model does not know (catalogue)
+    anchor_cold_start: bool = False  # the requested item is one of them
+
+    @property
+    def proto(self) -> recommender_pb2.SimilarItemsResponse:
+        return recommender_pb2.SimilarItemsResponse(
+            items=_scored_items(self.items, self.cold_start), model_version=self.model_version,
+            cold_start=self.anchor_cold_start)
+
+
+def _scored_items(items: Ranked, cold_start: frozenset[str]
+                  ) -> list[recommender_pb2.ScoredItem]:
+    return [recommender_pb2.ScoredItem(item_id=i, score=s, cold_start=i in cold_start)
+            for i, s in items]
 
 
 class ModelSource(Protocol):
@@ -81,10 +100,11 @@ class ModelSource(Protocol):
 class Recommender:
     """Answers Recommend and SimilarItems with the model `models` serves at call time."""
 
-    def __init__(self, models: ModelSource, *, cache: RedisCache,
+    def __init__(self, models: ModelSource, *, catalog: CatalogKeeper, cache: RedisCache,
                  local: LocalAnswers[Recommendation], metrics: RecommenderMetrics,
                  executor: Executor, offload_min_items: int) -> None:
         self._models = models
+        self._catalog = catalog
         self._cache = cache
         self._local = local
         self._executor = executor
@@ -106,10 +126,19 @@ class Recommender:
             raise FailedPrecondition("no model loaded yet")
         return model
 
+    def catalog(self, model: LoadedModel) -> CatalogState:
+        """The catalogue as it stands for `model`."""
+        return self._catalog.state(model)
+
     async def recommend(self, user_id: str, *, k: int, exclude_seen: bool,
-                        exclude_item_ids: Sequence[str]) -> Recommendation:
+                        exclude_item_ids: Sequence[str],
+                        categories: Sequence[str] = ()) -> Recommendation:
         model = self.model()
-        request = request_key(model.cache_tag, k, int(exclude_seen), exclude=exclude_item_ids)
+        catalog = self._catalog.state(model)
+        # The catalogue's version in the key: an answer cached before a hide is never served
+        # after it (README: The catalogue).
+        request = request_key(f"{model.cache_tag}|{catalog.version}", k, int(exclude_seen),
+                              categories_tag(categories), exclude=exclude_item_ids)
         answer = self._local.get(user_id, request)
         if answer is not None:
             return self._served(answer, "hit", "local")
@@ -122,19 +151,25 @@ class Recommender:
             return self._served(answer, "hit", "redis")
         strategy, items = await self._queries.submit((model.scorer, Query(
             user_id, k, exclude_seen, exclude_item_ids,
-            recent_item_ids=lookup.history if lookup is not None else ())))
-        answer = Recommendation(model.version, strategy, items)
+            recent_item_ids=lookup.history if lookup is not None else (),
+            items=catalog.items_for(categories), anonymous=user_id in catalog.forgotten,
+            popularity=catalog.popularity_for(user_id))))
+        answer = Recommendation(model.version, strategy, items,
+                                _cold(model.scorer, items))
         if lookup is None:
             return self._served(answer, "error", "redis")
         self._cache.store(user_id, request, lookup.generation, answer.proto.SerializeToString())
         self._local.put(user_id, request, answer, epoch=epoch)
         return self._served(answer, "miss", "redis")
 
-    async def similar(self, item_id: str, *, k: int) -> Similar:
+    async def similar(self, item_id: str, *, k: int, categories: Sequence[str] = ()) -> Similar:
         model = self.model()
-        items = await self._score(model.scorer, "similar",
-                                  lambda: model.scorer.similar(item_id, k=k))
-        return Similar(model.version, items)
+        catalog = self._catalog.state(model)
+        scorer = model.scorer
+        vector = None if scorer.knows_item(item_id) else catalog.cold_vector(item_id)
+        items = await self._score(scorer, "similar", lambda: scorer.similar(
+            item_id, k=k, items=catalog.items_for(categories), vector=vector))
+        return Similar(model.version, items, _cold(scorer, items), vector is not None)
 
     def _served(self, answer: Recommendation, result: str, tier: str) -> Recommendation:
         self._outcomes[result, tier].inc()
@@ -168,3 +203,8 @@ class Recommender:
         if scorer.scored_per_query < self._offload_min_items:
             return timed()
         return await asyncio.get_running_loop().run_in_executor(self._executor, timed)
+
+
+def _cold(scorer: Scorer, items: Ranked) -> frozenset[str]:
+    """The items of an answer that `scorer`'s model does not know: cold-start ones."""
+    return frozenset(item for item, _ in items if not scorer.knows_item(item))

@@ -27,6 +27,7 @@ class RecommenderMetrics:
     redis_errors: Counter
     history_events: Counter
     history_errors: Counter
+    catalog_errors: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> RecommenderMetrics:
@@ -101,6 +102,12 @@ class RecommenderMetrics:
                 "recsys_recommender_history_errors_total",
                 "Failed attempts of the history consumer (Kafka, Redis, a commit); each batch "
                 "is read again after a backoff until Redis took it.",
+                registry=registry,
+            ),
+            catalog_errors=Counter(
+                "recsys_recommender_catalog_errors_total",
+                "Failed attempts of the catalogue follower (Kafka, a record it could not fold "
+                "in); each batch is read again after a backoff.",
                 registry=registry,
             ),
         )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
-from services.core.contract import id_problem
+from services.core.contract import categories_problem, id_problem
 from services.core.errors import InvalidArgument
 from services.model.messages import lineage_to_proto, metrics_to_proto
 from services.recommender.engine import Recommender
@@ -31,6 +33,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
             _id("user_id", request.user_id), k=self._k(request.k),
             exclude_seen=request.exclude_seen if request.HasField("exclude_seen") else True,
             exclude_item_ids=request.exclude_item_ids,
+            categories=_categories(request.categories),
         )
         return answer.proto
 
@@ -38,16 +41,15 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
         self, request: recommender_pb2.SimilarItemsRequest, context: grpc.aio.ServicerContext
     ) -> recommender_pb2.SimilarItemsResponse:
         similar = await self._recommender.similar(_id("item_id", request.item_id),
-                                                  k=self._k(request.k))
-        return recommender_pb2.SimilarItemsResponse(
-            items=[recommender_pb2.ScoredItem(item_id=i, score=s) for i, s in similar.items],
-            model_version=similar.model_version,
-        )
+                                                  k=self._k(request.k),
+                                                  categories=_categories(request.categories))
+        return similar.proto
 
     async def GetModelInfo(
         self, request: recommender_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> recommender_pb2.GetModelInfoResponse:
         model = self._recommender.model()
+        catalog = self._recommender.catalog(model)
         loaded_at = Timestamp()
         loaded_at.FromDatetime(model.loaded_at)
         return recommender_pb2.GetModelInfoResponse(
@@ -58,6 +60,10 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
             scoring=recommender_pb2.Scoring(
                 approximate=model.scorer.index is not None, recall_at_10=model.scorer.recall,
                 scanned_ratio=model.scorer.scanned, top_lists=model.scorer.top_lists is not None),
+            catalog=recommender_pb2.CatalogSummary(
+                items=catalog.items, blocked_items=catalog.blocked_items,
+                cold_start_items=len(catalog.cold_ids), users=len(catalog.users),
+                version=catalog.version),
         )
 
     def _k(self, k: int) -> int:
@@ -72,3 +78,10 @@ def _id(field: str, value: str) -> str:
     if problem is not None:
         raise InvalidArgument(field, problem)
     return value
+
+
+def _categories(values: Sequence[str]) -> Sequence[str]:
+    problem = categories_problem(values)
+    if problem is not None:
+        raise InvalidArgument("categories", problem)
+    return values

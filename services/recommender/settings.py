@@ -64,6 +64,11 @@ class RecommenderSettings(ServerSettings, KafkaSettings, MlflowSettings):
         "RECSYS_RECOMMENDER_HISTORY_CONSUMER", True,
         "Run the consumer (group \"recommender-history\") that writes recent interactions to "
         "Redis; off, recommendations use training data only.")
+    catalog_consumer: bool = env(
+        "RECSYS_RECOMMENDER_CATALOG_CONSUMER", True,
+        "Follow the catalogue topic (hidden items, categories, new items, erasures) and report "
+        "SERVING only once it has been read to its end; off, every model item may be "
+        "recommended and no category is known.")
     redis_timeout_s: float = env(
         "RECSYS_RECOMMENDER_REDIS_TIMEOUT_S", 0.1,
         "Socket timeout of each Redis call on the request path; a slower Redis is skipped.",

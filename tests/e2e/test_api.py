@@ -84,7 +84,7 @@ def test_recommendations_are_the_documented_json(rest: Rest, direct: Stubs) -> N
     assert set(body) == {"items", "modelVersion", "strategy"}
     assert body["strategy"] == "STRATEGY_PERSONALIZED"
     assert body["modelVersion"] == main_job(direct).model_version
-    assert [set(item) for item in body["items"]] == [{"itemId", "score"}] * 5
+    assert [set(item) for item in body["items"]] == [{"itemId", "score", "coldStart"}] * 5
     scores = [item["score"] for item in body["items"]]
     assert scores == sorted(scores, reverse=True)
     unknown = rest.get("/v1/users/nobody-knows-me/recommendations?k=4").body

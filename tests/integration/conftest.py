@@ -86,7 +86,7 @@ def replica(model_name: str) -> ReplicaFactory:
 
     def start(**settings: object) -> AbstractAsyncContextManager[Replica]:
         values: dict[str, object] = {"model_name": model_name, "poll_interval_s": 0.2,
-                                     "history_consumer": False}
+                                     "history_consumer": False, "catalog_consumer": False}
         return running_replica(RecommenderSettings(**{**values, **settings}))  # type: ignore[arg-type]
 
     return start

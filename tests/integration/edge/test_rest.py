@@ -49,7 +49,8 @@ def test_recommend(edge: Edge) -> None:
     assert reply.body["strategy"] == "STRATEGY_PERSONALIZED"
     items = reply.body["items"]
     assert len(items) == 10  # k defaults to 10
-    assert all(set(item) == {"itemId", "score"} for item in items)
+    assert all(set(item) == {"itemId", "score", "coldStart"} for item in items)
+    assert not any(item["coldStart"] for item in items)
     scores = [item["score"] for item in items]
     assert scores == sorted(scores, reverse=True)
     assert not {item["itemId"] for item in items} & seen_by(USERS[1])  # excludeSeen defaults on
@@ -117,7 +118,7 @@ def test_recommend_bad_query(rest: Rest, query: str, fragment: str) -> None:
 def test_similar_items(edge: Edge) -> None:
     reply = edge.rest.get(f"/v1/items/{ITEMS[0]}/similar?k=5")
     assert reply.status == 200
-    assert set(reply.body) == {"items", "modelVersion"}
+    assert set(reply.body) == {"items", "modelVersion", "coldStart"}
     assert reply.body["modelVersion"] == edge.job.model_version
     items = reply.body["items"]
     assert len(items) == 5

@@ -50,7 +50,8 @@ def test_sigterm_under_load_answers_every_accepted_call(
         "RECSYS_MLFLOW_TRACKING_URI": mlflow_server.tracking_uri,
         "RECSYS_MODEL_NAME": model_name, "RECSYS_REDIS_URL": redis_server.url,
         "RECSYS_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
-        "RECSYS_RECOMMENDER_HISTORY_CONSUMER": "false"})
+        "RECSYS_RECOMMENDER_HISTORY_CONSUMER": "false",
+        "RECSYS_RECOMMENDER_CATALOG_CONSUMER": "false"})
     recommender.start().wait_ready(90)
     stop = threading.Event()
     try:

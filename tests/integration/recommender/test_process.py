@@ -27,7 +27,8 @@ def test_without_a_champion_the_process_is_not_serving_and_refuses_rpcs(
            "RECSYS_MLFLOW_TRACKING_URI": mlflow_server.tracking_uri,
            "RECSYS_MODEL_NAME": model_name, "RECSYS_REDIS_URL": redis_server.url,
            "RECSYS_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_port}",
-           "RECSYS_RECOMMENDER_HISTORY_CONSUMER": "false", "RECSYS_LOG_FORMAT": "json"}
+           "RECSYS_RECOMMENDER_HISTORY_CONSUMER": "false",
+           "RECSYS_RECOMMENDER_CATALOG_CONSUMER": "false", "RECSYS_LOG_FORMAT": "json"}
     process = subprocess.Popen([sys.executable, "-m", "services.recommender"], cwd=REPO,
                                env=env, stderr=subprocess.PIPE, text=True)
     try:
