@@ -1,9 +1,9 @@
 """The main job, run on a live local stack the way a user would run it.
 
-Ingest interactions through IngestService (synthetic by default, MovieLens when given a path),
-train through TrainerService with live progress, wait for the recommender to serve the new
-champion, then show recommendations three ways: a Python gRPC stub, grpcurl, and REST through
-Envoy with curl.
+Ingest interactions through IngestService (synthetic by default, MovieLens when given a path)
+and their items' catalogue through CatalogService, train through TrainerService with live
+progress, wait for the recommender to serve the new champion, then show recommendations three
+ways: a Python gRPC stub, grpcurl, and REST through Envoy with curl; and one category-filtered.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ from services.core.names import SERVICE_NAMES
 SYNTHETIC = ("--users", "2000", "--items", "1000", "--events", "100000", "--seed", "7")
 SHOWN_USERS_SYNTHETIC = ("u1", "u2", "u3")
 SHOWN_USERS_MOVIELENS = ("1", "2", "3")
+# The category of the filtered recommendation: a taste cluster, a MovieLens genre.
+SHOWN_CATEGORY_SYNTHETIC = "genre-1"
+SHOWN_CATEGORY_MOVIELENS = "Comedy"
 
 
 def _step(title: str) -> None:
@@ -86,11 +89,15 @@ def run_main_job(endpoints: Mapping[str, str], *, movielens: Path | None = None,
     if movielens is None:
         _step("1/4 ingest synthetic interactions through IngestService (gRPC stream)")
         _run(_recsys("ingest", "synthetic", "--target", ingest, *SYNTHETIC))
-        users = SHOWN_USERS_SYNTHETIC
+        print("the items' catalogue: each in its taste cluster's category, through CatalogService")
+        _run(_recsys("catalog", "synthetic", "--target", ingest, *SYNTHETIC))
+        users, category = SHOWN_USERS_SYNTHETIC, SHOWN_CATEGORY_SYNTHETIC
     else:
         _step(f"1/4 ingest MovieLens from {movielens} through IngestService (gRPC stream)")
         _run(_recsys("ingest", "movielens", str(movielens), "--target", ingest))
-        users = SHOWN_USERS_MOVIELENS
+        print("the movies' catalogue: genres as categories, through CatalogService")
+        _run(_recsys("catalog", "movielens", str(movielens), "--target", ingest))
+        users, category = SHOWN_USERS_MOVIELENS, SHOWN_CATEGORY_MOVIELENS
 
     _step("2/4 train through TrainerService (progress streamed by WatchTrainingJob)")
     subprocess.run(_recsys("train", "--target", trainer), check=True)
@@ -99,7 +106,7 @@ def run_main_job(endpoints: Mapping[str, str], *, movielens: Path | None = None,
     version = wait_for_model(recommender, _champion_version(trainer))
     print(f"recommender serves model version {version}")
 
-    _step("4/4 recommendations, three ways")
+    _step("4/4 recommendations, three ways, and one filtered by category")
     for user in users:
         show_with_python_stub(recommender, user)
     request = json.dumps({"user_id": users[0], "k": 5})
@@ -115,4 +122,6 @@ def run_main_job(endpoints: Mapping[str, str], *, movielens: Path | None = None,
     # Double quotes, so that pasting the line expands $TOKEN.
     _run([*curl, f"authorization: Bearer {token}", url],
          shown=f'{shlex.join(curl)} "authorization: Bearer $TOKEN" {shlex.quote(url)}')
+    _run(_recsys("recommend", users[0], "-k", "5", "--category", category,
+                 "--target", recommender))
     print()

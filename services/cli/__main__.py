@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # Each module defines `register(subparsers)`, which adds its subcommand(s) with a `func`.
-_COMMAND_MODULES = ("ingest", "train", "recommend", "token")
+_COMMAND_MODULES = ("ingest", "catalog", "train", "recommend", "token")
 
 
 def build_parser() -> argparse.ArgumentParser:

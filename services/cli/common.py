@@ -32,6 +32,8 @@ class Target:
 INGEST = Target("IngestService", "RECSYS_CLI_INGEST_TARGET", "127.0.0.1:50051")
 TRAINER = Target("TrainerService", "RECSYS_CLI_TRAINER_TARGET", "127.0.0.1:50052")
 RECOMMENDER = Target("RecommenderService", "RECSYS_CLI_RECOMMENDER_TARGET", "127.0.0.1:50053")
+# CatalogService is served by the ingest server.
+CATALOG = Target("CatalogService (ingest server)", INGEST.env, INGEST.default)
 
 
 def add_target(parser: argparse.ArgumentParser, target: Target) -> None:

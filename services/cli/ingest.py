@@ -181,11 +181,16 @@ def _table(args: argparse.Namespace) -> int:
     return run_load(events, args, total)
 
 
-def _synthetic(args: argparse.Namespace) -> int:
-    spec = SyntheticSpec(users=args.users, items=args.items, events=args.events,
+def synthetic_spec(args: argparse.Namespace) -> SyntheticSpec:
+    """The generator's spec from `add_synthetic_arguments`' options."""
+    return SyntheticSpec(users=args.users, items=args.items, events=args.events,
                          seed=args.seed, factors=args.factors, days=args.days,
                          popularity_exponent=args.popularity_exponent, clusters=args.clusters,
                          favourite_clusters=args.favourite_clusters, explore=args.explore)
+
+
+def _synthetic(args: argparse.Namespace) -> int:
+    spec = synthetic_spec(args)
     return run_load(SyntheticData(spec).events(), args, spec.events)
 
 
@@ -251,6 +256,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     synthetic = sources.add_parser(
         "synthetic", parents=[common],
         help="generated events (taste clusters, latent factors, power law)")
+    add_synthetic_arguments(synthetic)
+    synthetic.set_defaults(func=_input_guarded(_synthetic))
+
+
+def add_synthetic_arguments(synthetic: argparse.ArgumentParser) -> None:
+    """The generator's options (`recsys ingest synthetic`, `recsys catalog synthetic`)."""
     synthetic.add_argument("--users", type=_positive, required=True)
     synthetic.add_argument("--items", type=_positive, required=True)
     synthetic.add_argument("--events", type=_positive, required=True)
@@ -266,4 +277,3 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                            help="favourite clusters per user (default 3)")
     synthetic.add_argument("--explore", type=float, default=0.1,
                            help="share of events outside a user's favourites (default 0.1)")
-    synthetic.set_defaults(func=_input_guarded(_synthetic))

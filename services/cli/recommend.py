@@ -23,6 +23,8 @@ def register(subparsers: Any) -> None:
                            help="keep items the user already interacted with")
     recommend.add_argument("--exclude", nargs="+", default=[], metavar="ITEM",
                            help="items to leave out")
+    recommend.add_argument("--category", action="append", default=[], dest="categories",
+                           help="only items in this catalogue category (repeatable: any)")
     add_target(recommend, RECOMMENDER)
     add_json_flag(recommend)
     recommend.set_defaults(func=guarded(_recommend))
@@ -30,6 +32,8 @@ def register(subparsers: Any) -> None:
     similar = subparsers.add_parser("similar", help="items nearest to an item (cosine)")
     similar.add_argument("item", help="item id")
     similar.add_argument("-k", type=int, default=10, help="number of items (default 10)")
+    similar.add_argument("--category", action="append", default=[], dest="categories",
+                         help="only items in this catalogue category (repeatable: any)")
     add_target(similar, RECOMMENDER)
     add_json_flag(similar)
     similar.set_defaults(func=guarded(_similar))
@@ -49,13 +53,14 @@ def _print_items(heading: str, items: Sequence[recommender_pb2.ScoredItem]) -> N
     print(heading)
     print(f"{'RANK':>4}  {'SCORE':>9}  ITEM")
     for rank, item in enumerate(items, 1):
-        print(f"{rank:>4}  {item.score:>9.4f}  {item.item_id}")
+        cold = "  (new: scored by its labels)" if item.cold_start else ""
+        print(f"{rank:>4}  {item.score:>9.4f}  {item.item_id}{cold}")
 
 
 def _recommend(args: argparse.Namespace) -> int:
     request = recommender_pb2.RecommendRequest(
         user_id=args.user, k=args.k, exclude_seen=not args.include_seen,
-        exclude_item_ids=args.exclude)
+        exclude_item_ids=args.exclude, categories=args.categories)
     chan, stub = _stub(args.target)
     with chan:
         reply = stub.Recommend(request, timeout=DEFAULT_TIMEOUT_S)
@@ -69,7 +74,8 @@ def _similar(args: argparse.Namespace) -> int:
     chan, stub = _stub(args.target)
     with chan:
         reply = stub.SimilarItems(
-            recommender_pb2.SimilarItemsRequest(item_id=args.item, k=args.k),
+            recommender_pb2.SimilarItemsRequest(item_id=args.item, k=args.k,
+                                                categories=args.categories),
             timeout=DEFAULT_TIMEOUT_S)
     return show(args, reply, lambda r: _print_items(
         f"items like {args.item}: model version {r.model_version}, score = cosine", r.items))
@@ -99,6 +105,9 @@ def _print_model_info(info: recommender_pb2.GetModelInfoResponse) -> None:
          + (f"item index: recall@10 {info.scoring.recall_at_10:.3f}, "
             f"{info.scoring.scanned_ratio:.1%} of the catalogue per query"
             if info.scoring.approximate else "exact (every item)")),
+        ("catalogue", f"{info.catalog.items} items ({info.catalog.blocked_items} not "
+                      f"recommendable now, {info.catalog.cold_start_items} new to the model), "
+                      f"{info.catalog.users} user profiles"),
     )
     for name, value in rows:
         print(f"{name + ':':<12} {value}")

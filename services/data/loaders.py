@@ -179,13 +179,20 @@ def table_format(path: Path, fmt: TableFormat = "auto") -> Literal["csv", "parqu
 def read_table(path: Path, columns: Columns, *, fmt: TableFormat = "auto",
                delimiter: str = ",") -> Iterator[Interaction]:
     """One event per row of a CSV (with a header line) or Parquet file."""
+    for row in table_rows(path, columns.names(), fmt=fmt, delimiter=delimiter):
+        yield columns.event(row)
+
+
+def table_rows(path: Path, names: Sequence[str], *, fmt: TableFormat = "auto",
+               delimiter: str = ",") -> Iterator[dict[str, Any]]:
+    """The columns `names` of each row of a CSV (with a header line) or Parquet file; a
+    missing file or column is a DataError at once."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    rows = _parquet_rows(path, columns) if table_format(path, fmt) == "parquet" \
-        else _csv_rows(path, columns, delimiter)
-    for row in rows:
-        yield columns.event(row)
+    if table_format(path, fmt) == "parquet":
+        return _parquet_rows(path, names)
+    return _csv_rows(path, names, delimiter)
 
 
 def count_rows(path: Path, *, fmt: TableFormat = "auto") -> int:
@@ -196,28 +203,28 @@ def count_rows(path: Path, *, fmt: TableFormat = "auto") -> int:
     return max(0, _count_lines(Path(path)) - 1)
 
 
-def _csv_rows(path: Path, columns: Columns, delimiter: str) -> Iterator[dict[str, str]]:
+def _csv_rows(path: Path, names: Sequence[str], delimiter: str) -> Iterator[dict[str, str]]:
     with path.open(encoding="utf-8", errors="replace", newline="") as file:
         reader = csv.reader(file, delimiter=delimiter)
         header = next(reader, [])
-        _require(path, columns.names(), header)
-        positions = {name: header.index(name) for name in columns.names()}
+        _require(path, names, header)
+        positions = {name: header.index(name) for name in names}
         for record in reader:
             if not record:
                 continue
             yield {name: record[i] if i < len(record) else "" for name, i in positions.items()}
 
 
-def _parquet_rows(path: Path, columns: Columns) -> Iterator[dict[str, Any]]:
+def _parquet_rows(path: Path, names: Sequence[str]) -> Iterator[dict[str, Any]]:
     import pyarrow.parquet as pq
 
     table = pq.ParquetFile(path)
-    names = list(dict.fromkeys(columns.names()))
-    _require(path, names, table.schema_arrow.names)
-    for batch in table.iter_batches(batch_size=10_000, columns=names):
+    unique = list(dict.fromkeys(names))
+    _require(path, unique, table.schema_arrow.names)
+    for batch in table.iter_batches(batch_size=10_000, columns=unique):
         data = batch.to_pydict()
-        for values in zip(*(data[name] for name in names), strict=True):
-            yield dict(zip(names, values, strict=True))
+        for values in zip(*(data[name] for name in unique), strict=True):
+            yield dict(zip(unique, values, strict=True))
 
 
 def _require(path: Path, wanted: Sequence[str], present: Sequence[str]) -> None:

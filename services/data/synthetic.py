@@ -47,6 +47,7 @@ from typing import NamedTuple
 import numpy as np
 
 from recsys.events.v1 import interaction_pb2
+from recsys.events.v1.catalog_pb2 import Item
 from services.data.loaders import Interaction, parse_type
 
 BLOCK_EVENTS = 8192
@@ -212,6 +213,11 @@ class SyntheticData:
     def blocks(self) -> Iterator[Block]:
         for number in range(-(-self.spec.events // BLOCK_EVENTS)):
             yield self.block(number)
+
+    def items(self) -> Iterator[Item]:
+        """The catalogue: each item `i<n>` in its taste cluster's category `genre-<c>`."""
+        for item, cluster in enumerate(self.item_cluster.tolist()):
+            yield Item(item_id=f"i{item}", categories=[f"genre-{cluster}"])
 
     def events(self) -> Iterator[Interaction]:
         """Every event in order, ids `syn-<seed>-<index>` so a reload is idempotent."""
