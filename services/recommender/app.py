@@ -21,13 +21,14 @@ from prometheus_client import CollectorRegistry
 from recsys.events.v1.catalog_pb2 import CatalogChange
 from recsys.events.v1.interaction_pb2 import Interaction
 from recsys.recommender.v1 import recommender_pb2_grpc
-from services.core.consumer import Backoff, ConsumerLoop, Subscription
+from services.core.consumer import Backoff, Batch, ConsumerLoop, Subscription
 from services.core.health import HealthReporter
 from services.core.server import ServiceBinding
 from services.model.champion import ChampionReader, mlflow_session
 from services.recommender.cache import CircuitBreaker, RedisCache, connect
 from services.recommender.catalog_keeper import POLL_TIMEOUT_MS, CatalogKeeper
 from services.recommender.engine import Recommendation, Recommender
+from services.recommender.erasure import RedisEraser
 from services.recommender.history import HistoryWriter, history_consumer
 from services.recommender.local_cache import LocalAnswers, follow_invalidations
 from services.recommender.metrics import RecommenderMetrics
@@ -71,13 +72,15 @@ class RecommenderApp:
                                             thread_name_prefix="recommender-scoring")
         self.catalog = CatalogKeeper()
         self._catalog_follower: ConsumerLoop[CatalogChange] | None = None
+        self._eraser: RedisEraser | None = None
         if settings.catalog_consumer:
+            self._eraser = RedisEraser.connect(settings.redis_connection_url)
             self._catalog_follower = ConsumerLoop(
                 Subscription(bootstrap=settings.kafka_bootstrap, topic=settings.catalog_topic,
                              group_id=None, name="recommender-catalog",
                              security=settings.kafka_security(),
                              poll_timeout_ms=POLL_TIMEOUT_MS, fetch_max_wait_ms=POLL_TIMEOUT_MS),
-                self.catalog.apply, message=CatalogChange,
+                self._catalog_batch, message=CatalogChange,
                 on_error=lambda _: self._metrics.catalog_errors.inc(),
                 backoff=Backoff(longest_s=5.0))
         self.recommender = Recommender(
@@ -91,11 +94,21 @@ class RecommenderApp:
             self._history_writer = HistoryWriter.connect(
                 settings.redis_connection_url, history_size=settings.history_size,
                 ttl_s=settings.history_ttl_s)
-            self._history = history_consumer(self._history_writer, self._metrics, settings)
+            self._history = history_consumer(self._history_writer, self._metrics, settings,
+                                             erased=self.catalog.erased)
         self._invalidations: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._health: HealthReporter | None = None
         self._closed = False
+
+    def _catalog_batch(self, batch: Batch[CatalogChange]) -> None:
+        """The catalogue follower's handler: fold the batch in; once it follows the topic live,
+        erase from Redis the users whose erasure arrived (services.recommender.erasure)."""
+        erased = self.catalog.apply(batch)
+        live = self._catalog_follower is not None and self._catalog_follower.caught_up
+        if erased and live and self._eraser is not None:
+            self._eraser.erase(erased)
+            self._metrics.erasures.inc(len(erased))
 
     @property
     def bindings(self) -> Sequence[ServiceBinding]:
@@ -149,6 +162,8 @@ class RecommenderApp:
             self._history_writer.close()
         if self._catalog_follower is not None:
             await asyncio.to_thread(self._catalog_follower.stop)
+        if self._eraser is not None:
+            self._eraser.close()
         if self._invalidations is not None:
             self._invalidations.cancel()
             with contextlib.suppress(asyncio.CancelledError):

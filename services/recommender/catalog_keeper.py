@@ -41,13 +41,24 @@ class CatalogKeeper:
         self._state: CatalogState | None = None
         self._next_change_s = math.inf
 
-    def apply(self, batch: Batch[CatalogChange]) -> None:
-        """The follower's handler: fold `batch` in, republish if it changed anything."""
+    def apply(self, batch: Batch[CatalogChange]) -> list[str]:
+        """The follower's handler: fold `batch` in, republish if it changed anything; the
+        users whose erasure record is in the batch."""
         with self._lock:
             changes = self.view.apply(batch.records)
             if changes and self._builder is not None:
                 self._builder.update(changes, self.view.version)
                 self._publish()
+        records = {(r.partition, r.offset) for r in batch.records}
+        return [user for user in changes.users
+                if (erasure := self.view.erasures.get(user)) is not None
+                and (erasure.partition, erasure.offset) in records]
+
+    def erased(self, user_id: str, partition: int, offset: int) -> bool:
+        """Whether the interactions topic's record at (`partition`, `offset`) of `user_id`
+        was acknowledged before the user's erasure."""
+        erasure = self.view.erasures.get(user_id)
+        return erasure is not None and erasure.covers(partition, offset)
 
     def state(self, model: LoadedModel) -> CatalogState:
         """The catalogue's state for `model`, as of the last batch folded and now."""

@@ -11,7 +11,7 @@ handler error like any other: counted, and the batch retried, so nothing is skip
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import redis
 from redis.backoff import NoBackoff
@@ -76,12 +76,19 @@ def user_item(record: Record[interaction_pb2.Interaction]) -> tuple[str, str] | 
     return event.user_id, event.item_id
 
 
-class HistoryRecorder:
-    """The loop's handler: a batch's (user, item) events into Redis in one pipeline."""
+#: Whether a user's event at (partition, offset) is covered by their erasure.
+Erased = Callable[[str, int, int], bool]
 
-    def __init__(self, writer: HistoryWriter, metrics: RecommenderMetrics) -> None:
+
+class HistoryRecorder:
+    """The loop's handler: a batch's (user, item) events into Redis in one pipeline, without
+    the events that an erasure covers."""
+
+    def __init__(self, writer: HistoryWriter, metrics: RecommenderMetrics, *,
+                 erased: Erased = lambda user, partition, offset: False) -> None:
         self._writer = writer
         self._metrics = metrics
+        self._erased = erased
 
     def __call__(self, batch: Batch[interaction_pb2.Interaction]) -> None:
         events = []
@@ -90,7 +97,7 @@ class HistoryRecorder:
             if event is None:
                 log.warning("skipping a record that is not an Interaction",
                             extra={"partition": record.partition, "offset": record.offset})
-            else:
+            elif not self._erased(event[0], record.partition, record.offset):
                 events.append(event)
         if events:
             self._writer.record(events)
@@ -98,7 +105,9 @@ class HistoryRecorder:
 
 
 def history_consumer(writer: HistoryWriter, metrics: RecommenderMetrics,
-                     settings: RecommenderSettings) -> ConsumerLoop[interaction_pb2.Interaction]:
+                     settings: RecommenderSettings, *,
+                     erased: Erased = lambda user, partition, offset: False,
+                     ) -> ConsumerLoop[interaction_pb2.Interaction]:
     """The history's consumer loop (not started); its failures on `metrics`, Redis' also as
     redis_errors{operation="history"} (with the request path's Redis errors)."""
 
@@ -112,6 +121,6 @@ def history_consumer(writer: HistoryWriter, metrics: RecommenderMetrics,
                      group_id=GROUP_ID, name=GROUP_ID, security=settings.kafka_security(),
                      max_records=_MAX_RECORDS,
                      poll_timeout_ms=_POLL_TIMEOUT_MS, fetch_max_wait_ms=_FETCH_MAX_WAIT_MS),
-        HistoryRecorder(writer, metrics),
+        HistoryRecorder(writer, metrics, erased=erased),
         on_error=count, outages=_REDIS_FAILURES, backoff=_BACKOFF,
     )

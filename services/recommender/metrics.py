@@ -28,6 +28,7 @@ class RecommenderMetrics:
     history_events: Counter
     history_errors: Counter
     catalog_errors: Counter
+    erasures: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> RecommenderMetrics:
@@ -108,6 +109,12 @@ class RecommenderMetrics:
                 "recsys_recommender_catalog_errors_total",
                 "Failed attempts of the catalogue follower (Kafka, a record it could not fold "
                 "in); each batch is read again after a backoff.",
+                registry=registry,
+            ),
+            erasures=Counter(
+                "recsys_recommender_erasures_total",
+                "Users whose recent history and cached answers this replica erased from Redis "
+                "(each replica following the catalogue live counts the same erasures).",
                 registry=registry,
             ),
         )

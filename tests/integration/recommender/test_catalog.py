@@ -1,7 +1,8 @@
 """Serving with the catalogue against the real broker, Redis and MLflow: changes made through
 CatalogService (on a real ingest server) reach the recommender through the catalogue topic:
 hidden items leave every answer, cached ones included; category filters; items and users the
-model does not know; a restarted replica rebuilds the same catalogue."""
+model does not know; a restarted replica rebuilds the same catalogue; an erased user's Redis
+keys go and they are answered as unknown."""
 
 from __future__ import annotations
 
@@ -10,14 +11,18 @@ from pathlib import Path
 
 import grpc
 import pytest
+import redis
 
 from recsys.catalog.v1 import catalog_pb2
 from recsys.events.v1.catalog_pb2 import Item, User
+from recsys.ingest.v1 import ingest_pb2
 from recsys.recommender.v1 import recommender_pb2
-from scripts.localstack.components import TansuBroker
+from scripts.localstack.components import RedisServer, TansuBroker
 from services.ingest.catalog_servicer import SERVICE as CATALOG_SERVICE
 from services.model.artifact import ModelArtifact
+from services.recommender.cache import Keys
 from tests.support.artifacts import small_artifact
+from tests.support.events import rating_event
 from tests.support.ingest_server import SERVING, Ingest, start_ingest
 from tests.support.model_registry import publish
 from tests.support.polling import eventually_async
@@ -216,3 +221,34 @@ async def test_a_bad_category_filter_is_invalid_argument_naming_the_field(
             await getattr(r.stub, call)(request_, timeout=5)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert (caught.value.details() or "").startswith("categories: ")
+
+
+async def test_an_erased_user_leaves_redis_and_is_answered_as_unknown(
+        replica: ReplicaFactory, catalog_settings: dict[str, object], version: str,
+        ingest: Ingest, own_redis: RedisServer) -> None:
+    settings = {**catalog_settings, "redis_url": own_redis.url, "kafka_topic": ingest.topic,
+                "history_consumer": True}
+    client = redis.Redis.from_url(own_redis.url)
+    async with replica(**settings) as r:
+        await r.wait_for_version(version)
+        events = [rating_event(n, user_id=user, item_id=f"i{n}")
+                  for n, user in ((1, "u3"), (2, "u3"), (5, "stranger"))]
+        await ingest.stub.BatchCreateInteractions(ingest_pb2.BatchCreateInteractionsRequest(
+            interactions=events), timeout=10)
+        await eventually_async(lambda: r.metric("recsys_recommender_history_events_total") == 3,
+                               timeout=20, what="the three events in Redis")
+        assert (await r.recommend("u3")).strategy == recommender_pb2.STRATEGY_PERSONALIZED
+        assert (await r.recommend("stranger")).strategy == recommender_pb2.STRATEGY_FOLD_IN
+        assert client.exists(Keys.history("u3"), Keys.generation("u3")) == 2
+        assert list(client.scan_iter(match=Keys.answer("u3", "*")))
+
+        await ingest.catalog.EraseUser(catalog_pb2.EraseUserRequest(
+            user_id="u3", requested_by="test"), timeout=10)
+        await eventually_async(lambda: r.metric("recsys_recommender_erasures_total") == 1,
+                               timeout=10, what="the erasure applied")
+        assert client.exists(Keys.history("u3"), Keys.generation("u3")) == 0
+        assert not list(client.scan_iter(match=Keys.answer("u3", "*")))
+        assert (await r.recommend("u3")).strategy == recommender_pb2.STRATEGY_POPULARITY
+        assert client.exists(Keys.history("stranger")) == 1  # nobody else's
+        assert (await r.recommend("stranger")).strategy == recommender_pb2.STRATEGY_FOLD_IN
+    client.close()
