@@ -17,6 +17,7 @@ inter.broker.listener.name=PLAINTEXT
 log.dirs=/var/lib/kafka/data/logs
 auto.create.topics.enable=false
 num.partitions=${KAFKA_TOPIC_PARTITIONS}
+log.retention.hours=${KAFKA_LOG_RETENTION_HOURS}
 default.replication.factor=${KAFKA_REPLICATION_FACTOR}
 min.insync.replicas=${KAFKA_MIN_INSYNC_REPLICAS}
 offsets.topic.replication.factor=${KAFKA_REPLICATION_FACTOR}

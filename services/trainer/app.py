@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry
 
+from recsys.events.v1.catalog_pb2 import CatalogChange
 from recsys.events.v1.interaction_pb2 import Interaction
 from recsys.trainer.v1 import trainer_pb2_grpc
 from services.core.consumer import ConsumerLoop
@@ -18,6 +19,7 @@ from services.core.kafka import read_end_offsets
 from services.core.server import ServiceBinding
 from services.trainer.consumer import dataset_consumer
 from services.trainer.dataset import DatasetStore
+from services.trainer.erasure import catalog_follower
 from services.trainer.jobs import JobManager
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.registry import MlflowRegistry, configure_mlflow_client
@@ -44,6 +46,7 @@ class TrainerApp:
         self.store: DatasetStore | None = None
         self._jobs: JobManager | None = None
         self._consumer: ConsumerLoop[Interaction] | None = None
+        self._erasures: ConsumerLoop[CatalogChange] | None = None
         self._triggers: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -79,6 +82,8 @@ class TrainerApp:
         self._jobs = jobs
         self._consumer = dataset_consumer(store, self._metrics, settings)
         self._consumer.start()
+        self._erasures = catalog_follower(store, self._metrics, settings)
+        self._erasures.start()
         if settings.trigger_new_events or settings.trigger_interval_min:
             self._triggers = asyncio.get_running_loop().create_task(jobs.run_triggers(
                 new_events=settings.trigger_new_events,
@@ -109,5 +114,7 @@ class TrainerApp:
             await self._jobs.close()
         if self._consumer is not None:
             await asyncio.to_thread(self._consumer.stop)
+        if self._erasures is not None:
+            await asyncio.to_thread(self._erasures.stop)
         if self.store is not None:
             self.store.close()

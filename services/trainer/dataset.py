@@ -174,6 +174,26 @@ class DatasetStore:
             self._rows += added
         return added
 
+    def delete_user_events(self, user_id: str, *, before: Mapping[int, int]) -> int:
+        """Delete `user_id`'s events read before the offsets `before` (per partition); how
+        many rows went (services.trainer.erasure)."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                start = db.total_changes
+                db.executemany(
+                    "DELETE FROM events WHERE user_id = ? AND kafka_partition = ?"
+                    " AND kafka_offset < ?",
+                    [(user_id, p, o) for p, o in before.items()])
+                deleted = db.total_changes - start
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._rows -= deleted
+        return deleted
+
     def offsets(self, topic: str) -> dict[int, int]:
         """The next offset to read per partition, as stored with the rows."""
         with self._lock:

@@ -19,6 +19,8 @@ class TrainerMetrics:
     events_consumed: Counter
     consumer_lag: Gauge
     consumer_errors: Counter
+    catalog_errors: Counter
+    erasures: Counter
     dataset_rows: Gauge
 
     @classmethod
@@ -55,6 +57,18 @@ class TrainerMetrics:
                 "recsys_trainer_consumer_errors_total",
                 "Failed consumer attempts (Kafka, the dataset store, a commit); each batch is "
                 "read again after a backoff until it is stored and committed.",
+                registry=registry,
+            ),
+            catalog_errors=Counter(
+                "recsys_trainer_catalog_errors_total",
+                "Failed attempts of the catalogue follower (Kafka, the dataset store, an erasure "
+                "waiting for the events it covers); each batch is read again after a backoff.",
+                registry=registry,
+            ),
+            erasures=Counter(
+                "recsys_trainer_erasures_total",
+                "Users' erasures applied to the dataset since the process started (a restart "
+                "applies the topic's erasures again; each deletes only what is left).",
                 registry=registry,
             ),
             dataset_rows=Gauge(

@@ -116,6 +116,12 @@ def store_rows(data_dir: Path) -> int:
     return int(rows[0][0]) if rows else 0  # type: ignore[call-overload]
 
 
+def store_user_rows(data_dir: Path) -> dict[str, int]:
+    """Events in a trainer's store, per user."""
+    return {str(user): int(count) for user, count in _query(  # type: ignore[call-overload]
+        data_dir, "SELECT user_id, count(*) FROM events GROUP BY user_id")}
+
+
 def store_event_ids(data_dir: Path) -> list[str]:
     return [str(row[0]) for row in _query(data_dir, "SELECT event_id FROM events")]
 

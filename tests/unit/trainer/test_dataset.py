@@ -38,6 +38,18 @@ def test_offsets_commit_with_rows_and_never_move_backwards(store: DatasetStore) 
     assert store.offsets("other") == {}
 
 
+def test_deleting_a_users_events_before_offsets_keeps_later_and_others(
+        store: DatasetStore) -> None:
+    store.append([event(1, user="gone"), event(2, user="gone", partition=1, offset=4),
+                  event(3, user="gone", partition=1, offset=9), event(4, user="kept")],
+                 topic="t", next_offsets={0: 5, 1: 10})
+    assert store.delete_user_events("gone", before={0: 5, 1: 5}) == 2
+    assert store.row_count == 2
+    assert store.delete_user_events("gone", before={0: 5, 1: 5}) == 0  # done: a no-op
+    assert sorted(store.snapshot("t").user_ids.tolist()) == ["gone", "kept"]
+    assert store.delete_user_events("gone", before={1: 10}) == 1
+
+
 def test_rows_survive_reopening(tmp_path: Path) -> None:
     path = tmp_path / "trainer.sqlite3"
     first = DatasetStore(path)
