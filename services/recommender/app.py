@@ -71,6 +71,9 @@ class RecommenderApp:
         self._executor = ThreadPoolExecutor(settings.scoring_threads,
                                             thread_name_prefix="recommender-scoring")
         self.catalog = CatalogKeeper()
+        self._metrics.catalog_items.set_function(lambda: self._catalog_figure("items"))
+        self._metrics.catalog_blocked.set_function(lambda: self._catalog_figure("blocked"))
+        self._metrics.catalog_cold_start.set_function(lambda: self._catalog_figure("cold"))
         self._catalog_follower: ConsumerLoop[CatalogChange] | None = None
         self._eraser: RedisEraser | None = None
         if settings.catalog_consumer:
@@ -100,6 +103,14 @@ class RecommenderApp:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._health: HealthReporter | None = None
         self._closed = False
+
+    def _catalog_figure(self, which: str) -> float:
+        """A gauge's value from the last catalogue state published (0 before the first)."""
+        state = self.catalog.published
+        if state is None:
+            return 0.0
+        return float({"items": state.items, "blocked": state.blocked_items,
+                      "cold": len(state.cold_ids)}[which])
 
     def _catalog_batch(self, batch: Batch[CatalogChange]) -> None:
         """The catalogue follower's handler: fold the batch in; once it follows the topic live,

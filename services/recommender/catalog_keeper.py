@@ -41,6 +41,11 @@ class CatalogKeeper:
         self._state: CatalogState | None = None
         self._next_change_s = math.inf
 
+    @property
+    def published(self) -> CatalogState | None:
+        """The last state published (for metrics), if any."""
+        return self._state
+
     def apply(self, batch: Batch[CatalogChange]) -> list[str]:
         """The follower's handler: fold `batch` in, republish if it changed anything; the
         users whose erasure record is in the batch."""

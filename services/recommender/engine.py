@@ -114,6 +114,8 @@ class Recommender:
                           for result, tier in (("hit", "local"), ("hit", "redis"),
                                                ("miss", "redis"), ("error", "redis"))}
         self._strategies = {s: metrics.strategy.labels(s.value) for s in Strategy}
+        self._filtered = {rpc: metrics.filtered.labels(rpc) for rpc in ("recommend", "similar")}
+        self._cold_start_answers = metrics.cold_start_answers
         self._scoring_seconds = {rpc: metrics.scoring_seconds.labels(rpc)
                                  for rpc in ("recommend", "similar")}
         self._queries: Batcher[tuple[Scorer, Query], tuple[Strategy, Ranked]] = Batcher(
@@ -135,6 +137,8 @@ class Recommender:
                         categories: Sequence[str] = ()) -> Recommendation:
         model = self.model()
         catalog = self._catalog.state(model)
+        if categories:
+            self._filtered["recommend"].inc()
         # The catalogue's version in the key: an answer cached before a hide is never served
         # after it (README: The catalogue).
         request = request_key(f"{model.cache_tag}|{catalog.version}", k, int(exclude_seen),
@@ -165,6 +169,8 @@ class Recommender:
     async def similar(self, item_id: str, *, k: int, categories: Sequence[str] = ()) -> Similar:
         model = self.model()
         catalog = self._catalog.state(model)
+        if categories:
+            self._filtered["similar"].inc()
         scorer = model.scorer
         vector = None if scorer.knows_item(item_id) else catalog.cold_vector(item_id)
         items = await self._score(scorer, "similar", lambda: scorer.similar(
@@ -174,6 +180,8 @@ class Recommender:
     def _served(self, answer: Recommendation, result: str, tier: str) -> Recommendation:
         self._outcomes[result, tier].inc()
         self._strategies[answer.strategy].inc()
+        if answer.cold_start:
+            self._cold_start_answers.inc()
         return answer
 
     async def _score_queries(self, batch: list[tuple[Scorer, Query]]

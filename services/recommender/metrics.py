@@ -29,6 +29,11 @@ class RecommenderMetrics:
     history_errors: Counter
     catalog_errors: Counter
     erasures: Counter
+    catalog_items: Gauge
+    catalog_blocked: Gauge
+    catalog_cold_start: Gauge
+    filtered: Counter
+    cold_start_answers: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> RecommenderMetrics:
@@ -47,7 +52,8 @@ class RecommenderMetrics:
             ),
             strategy=Counter(
                 "recsys_recommender_strategy_total",
-                "Recommend answers by strategy (personalized, fold_in, popularity).",
+                "Recommend answers by strategy (personalized, fold_in, popularity, "
+                "label_popularity).",
                 ("strategy",), registry=registry,
             ),
             model=Info(
@@ -109,6 +115,34 @@ class RecommenderMetrics:
                 "recsys_recommender_catalog_errors_total",
                 "Failed attempts of the catalogue follower (Kafka, a record it could not fold "
                 "in); each batch is read again after a backoff.",
+                registry=registry,
+            ),
+            catalog_items=Gauge(
+                "recsys_recommender_catalog_items",
+                "Items in the catalogue this replica has read (deleted ones not counted).",
+                registry=registry,
+            ),
+            catalog_blocked=Gauge(
+                "recsys_recommender_catalog_blocked_items",
+                "Catalogue items never recommended now: hidden, or outside their availability "
+                "window.",
+                registry=registry,
+            ),
+            catalog_cold_start=Gauge(
+                "recsys_recommender_catalog_cold_start_items",
+                "Catalogue items the served version does not know, recommended through their "
+                "labels and categories.",
+                registry=registry,
+            ),
+            filtered=Counter(
+                "recsys_recommender_filtered_requests_total",
+                "Recommend and SimilarItems requests with a category filter, by RPC.",
+                ("rpc",), registry=registry,
+            ),
+            cold_start_answers=Counter(
+                "recsys_recommender_cold_start_answers_total",
+                "Answers that hold at least one item the served version does not know "
+                "(cold start from labels and categories).",
                 registry=registry,
             ),
             erasures=Counter(

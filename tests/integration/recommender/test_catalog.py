@@ -106,6 +106,8 @@ async def test_a_hidden_item_leaves_every_answer_cached_ones_included(
 
         await ingest.catalog.HideItem(catalog_pb2.HideItemRequest(item_id=popular), timeout=10)
         await catalog_read(r, items=120, blocked=1)
+        assert (r.metric("recsys_recommender_catalog_items"),
+                r.metric("recsys_recommender_catalog_blocked_items")) == (120, 1)
         for user in USERS:
             reply = await r.recommend(user, k=10)
             assert popular not in [item.item_id for item in reply.items]
@@ -141,6 +143,9 @@ async def test_a_category_filter_returns_only_that_category_and_k_items(
         assert "i2" not in [item.item_id for item in similar.items]
         nothing = await r.recommend("u1", k=5, categories=["no-such-category"])
         assert list(nothing.items) == []
+        assert r.metric("recsys_recommender_filtered_requests_total", rpc="recommend") == \
+            2 * len(USERS) + 1
+        assert r.metric("recsys_recommender_filtered_requests_total", rpc="similar") == 1
 
 
 async def test_a_new_item_is_recommended_by_its_labels_before_any_retrain(
@@ -163,6 +168,8 @@ async def test_a_new_item_is_recommended_by_its_labels_before_any_retrain(
         similar = await r.stub.SimilarItems(recommender_pb2.SimilarItemsRequest(
             item_id="new-book", k=10), timeout=5)
         assert similar.cold_start
+        assert r.metric("recsys_recommender_catalog_cold_start_items") == 1
+        assert r.metric("recsys_recommender_cold_start_answers_total") == 5  # u1, u5, u9, u13
         assert sum(int(item.item_id[1:]) % 4 == 1 for item in similar.items) >= 8
 
 
