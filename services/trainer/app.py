@@ -19,7 +19,7 @@ from services.core.kafka import read_end_offsets
 from services.core.server import ServiceBinding
 from services.trainer.consumer import dataset_consumer
 from services.trainer.dataset import DatasetStore
-from services.trainer.erasure import catalog_follower
+from services.trainer.erasure import DatasetEraser, catalog_follower
 from services.trainer.jobs import JobManager
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.registry import MlflowRegistry, configure_mlflow_client
@@ -65,6 +65,7 @@ class TrainerApp:
         settings = self._settings
         store = await asyncio.to_thread(DatasetStore, settings.store_path)
         self.store = store
+        eraser = DatasetEraser(store, topic=settings.kafka_topic, metrics=self._metrics)
         self._metrics.dataset_rows.set(store.row_count)
         jobs = JobManager(
             store, self._mlflow, self._metrics, defaults=settings.train_config(),
@@ -76,13 +77,14 @@ class TrainerApp:
                 end_offsets=functools.partial(
                     read_end_offsets, settings.kafka_bootstrap, settings.kafka_topic,
                     security=settings.kafka_security()),
+                catalog_topic=settings.catalog_topic, catalog_positions=eraser.applied_through,
             ),
         )
         await jobs.open()
         self._jobs = jobs
         self._consumer = dataset_consumer(store, self._metrics, settings)
         self._consumer.start()
-        self._erasures = catalog_follower(store, self._metrics, settings)
+        self._erasures = catalog_follower(eraser, settings)
         self._erasures.start()
         if settings.trigger_new_events or settings.trigger_interval_min:
             self._triggers = asyncio.get_running_loop().create_task(jobs.run_triggers(

@@ -14,6 +14,8 @@ deleted rows: who asked, when, how many rows, the user only as the SHA-256 of th
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Mapping
 
 from recsys.events.v1.catalog_pb2 import CatalogChange
 from services.core.catalog import AUDIT_LOG, CatalogView, Erasure, audit_id
@@ -36,10 +38,28 @@ class DatasetEraser:
         self.view = CatalogView()
         self._store = store
         self._topic = topic
-        self._metrics = metrics
+        self.metrics = metrics
         self._pending: dict[str, Erasure] = {}
+        self._lock = threading.Lock()
+        self._applied: dict[int, int] = {}
+
+    def applied_through(self) -> Mapping[int, int]:
+        """Per partition of the catalogue topic, the offset before which every erasure has
+        been applied to the dataset (a job reads it before its snapshot: its lineage)."""
+        with self._lock:
+            return dict(self._applied)
 
     def __call__(self, batch: Batch[CatalogChange]) -> None:
+        try:
+            self._apply(batch)
+        finally:
+            with self._lock:
+                self._applied = dict(self.view.positions)
+                for erasure in self._pending.values():  # not before the first one pending
+                    self._applied[erasure.partition] = min(
+                        self._applied[erasure.partition], erasure.offset)
+
+    def _apply(self, batch: Batch[CatalogChange]) -> None:
         changes = self.view.apply(batch.records)
         records = {(r.partition, r.offset) for r in batch.records}
         for user in changes.users:
@@ -53,8 +73,8 @@ class DatasetEraser:
                 continue
             rows = self._store.delete_user_events(user, before=ends)
             del self._pending[user]
-            self._metrics.erasures.inc()
-            self._metrics.dataset_rows.set(self._store.row_count)
+            self.metrics.erasures.inc()
+            self.metrics.dataset_rows.set(self._store.row_count)
             if rows:
                 message = erasure.message
                 audit.info("erasure applied to the dataset", extra={
@@ -65,12 +85,12 @@ class DatasetEraser:
                                  "consume the events they cover")
 
 
-def catalog_follower(store: DatasetStore, metrics: TrainerMetrics,
+def catalog_follower(eraser: DatasetEraser,
                      settings: TrainerSettings) -> ConsumerLoop[CatalogChange]:
-    """The follower of the catalogue topic that erases from `store` (not started)."""
+    """The follower of the catalogue topic that hands `eraser` its batches (not started)."""
+    metrics = eraser.metrics
     return ConsumerLoop(
         Subscription(bootstrap=settings.kafka_bootstrap, topic=settings.catalog_topic,
                      group_id=None, name="trainer-catalog", security=settings.kafka_security()),
-        DatasetEraser(store, topic=settings.kafka_topic, metrics=metrics),
-        message=CatalogChange, on_error=lambda _: metrics.catalog_errors.inc(),
+        eraser, message=CatalogChange, on_error=lambda _: metrics.catalog_errors.inc(),
         backoff=Backoff(longest_s=5.0))

@@ -8,6 +8,7 @@ held-out metrics are what MLflow shows and what the quality gate compares.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -58,6 +59,11 @@ class TrainingOptions:
     wait_for_events_s: float
     # The end offset of each partition of the topic, read from the broker.
     end_offsets: Callable[[], Mapping[int, int]]
+    # The catalogue topic, and per partition the offset before which every erasure has been
+    # applied to the dataset (services.trainer.erasure): recorded in the lineage, so serving
+    # knows which erasures a version postdates.
+    catalog_topic: str = ""
+    catalog_positions: Callable[[], Mapping[int, int]] = dict
 
 
 def quality_gate(
@@ -111,8 +117,11 @@ def run_training(job: Job, *, store: DatasetStore, registry: ModelRegistry,
                         timeout_s=options.wait_for_events_s,
                         report=lambda behind: update(events_behind=behind))
     update(phase=Phase.SNAPSHOT)
+    # Read before the snapshot: every erasure before these positions was applied before it.
+    erased_through = dict(options.catalog_positions())
     snapshot = store.snapshot(options.topic)
-    lineage = snapshot.lineage
+    lineage = dataclasses.replace(snapshot.lineage, catalog_topic=options.catalog_topic,
+                                  catalog_offsets=erased_through)
     if lineage.row_count == 0:
         raise FailedPrecondition("the dataset is empty: no interaction events have been "
                                  "consumed yet")
