@@ -5,8 +5,10 @@ Every record is an item's or a user's whole state (a compacted topic keeps only 
 one of each), so a change that names part of it is completed from the view: an upsert without
 `hidden` keeps the item's flag (a catalogue load that knows nothing of stock must not show
 again what was hidden), hide and unhide publish the current item with the flag changed, and a
-user's profile carries their last erasure. The view follows the topic within a poll; of two
-changes to one item racing through two replicas, the later record wins.
+user's profile carries their last erasure. The view follows the topic within a poll, so such a
+change first waits (briefly) until the view has read this server's own acknowledged changes: a
+hide right after an upsert through the same server keeps what the upsert set. Of two changes to
+one item racing through two replicas, the later record wins.
 
 An erasure names the end of every partition of the interactions topic when it was accepted:
 the user's events before it are erased wherever they are; later ones are new data.
@@ -40,6 +42,9 @@ audit = logging.getLogger(AUDIT_LOG)
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
+# How often a change that is completed from the view looks whether it has read this server's
+# own latest changes.
+_VIEW_POLL_S = 0.01
 
 
 class ChangePublisher(Protocol):
@@ -73,6 +78,8 @@ class Catalog:
         self._ack_timeout_s = ack_timeout_s
         self._interaction_ends = interaction_ends
         self._clock = clock
+        # Per partition, the offset after this server's last acknowledged change.
+        self._written: dict[int, int] = {}
 
     # -- items -------------------------------------------------------------------------------
 
@@ -86,7 +93,7 @@ class Catalog:
             raise all_or_nothing_error(rejections, "items", "items")
         self._changes.labels("item", REJECTED).inc(len(rejections))
         rejected = {r.index for r in rejections}
-        self._check_view()
+        await self._read_own_writes(time_left)
         now = self._now()
         changes = [CatalogChange(item=self._completed(item, now))
                    for n, item in enumerate(items) if n not in rejected]
@@ -126,7 +133,7 @@ class Catalog:
         """Publish the item, as the view holds it (a bare one if it holds none), hidden or
         not; its new state."""
         self._check_id("item_id", item_id)
-        self._check_view()
+        await self._read_own_writes(time_left)
         item = Item()
         item.CopyFrom(self._view.items.get(item_id) or Item(item_id=item_id))
         item.hidden = hidden
@@ -151,7 +158,7 @@ class Catalog:
             raise all_or_nothing_error(rejections, "users", "users")
         self._changes.labels("user", REJECTED).inc(len(rejections))
         rejected = {r.index for r in rejections}
-        self._check_view()
+        await self._read_own_writes(time_left)
         now = self._now()
         changes = []
         for n, given in enumerate(users):
@@ -226,6 +233,24 @@ class Catalog:
             raise Unavailable(f"the broker did not acknowledge {missing} of {len(changes)} "
                               f"changes ({cause}); publishing them again is safe")
         self._changes.labels(change, ACCEPTED).inc(len(changes))
+        for future in delivery.futures:
+            written = future.value
+            self._written[written.partition] = max(self._written.get(written.partition, 0),
+                                                   written.offset + 1)
+
+    async def _read_own_writes(self, time_left: float | None) -> None:
+        """Once the view has read the topic, wait until it holds this server's acknowledged
+        changes (a change completed from the view must start from them)."""
+        self._check_view()
+        wait_s = self._ack_timeout_s if time_left is None else min(self._ack_timeout_s,
+                                                                    time_left / 2)
+        for _ in range(max(1, int(wait_s / _VIEW_POLL_S))):
+            positions = self._view.positions
+            if all(positions.get(p, 0) >= end for p, end in self._written.items()):
+                return
+            await asyncio.sleep(_VIEW_POLL_S)
+        raise Unavailable("this server's view of the catalogue has not read its own latest "
+                          "changes yet; retry")
 
     def _check_size(self, field: str, count: int) -> None:
         if not 1 <= count <= self._max_batch:

@@ -3,6 +3,7 @@ what it completes from its view of the topic, what it refuses, and how it reads.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 
@@ -87,6 +88,7 @@ async def test_an_upsert_without_the_flag_keeps_an_item_hidden_and_one_with_it_d
     seen(view, producer)
     await catalog.upsert_items([Item(item_id="i1", categories=["books"])])
     assert published(producer)[-1][1].item.hidden
+    seen(view, producer)
     await catalog.upsert_items([Item(item_id="i1", categories=["books"], hidden=False)])
     assert not published(producer)[-1][1].item.hidden
 
@@ -117,11 +119,22 @@ async def test_hiding_keeps_what_the_catalogue_says_of_the_item_and_works_for_an
     seen(view, producer)
     hidden = await catalog.set_hidden("i1", True)
     assert (hidden.hidden, list(hidden.categories), hidden.title) == (True, ["books"], "One")
+    seen(view, producer)
     bare = await catalog.set_hidden("only-in-the-model", True)
     assert bare == published(producer)[-1][1].item
     assert (bare.item_id, bare.hidden, list(bare.categories)) == ("only-in-the-model", True, [])
+    seen(view, producer)
     shown = await catalog.set_hidden("i1", False)
     assert not shown.hidden and shown.categories == ["books"]
+
+
+async def test_a_change_completed_from_the_view_waits_for_this_servers_own_writes(
+        catalog: Catalog, producer: FakeProducer, view: CatalogView) -> None:
+    await catalog.upsert_items([Item(item_id="i1", categories=["books"])])
+    hiding = asyncio.ensure_future(catalog.set_hidden("i1", True))
+    await asyncio.sleep(0)  # the hide runs up to its first wait: the view is still empty
+    seen(view, producer)
+    assert (await hiding).categories == ["books"]  # completed from the upsert, not from ""
 
 
 async def test_a_deletion_is_published_for_any_id(catalog: Catalog,
@@ -138,7 +151,7 @@ async def test_reads_come_from_the_view_a_page_at_a_time(
     for n in range(3):
         await catalog.upsert_items([Item(item_id=f"i{n}", categories=["even" if n % 2 == 0
                                                                       else "odd"])])
-    seen(view, producer)
+        seen(view, producer)
     assert catalog.get_item("i1").categories == ["odd"]
     with pytest.raises(NotFound):
         catalog.get_item("i7")
