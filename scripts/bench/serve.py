@@ -28,10 +28,17 @@ flight) after a warm-up, on the same machine as the servers; the modes take turn
 - hit-redis: the same with RECSYS_RECOMMENDER_LOCAL_CACHE_SIZE=0, so every hit is one Redis
   round trip (the path another replica's cached answer takes);
 - miss: as hit, but each request excludes a different random item, so its cache key is new:
-  the Redis lookup misses, the model scores the catalogue, and the answer is written back.
+  the Redis lookup misses, the model scores the catalogue, and the answer is written back;
+- hit-filtered, miss-filtered: hit and miss with a category filter (Recommend's
+  `categories`), the category holding 5% of the catalogue (every 20th item). The recommenders
+  follow a catalogue topic on a Tansu broker that puts every item in a category.
+
+After the load, the hide latency: 20 times, a user's cached top item is hidden (its catalogue
+record produced with acks=all) and the answer polled until the item has left it; p50 and p99
+from the acknowledgement to the first answer without it (like freshness.py's measure).
 
 Targets (ratios to echo at concurrency 8): miss QPS >= 0.45, hit QPS >= 0.60, p99 of both
-<= 3x echo's p99.
+<= 3x echo's p99; filtered >= 0.8x the unfiltered QPS (hit and miss); hide within 1 s.
 
     .venv/bin/python scripts/bench/serve.py [--duration 4] [--warmup 1] [--rounds 3]
         [--ml100k PATH] [--catalogues ml100k,synthetic-100k,random-100k]
@@ -55,6 +62,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -70,6 +78,7 @@ from scripts.localstack.components import (
     Component,
     MlflowServer,
     RedisServer,
+    TansuBroker,
     free_port,
     free_ports,
 )
@@ -79,7 +88,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVICE = SERVICE_NAMES["recommender"]
 CONCURRENCIES = (8, 64)
 LOAD_USERS = 500
-TARGETS = {"hit_qps": 0.60, "miss_qps": 0.45, "p99": 3.0}
+TARGETS = {"hit_qps": 0.60, "miss_qps": 0.45, "p99": 3.0, "filtered": 0.8}
+FILTER_CATEGORY = "five-percent"  # every 20th item; the others are in "rest"
+HIDES = 20
 
 
 @dataclass(frozen=True)
@@ -128,17 +139,20 @@ class Recommender(_GrpcServer):
     name = "recommender"
 
     def __init__(self, data_dir: Path, *, mlflow: str, redis: str, model: str,
-                 local_cache: bool) -> None:
+                 local_cache: bool, catalog: tuple[str, str] | None = None) -> None:
+        """`catalog`: the broker and the catalogue topic to follow; without, no broker."""
         super().__init__(data_dir)
         self._settings = {
             "RECSYS_MLFLOW_TRACKING_URI": mlflow, "RECSYS_REDIS_URL": redis,
             "RECSYS_MODEL_NAME": model,
-            # No broker here: answers use the model and the cache, not recent history.
-            "RECSYS_KAFKA_BOOTSTRAP": f"{HOST}:{free_port()}",
+            # Answers use the model, the cache and the catalogue, not recent history.
+            "RECSYS_KAFKA_BOOTSTRAP": catalog[0] if catalog else f"{HOST}:{free_port()}",
             "RECSYS_RECOMMENDER_HISTORY_CONSUMER": "false",
-            "RECSYS_RECOMMENDER_CATALOG_CONSUMER": "false",
+            "RECSYS_RECOMMENDER_CATALOG_CONSUMER": "true" if catalog else "false",
             "RECSYS_RECOMMENDER_LOCAL_CACHE_SIZE": "10000" if local_cache else "0",
         }
+        if catalog:
+            self._settings["RECSYS_KAFKA_CATALOG_TOPIC"] = catalog[1]
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "services.recommender"]
@@ -305,6 +319,64 @@ def catalogues(tracking_uri: str, workdir: Path, ml100k: Path | None,
     return out
 
 
+def publish_catalogue(bootstrap: str, topic: str, items: Sequence[str]) -> None:
+    """Every item in the catalogue topic: every 20th in FILTER_CATEGORY, the others in "rest"."""
+    from recsys.events.v1.catalog_pb2 import CatalogChange, Item
+
+    changes = [CatalogChange(item=Item(
+        item_id=item, hidden=False, categories=[FILTER_CATEGORY if n % 20 == 0 else "rest"]))
+        for n, item in enumerate(items)]
+    _produce(bootstrap, topic, changes)
+
+
+def _produce(bootstrap: str, topic: str, changes: Sequence[object]) -> None:
+    """The catalogue changes on `topic`, keyed as CatalogService keys them, acknowledged."""
+    from kafka import KafkaProducer
+
+    from services.core.catalog import record_key
+    from services.core.kafka import producer_config
+
+    producer = KafkaProducer(**producer_config(bootstrap, client_id="bench-catalog"))
+    try:
+        for change in changes:
+            producer.send(topic, key=record_key(change),  # type: ignore[arg-type]
+                          value=change.SerializeToString())  # type: ignore[attr-defined]
+        producer.flush(60)
+    finally:
+        producer.close()
+
+
+def hide_latency(target: str, bootstrap: str, topic: str, users: Sequence[str]
+                 ) -> list[float]:
+    """Seconds from a hide's acknowledgement to the first answer without the item, HIDES
+    times: each time a user's cached top item is hidden, then shown again."""
+    from recsys.events.v1.catalog_pb2 import CatalogChange, Item
+
+    seconds = []
+    with grpc.insecure_channel(target) as channel:
+        stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
+
+        def top(user: str) -> list[str]:
+            reply = stub.Recommend(recommender_pb2.RecommendRequest(user_id=user, k=10),
+                                   timeout=10)
+            return [item.item_id for item in reply.items]
+
+        for user in users[:HIDES]:
+            item = top(user)[0]
+            top(user)  # cached now
+            change = CatalogChange(item=Item(item_id=item, hidden=True, categories=["rest"]))
+            _produce(bootstrap, topic, [change])
+            acked = time.perf_counter()
+            while item in top(user):
+                time.sleep(0.002)
+            seconds.append(time.perf_counter() - acked)
+            change.item.hidden = False
+            _produce(bootstrap, topic, [change])
+            while item not in top(user):
+                time.sleep(0.002)
+    return seconds
+
+
 def distinct_top10(artifact: object, users: Sequence[str]) -> int:
     from services.model.artifact import ModelArtifact
     from services.recommender.scoring import Query, Scorer
@@ -384,11 +456,13 @@ async def _load_client(target: str, mode: str, users: Sequence[str], items: Sequ
     rng = random.Random(7)
     async with grpc.aio.insecure_channel(target) as channel:
         stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
+        categories = [FILTER_CATEGORY] if mode.endswith("-filtered") else []
+        mode = mode.removesuffix("-filtered")
         if mode == "hit":  # every user's answer cached before the clock starts
             for n in range(0, len(users), concurrency):
                 await asyncio.gather(*(
-                    stub.Recommend(recommender_pb2.RecommendRequest(user_id=user, k=10),
-                                   timeout=30)
+                    stub.Recommend(recommender_pb2.RecommendRequest(
+                        user_id=user, k=10, categories=categories), timeout=30)
                     for user in users[n : n + concurrency]))
         loop = asyncio.get_running_loop()
         start = loop.time() + warmup
@@ -398,7 +472,8 @@ async def _load_client(target: str, mode: str, users: Sequence[str], items: Sequ
             nonlocal errors
             n = offset
             while (now := loop.time()) < end:
-                request = recommender_pb2.RecommendRequest(user_id=users[n % len(users)], k=10)
+                request = recommender_pb2.RecommendRequest(user_id=users[n % len(users)], k=10,
+                                                           categories=categories)
                 if mode == "miss":
                     request.exclude_item_ids.append(rng.choice(items))
                 n += concurrency
@@ -417,30 +492,38 @@ async def _load_client(target: str, mode: str, users: Sequence[str], items: Sequ
 
 # -- the run -------------------------------------------------------------------------------
 
-MODES = ("echo", "hit", "hit-redis", "miss")
+MODES = ("echo", "hit", "hit-redis", "miss", "hit-filtered", "miss-filtered")
+# What the load client does in each mode.
+CLIENT_MODES = {"echo": "hit", "hit": "hit", "hit-redis": "hit", "miss": "miss",
+                "hit-filtered": "hit-filtered", "miss-filtered": "miss-filtered"}
 
 
 def bench(duration: float, warmup: float, rounds: int, ml100k: Path | None,
           names: Sequence[str]) -> None:
     command = " ".join([Path(sys.executable).name, *sys.argv])
     rows: dict[tuple[str, str, int], Figures] = {}
+    hides: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         workdir = Path(tmp)
         with (RedisServer(workdir / "redis") as redis,
               MlflowServer(workdir / "mlflow") as mlflow,
+              TansuBroker(workdir / "tansu") as kafka,
               Echo(workdir / "echo") as echo):
             for catalogue in catalogues(mlflow.tracking_uri, workdir, ml100k, names):
                 print(f"\n{catalogue.name}: {catalogue.description}", flush=True)
                 catalogue_file = workdir / f"{catalogue.name}.json"
                 catalogue_file.write_text(json.dumps(dataclasses.asdict(catalogue)))
-                common = {"mlflow": mlflow.tracking_uri, "redis": redis.url,
-                          "model": f"bench-{catalogue.name}"}
+                topic = f"catalog-{catalogue.name}"
+                publish_catalogue(kafka.bootstrap, topic, catalogue.items)
+                common: dict[str, Any] = {
+                    "mlflow": mlflow.tracking_uri, "redis": redis.url,
+                    "model": f"bench-{catalogue.name}", "catalog": (kafka.bootstrap, topic)}
                 with (Recommender(workdir / f"rec-{catalogue.name}", local_cache=True,
                                   **common) as tiered,
                       Recommender(workdir / f"rec-{catalogue.name}-redis", local_cache=False,
                                   **common) as redis_only):
                     servers = {"echo": echo, "hit": tiered, "hit-redis": redis_only,
-                               "miss": tiered}
+                               "miss": tiered, "hit-filtered": tiered, "miss-filtered": tiered}
                     print(f"scoring: {scoring(tiered)}", flush=True)
                     print(f"{'mode':<10} {'conc':>5} {'qps':>8} {'range':>11} {'p50 ms':>8} "
                           f"{'p99 ms':>8} {'errors':>7}  cache outcomes (server's metrics)",
@@ -455,7 +538,7 @@ def bench(duration: float, warmup: float, rounds: int, ml100k: Path | None,
                                 server = servers[mode]
                                 before = cache_outcomes(server)
                                 runs[mode].append(load(
-                                    server.target, "miss" if mode == "miss" else "hit",
+                                    server.target, CLIENT_MODES[mode],
                                     catalogue_file, concurrency=c, seconds=duration,
                                     warmup=warmup))
                                 outcomes[mode] += cache_outcomes(server) - before
@@ -465,11 +548,16 @@ def bench(duration: float, warmup: float, rounds: int, ml100k: Path | None,
                             print(f"{mode:<10} {c:>5} {f.qps:>8.0f} {qps[0]:>5.0f}-{qps[-1]:<5.0f} "
                                   f"{f.p50_ms:>8.2f} {f.p99_ms:>8.2f} {f.errors:>7}  "
                                   f"{describe(outcomes[mode])}", flush=True)
-    report(rows, command, duration, rounds)
+                    hides[catalogue.name] = hide_latency(tiered.target, kafka.bootstrap, topic,
+                                                         catalogue.users)
+                    p50, p99 = np.percentile(hides[catalogue.name], [50, 99]) * 1000
+                    print(f"hide latency ({HIDES} hides, ack to the first answer without the "
+                          f"item): p50 {p50:.0f} ms, p99 {p99:.0f} ms", flush=True)
+    report(rows, hides, command, duration, rounds)
 
 
-def report(rows: dict[tuple[str, str, int], Figures], command: str, duration: float,
-           rounds: int) -> None:
+def report(rows: dict[tuple[str, str, int], Figures], hides: dict[str, list[float]],
+           command: str, duration: float, rounds: int) -> None:
     import torch
 
     print(f"\nmachine: {platform.platform()}, {os.cpu_count()} CPUs "
@@ -498,6 +586,20 @@ def report(rows: dict[tuple[str, str, int], Figures], command: str, duration: fl
               f"miss {miss.p99_ms / echo.p99_ms:.2f}x echo (target <= {TARGETS['p99']}): "
               f"{'met' if met else 'NOT met'}")
         result[f"{name.replace('-', '_')}_targets_met"] = str(met).lower()
+        ratios = {mode: rows[name, f"{mode}-filtered", 8].qps / rows[name, mode, 8].qps
+                  for mode in ("hit", "miss")}
+        p50, p99 = np.percentile(hides[name], [50, 99]) * 1000
+        filtered_met = min(ratios.values()) >= TARGETS["filtered"] and p99 < 1000
+        print(f"{name} at concurrency 8, a category of 5% of the catalogue: filtered hit "
+              f"{ratios['hit']:.2f}x unfiltered QPS, filtered miss {ratios['miss']:.2f}x "
+              f"(target {TARGETS['filtered']}); hide p50 {p50:.0f} ms, p99 {p99:.0f} ms "
+              f"(target < 1 s): {'met' if filtered_met else 'NOT met'}")
+        key = name.replace("-", "_")
+        result[f"{key}_c8_filtered_hit_ratio"] = f"{ratios['hit']:.2f}"
+        result[f"{key}_c8_filtered_miss_ratio"] = f"{ratios['miss']:.2f}"
+        result[f"{key}_hide_p50_ms"] = f"{p50:.0f}"
+        result[f"{key}_hide_p99_ms"] = f"{p99:.0f}"
+        result[f"{key}_filtered_targets_met"] = str(filtered_met).lower()
     print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
 
 
@@ -507,7 +609,8 @@ def main() -> None:
     sub.add_parser("echo-server", help="(internal) serve the echo RecommenderService")
     client = sub.add_parser("load-client", help="(internal) the gRPC load client")
     client.add_argument("--target", required=True)
-    client.add_argument("--mode", choices=("hit", "miss"), required=True)
+    client.add_argument("--mode", choices=("hit", "miss", "hit-filtered", "miss-filtered"),
+                        required=True)
     client.add_argument("--catalogue", type=Path, required=True)
     client.add_argument("--concurrency", type=int, required=True)
     client.add_argument("--duration", type=float, required=True)
