@@ -28,7 +28,7 @@ SYNTHETIC = ("--users", "2000", "--items", "1000", "--events", "100000", "--seed
 SHOWN_USERS_SYNTHETIC = ("u1", "u2", "u3")
 SHOWN_USERS_MOVIELENS = ("1", "2", "3")
 # The category of the filtered recommendation: a taste cluster, a MovieLens genre.
-SHOWN_CATEGORY_SYNTHETIC = "genre-1"
+SHOWN_CATEGORY_SYNTHETIC = "genre-0"
 SHOWN_CATEGORY_MOVIELENS = "Comedy"
 
 
@@ -122,6 +122,7 @@ def run_main_job(endpoints: Mapping[str, str], *, movielens: Path | None = None,
     # Double quotes, so that pasting the line expands $TOKEN.
     _run([*curl, f"authorization: Bearer {token}", url],
          shown=f'{shlex.join(curl)} "authorization: Bearer $TOKEN" {shlex.quote(url)}')
+    print()  # curl's JSON ends without a newline
     _run(_recsys("recommend", users[0], "-k", "5", "--category", category,
                  "--target", recommender))
     print()

@@ -9,7 +9,9 @@ import subprocess
 import pytest
 
 from scripts.localstack.components import VENV_BIN
+from services.cli.token import mint_token
 from services.core.names import SERVICE_NAMES
+from tests.support.clients import Rest
 from tests.support.local_stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -65,3 +67,17 @@ def test_grpcurl_calls_recommend(stack: Stack) -> None:
         "recommender_grpc"], f"{SERVICE_NAMES['recommender']}/Recommend"))
     assert len(reply["items"]) == 3
     assert reply["strategy"] == "STRATEGY_PERSONALIZED"
+
+
+def test_the_main_job_shows_a_category_filtered_recommendation(stack: Stack, rest: Rest) -> None:
+    output = stack.output()
+    shown = re.search(r"recommend u1 -k 5 --category genre-0 --target \S+\n"
+                      r"user u1: model version \d+, strategy personalized\n.*RANK.*\n"
+                      r"((?:.*\n){5})", output)
+    assert shown, output[-3000:]
+    items = [line.split()[2] for line in shown.group(1).splitlines()]
+    reader = rest.with_token(mint_token(["catalog:read"], subject="e2e-catalog",
+                                        key_file=stack.security["token_signing_key"]))
+    for item in items:  # the catalogue, through the edge, puts each in the category
+        reply = reader.get(f"/v1/items/{item}")
+        assert (reply.status, reply.body["item"]["categories"]) == (200, ["genre-0"])
