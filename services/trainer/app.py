@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import Sequence
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
@@ -18,11 +19,13 @@ from services.core.kafka import read_end_offsets
 from services.core.server import ServiceBinding
 from services.trainer.consumer import dataset_consumer
 from services.trainer.dataset import DatasetStore
+from services.trainer.distributed import DistributedFits, Launcher
 from services.trainer.jobs import JobManager
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.registry import MlflowRegistry, configure_mlflow_client
 from services.trainer.servicer import SERVICE_NAME, TrainerServicer
 from services.trainer.settings import TrainerSettings
+from services.trainer.torchrun import TorchrunLauncher
 from services.trainer.training import TrainingOptions
 
 
@@ -62,6 +65,7 @@ class TrainerApp:
         store = await asyncio.to_thread(DatasetStore, settings.store_path)
         self.store = store
         self._metrics.dataset_rows.set(store.row_count)
+        snapshots = settings.object_store()
         jobs = JobManager(
             store, self._mlflow, self._metrics, defaults=settings.train_config(),
             options=TrainingOptions(
@@ -72,6 +76,10 @@ class TrainerApp:
                 end_offsets=functools.partial(
                     read_end_offsets, settings.kafka_bootstrap, settings.kafka_topic,
                     security=settings.kafka_security()),
+                snapshots=snapshots,
+                distributed=(DistributedFits(snapshots, _launcher(settings))
+                             if snapshots is not None else None),
+                workers=settings.workers, max_workers=settings.max_workers,
             ),
         )
         await jobs.open()
@@ -110,3 +118,9 @@ class TrainerApp:
             await asyncio.to_thread(self._consumer.stop)
         if self.store is not None:
             self.store.close()
+
+
+def _launcher(settings: TrainerSettings) -> Launcher:
+    """How this trainer starts the workers of a distributed fit."""
+    return TorchrunLauncher(environ=settings.object_store_env(),
+                            log_dir=Path(settings.data_dir) / "workers")
