@@ -160,12 +160,16 @@ def service_line(module: str, *, grpc_port: int, metrics_port: int,
 
 
 def service_lines(ports: LocalPorts, env: Mapping[str, str] | None = None, *,
-                  replicas: int = 1) -> dict[str, str]:
+                  replicas: int = 1,
+                  own: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, str]:
     """The services' lines by program name: "ingest", "trainer", "recommender", and with
-    `replicas` 2 also "ingest-2" and "recommender-2" (the trainer runs once)."""
+    `replicas` 2 also "ingest-2" and "recommender-2" (the trainer runs once); `own` adds
+    variables for one service only (by service name: its MLflow account)."""
+    own = own or {}
     return {
         service if n == 0 else f"{service}-{n + 1}": service_line(
-            f"services.{service}", grpc_port=grpc_port, metrics_port=metrics_port, env=env)
+            f"services.{service}", grpc_port=grpc_port, metrics_port=metrics_port,
+            env={**(env or {}), **own.get(service, {})})
         for service in SERVICES
         for n, (grpc_port, metrics_port) in enumerate(ports.replicas(service, replicas))
     }

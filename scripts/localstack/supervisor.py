@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scripts.localstack.components import VENV_BIN
+from scripts.localstack.components import VENV_BIN, write_private
 from scripts.localstack.procfile import ROOT, LocalStack, procfile_line
 
 #: Seconds a program must stay up to count as started (a quicker exit is a failed start).
@@ -108,7 +108,7 @@ def write_config(stack: LocalStack, programs: Iterable[Program], *,
         component.prepare()
     (stack.state_dir / "logs").mkdir(parents=True, exist_ok=True)
     path = stack.state_dir / "supervisord.conf"
-    path.write_text(config_text(stack, programs, env=env))
+    write_private(path, config_text(stack, programs, env=env))  # the services' MLflow keys
     return path
 
 

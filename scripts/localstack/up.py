@@ -4,7 +4,7 @@ stopped.
     python -m scripts.localstack.up                 # stack + main job, then serve (Ctrl-C stops)
     python -m scripts.localstack.up --no-job        # stack only
     python -m scripts.localstack.up --movielens ../shared/datasets/ml-100k
-    python -m scripts.localstack.up --mtls          # mutual TLS between every gRPC hop
+    python -m scripts.localstack.up --plaintext     # no mutual TLS between gRPC hops
     python -m scripts.localstack.up --replicas 2    # two ingest and two recommender replicas
 
 The stack: SeaweedFS S3 and the Tansu broker on it (durable), Redis, MLflow, Prometheus, the
@@ -24,9 +24,12 @@ other serves.
 Envoy runs as in production: TLS on its listener, a token with the route's scope on every
 call, per-client rate limits. The certificates and the token signing key come from
 <state>/pki (`scripts/localstack/pki.py`, created once, kept); <state>/security.json says
-where they are. With --mtls every service also requires a client certificate from that CA;
-the main job's clients (this process and the `recsys` commands it starts) get one through the
-RECSYS_CLI_TLS_* variables.
+where they are. Every service requires a client certificate from that CA and lets only Envoy
+and the admin identity (the CLI's certificate) call more than health; the main job's clients
+(this process and the `recsys` commands it starts) get the admin's through the
+RECSYS_CLI_TLS_* variables. --plaintext turns mutual TLS off (debugging with plain grpcurl).
+MLflow runs its basic-auth app: the trainer and the recommender sign in with accounts of their
+own (passwords generated into <state>/mlflow/users.json, 0600), the trainer's may write.
 """
 
 from __future__ import annotations
@@ -115,7 +118,9 @@ def programs(stack: LocalStack, envoy: Envoy, env: dict[str, str], *,
              replicas: int = 1) -> list[Program]:
     """Every program, in start order: the components, the services (their grace period as in
     Kubernetes: terminationGracePeriodSeconds), Envoy."""
-    services = service_lines(stack.ports, env, replicas=replicas)
+    # Each service's own MLflow account: the trainer may write, the recommender only read.
+    accounts = {name: stack.mlflow.service_env(name) for name in ("trainer", "recommender")}
+    services = service_lines(stack.ports, env, replicas=replicas, own=accounts)
     return [*component_programs(stack),
             *(Program(name, line, priority=60 + n, stop_wait_s=30)
               for n, (name, line) in enumerate(services.items())),
@@ -218,9 +223,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--movielens", type=Path,
                         help="load this MovieLens directory instead of synthetic data")
     parser.add_argument("--timeout", type=float, default=180, help="readiness timeout, s")
-    parser.add_argument("--mtls", action="store_true",
-                        help="mutual TLS on every service's gRPC port (Envoy and the main "
-                             "job present client certificates)")
+    parser.add_argument("--plaintext", dest="mtls", action="store_false",
+                        help="turn off mutual TLS on the services' gRPC ports (on by default: "
+                             "Envoy and the main job present client certificates)")
     parser.add_argument("--replicas", type=int, choices=(1, 2), default=1,
                         help="replicas of ingest and of the recommender, behind Envoy")
     return parser
@@ -259,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         wait_ready(stack, envoy, supervisord, args.timeout, tls=client_tls,
                    replicas=args.replicas)
+        stack.mlflow.create_users()  # the services' accounts; they retry until these exist
         urls = endpoints(stack, envoy, replicas=args.replicas)
         (stack.state_dir / "endpoints.json").write_text(json.dumps(urls, indent=2))
         if not args.no_job:

@@ -6,7 +6,8 @@ interceptors, and returns the server unstarted, so tests and `__main__` build it
 its long-running work (a client stream, a training job), in-flight RPCs drain within the grace
 period, the service's resources close.
 
-With TLS settings the gRPC port speaks TLS (mutual TLS with a CA: see `services.core.tls`),
+With TLS settings the gRPC port speaks TLS (mutual TLS with a CA: see `services.core.tls`, and
+then each caller's certificate identity is checked: `services.core.callers`),
 and RECSYS_HEALTH_PORT adds a plaintext port that serves grpc.health.v1 only, from the same
 health state, for probes that cannot present a client certificate.
 """
@@ -25,9 +26,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from services.core.callers import CallerPolicy
 from services.core.config import ServerSettings
 from services.core.health import HealthReporter
-from services.core.interceptors import ErrorInterceptor, MetricsInterceptor
+from services.core.interceptors import (
+    AuthorizationInterceptor,
+    ErrorInterceptor,
+    MetricsInterceptor,
+)
 from services.core.metrics import GrpcServerMetrics
 
 log = logging.getLogger(__name__)
@@ -99,12 +105,17 @@ class RunningServer:
 
 
 def build_server(
-    app: App, health: HealthReporter, calls: MetricsInterceptor
+    app: App, health: HealthReporter, calls: MetricsInterceptor, *,
+    callers: CallerPolicy | None = None,
 ) -> grpc.aio.Server:
     """An unstarted grpc.aio server with the app's services, health, reflection, interceptors;
-    `calls` measures every RPC (outermost)."""
+    `calls` measures every RPC (outermost); with `callers` (mutual TLS), only the identities
+    it allows get past the interceptors."""
+    interceptors: list[grpc.aio.ServerInterceptor] = [calls, ErrorInterceptor()]
+    if callers is not None:
+        interceptors.append(AuthorizationInterceptor(callers))
     server = grpc.aio.server(
-        interceptors=[calls, ErrorInterceptor()],
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -128,9 +139,10 @@ async def start(app: App, settings: ServerSettings, registry: CollectorRegistry)
     health = HealthReporter(b.name for b in app.bindings)
     await health.initialise()
     calls = MetricsInterceptor(GrpcServerMetrics.create(registry))
-    server = build_server(app, health, calls)
-    address = f"{settings.host}:{settings.grpc_port}"
     tls = settings.server_tls()
+    server = build_server(app, health, calls,
+                          callers=settings.caller_policy() if tls and tls.mutual else None)
+    address = f"{settings.host}:{settings.grpc_port}"
     port = (server.add_insecure_port(address) if tls is None
             else server.add_secure_port(address, tls.credentials()))
     if port == 0:

@@ -45,7 +45,8 @@ class RecommenderApp:
             source or ChampionReader(
                 tracking_uri=settings.mlflow_tracking_uri, model_name=settings.model_name,
                 timeout_s=settings.mlflow_timeout_s,
-                session=mlflow_session(retries=settings.mlflow_retries)),
+                session=mlflow_session(retries=settings.mlflow_retries,
+                                       auth=settings.mlflow_credentials())),
             model_name=settings.model_name, poll_interval_s=settings.poll_interval_s,
             metrics=self._metrics, on_swap=self._swapped,
             build_scorer=functools.partial(

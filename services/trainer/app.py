@@ -38,7 +38,8 @@ class TrainerApp:
         # Process-wide on purpose: MLflow's client takes its timeout, retries and telemetry
         # switch only from the environment, and the trainer is the one MLflow user here.
         configure_mlflow_client(timeout_s=settings.mlflow_timeout_s,
-                                retries=settings.mlflow_retries)
+                                retries=settings.mlflow_retries,
+                                credentials=settings.mlflow_credentials())
         self._mlflow = MlflowRegistry(
             tracking_uri=settings.mlflow_tracking_uri, model_name=settings.model_name,
             experiment=settings.mlflow_experiment,

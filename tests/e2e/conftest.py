@@ -62,9 +62,13 @@ def rest(stack: Stack, token: str) -> Rest:
 
 @pytest.fixture(scope="session")
 def direct(stack: Stack) -> Iterator[Stubs]:
-    """Stubs on each service's own port."""
+    """Stubs on each service's own port, with the admin's client certificate (mutual TLS)."""
+    security = stack.security
+    tls = ClientTLS(ca_file=security["ca_file"], cert_file=security["client_cert_file"],
+                    key_file=security["client_key_file"])
     with stubs_for({name: stack.endpoints[f"{name}_grpc"]
-                    for name in ("ingest", "trainer", "recommender")}) as stubs:
+                    for name in ("ingest", "trainer", "recommender")},
+                   tls.credentials()) as stubs:
         yield stubs
 
 

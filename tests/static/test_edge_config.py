@@ -83,3 +83,17 @@ def test_the_kubernetes_render_balances_health_checked_pods_and_retries_idempote
                for header in route.get("route", {}).get("retry_policy", {}).get(
                    "retriable_request_headers", [])}
     assert retried == IDEMPOTENT
+
+
+def test_compose_mtls_render_is_committed_and_valid(tmp_path: Path) -> None:
+    render(["--compose", "--mtls", "--out-dir", str(tmp_path)])
+    committed = (MANIFESTS / "compose-mtls.yaml").read_text()
+    assert (tmp_path / "compose-mtls.yaml").read_text() == committed, (
+        "manifests/envoy/compose-mtls.yaml is stale: run "
+        "python -m services.edge --compose --mtls --out-dir manifests/envoy")
+    pki = ensure_pki(tmp_path / "pki")
+    config = tmp_path / "envoy.yaml"
+    config.write_text(committed.replace(COMPOSE_PKI, str(pki.directory))
+                      .replace("/etc/envoy/recsys.binpb", str(DESCRIPTOR)))
+    _validate(config)
+    assert f"{COMPOSE_PKI}/envoy-client.crt" in committed

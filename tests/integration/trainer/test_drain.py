@@ -16,7 +16,7 @@ from scripts.localstack.components import MlflowServer, TansuBroker
 from services.core.client import channel
 from tests.support.polling import eventually
 from tests.support.service_process import NOT_SERVING, SERVING, HealthWatch
-from tests.support.trainer_server import Ingested, TrainerProcess, store_offsets
+from tests.support.trainer_server import NO_SEARCH, Ingested, TrainerProcess, store_offsets
 
 pytestmark = pytest.mark.integration
 
@@ -38,13 +38,15 @@ def test_sigterm_during_a_job_cancels_it_and_moves_no_alias(
         with channel(trainer.target) as chan:
             stub = trainer_pb2_grpc.TrainerServiceStub(chan)
             champion = stub.StartTrainingJob(trainer_pb2.StartTrainingJobRequest(
-                hyperparameters=trainer_pb2.Hyperparameters(epochs=1)), timeout=10).job
+                hyperparameters=trainer_pb2.Hyperparameters(epochs=1), search=NO_SEARCH),
+                timeout=10).job
             ended = [u.job for u in stub.WatchTrainingJob(
                 trainer_pb2.WatchTrainingJobRequest(job_id=champion.job_id), timeout=300)][-1]
             assert ended.promoted, ended.promotion_reason
 
             job = stub.StartTrainingJob(trainer_pb2.StartTrainingJobRequest(
-                hyperparameters=trainer_pb2.Hyperparameters(epochs=200)), timeout=10).job
+                hyperparameters=trainer_pb2.Hyperparameters(epochs=200), search=NO_SEARCH),
+                timeout=10).job
             watch = stub.WatchTrainingJob(trainer_pb2.WatchTrainingJobRequest(
                 job_id=job.job_id), timeout=300)
             seen: list[trainer_pb2.TrainingJob] = []

@@ -17,6 +17,7 @@ from services.edge.descriptor import DESCRIPTOR
 from services.edge.policy import DEFAULT_POLICIES, EdgeSecurity, TlsFiles, service_of
 from services.edge.profiles import LOCAL_PKI
 from services.edge.retries import IDEMPOTENT
+from services.edge.security_filters import ADDRESS_LIMIT_FILTER
 from tests.support.paths import REPO
 
 
@@ -49,9 +50,27 @@ def test_the_local_render_is_secured_with_the_local_pki(
 def test_plain_drops_tls_tokens_and_rate_limits(capsys: pytest.CaptureFixture[str]) -> None:
     config = _render(capsys, "--plain")
     assert "transport_socket" not in _edge_chain(config)
-    assert _filters(config) == ["envoy.filters.http.buffer",
+    assert _filters(config) == ["envoy.filters.http.header_mutation",
+                                "envoy.filters.http.buffer",
                                 "envoy.filters.http.grpc_json_transcoder",
                                 "envoy.filters.http.router"]
+
+
+def test_tokens_are_checked_before_any_filter_reads_a_body(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert _filters(_render(capsys)) == [
+        "envoy.filters.http.header_mutation",  # drops a client's x-recsys-caller
+        ADDRESS_LIMIT_FILTER, "envoy.filters.http.jwt_authn",
+        "envoy.filters.http.buffer", "envoy.filters.http.grpc_json_transcoder",
+        "envoy.filters.http.rbac", "envoy.filters.http.local_ratelimit",
+        "envoy.filters.http.router"]
+
+
+def test_the_admin_endpoint_answers_only_stats_and_readiness(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    for profile in ((), ("--k8s",), ("--compose",)):
+        admin = _render(capsys, *profile)["admin"]
+        assert admin["allow_paths"] == [{"prefix": "/stats/prometheus"}, {"prefix": "/ready"}]
 
 
 def test_mtls_speaks_mutual_tls_to_every_service(capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -114,3 +115,16 @@ def test_load_rejects_other_files(artifact: ModelArtifact, tmp_path: Path) -> No
 def test_inconsistent_shapes_are_rejected(artifact: ModelArtifact) -> None:
     with pytest.raises(ValueError, match="item_ids"):
         dataclasses.replace(artifact, item_ids=artifact.item_ids[:-1])
+
+
+@pytest.mark.parametrize(("field", "change", "message"), [
+    ("seen_indices", lambda a: a + 10_000, "seen_indices: out of range"),
+    ("seen_indices", lambda a: a - 10_000, "seen_indices: out of range"),
+    ("seen_indptr", lambda a: np.where(np.arange(len(a)) == 1, a[2] + 5, a), "never decrease"),
+    ("item_popularity", lambda a: -a - 1, "item_popularity"),
+])
+def test_indices_out_of_range_are_rejected(artifact: ModelArtifact, field: str,
+                                           change: Any, message: str) -> None:
+    """Serving indexes arrays with them: a file with such indices is not a model."""
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(artifact, **{field: change(getattr(artifact, field))})
