@@ -21,11 +21,11 @@ from services.trainer.consumer import dataset_consumer
 from services.trainer.dataset import DatasetStore
 from services.trainer.distributed import DistributedFits, Launcher
 from services.trainer.jobs import JobManager
+from services.trainer.local_workers import LocalLauncher
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.registry import MlflowRegistry, configure_mlflow_client
 from services.trainer.servicer import SERVICE_NAME, TrainerServicer
 from services.trainer.settings import TrainerSettings
-from services.trainer.torchrun import TorchrunLauncher
 from services.trainer.training import TrainingOptions
 
 
@@ -123,5 +123,5 @@ class TrainerApp:
 
 def _launcher(settings: TrainerSettings) -> Launcher:
     """How this trainer starts the workers of a distributed fit."""
-    return TorchrunLauncher(environ=settings.object_store_env(),
-                            log_dir=Path(settings.data_dir) / "workers")
+    return LocalLauncher(environ=settings.object_store_env(),
+                         work_dir=Path(settings.data_dir) / "workers")

@@ -142,11 +142,11 @@ class TrainerSettings(ServerSettings, KafkaSettings, MlflowSettings, SnapshotSto
         "RECSYS_TRAINER_MAX_WORKERS", 8,
         f"Most workers a request may ask for (at most {BUCKETS}: a snapshot's buckets).",
         check=lambda n: 1 <= n <= BUCKETS, rule=f"1 to {BUCKETS}")
-    launcher: Literal["torchrun", "kubernetes"] = env(
-        "RECSYS_TRAINER_LAUNCHER", "torchrun",
-        "How the workers of a distributed fit start: torchrun, as processes on the trainer's "
-        "machine (gloo over loopback); kubernetes, as an indexed Job in the trainer's "
-        "namespace, made from the PodTemplate trainer-worker.")
+    launcher: Literal["local", "kubernetes"] = env(
+        "RECSYS_TRAINER_LAUNCHER", "local",
+        "How the workers of a distributed fit start: local, as processes on the trainer's "
+        "machine (a file rendezvous, gloo over loopback); kubernetes, as an indexed Job in the "
+        "trainer's namespace (torchrun in each pod).")
 
     search_trials: int = env(
         "RECSYS_TRAINER_SEARCH_TRIALS", 40,

@@ -1,9 +1,11 @@
-"""`python -m services.trainer.worker RUN`: one worker of a distributed fit, started by
-torchrun (as local processes, or in each pod of an indexed Job).
+"""`python -m services.trainer.worker RUN`: one worker of a distributed fit, started as a
+process on the trainer's machine (services/trainer/local_workers.py) or by torchrun in each
+pod of an indexed Job.
 
 RUN is the run's folder in the object store (``runs/<job_id>``, services/trainer/
-distributed.py); its ``spec.json`` names the snapshot and the hyper-parameters. torchrun
-gives the rank and the rendezvous (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT); the object
+distributed.py); its ``spec.json`` names the snapshot and the hyper-parameters. RANK and
+WORLD_SIZE give the worker's place; the rendezvous is RECSYS_WORKER_RENDEZVOUS (a file, on
+one machine) or, unset, torchrun's MASTER_ADDR and MASTER_PORT; the object
 store comes from RECSYS_TRAINER_SNAPSHOT_URI and RECSYS_TRAINER_S3_*. Each worker reads only
 its own shard of the snapshot. Worker 0 rewrites ``progress.json`` after every epoch and
 writes ``factors.npz`` at the end; a worker that fails exits non-zero, which ends the group.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import time
 from datetime import timedelta
 from typing import Any
@@ -30,6 +33,7 @@ from services.trainer.distributed import (
     RunSpec,
     factors_to_bytes,
 )
+from services.trainer.local_workers import RENDEZVOUS_ENV
 from services.trainer.object_store import ObjectStore
 from services.trainer.parquet_snapshot import load_manifest, read_shards
 from services.trainer.settings import SnapshotStoreSettings
@@ -44,7 +48,9 @@ COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 def run_worker(store: ObjectStore, run: str) -> None:
     """Join the group, fit this worker's shard, and (worker 0) report and write the result."""
     spec = RunSpec.from_json(store.read(f"{run}/{SPEC}"))
-    dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
+    dist.init_process_group("gloo", init_method=os.environ.get(RENDEZVOUS_ENV, "env://"),
+                            rank=int(os.environ["RANK"]),
+                            world_size=int(os.environ["WORLD_SIZE"]), timeout=COLLECTIVE_TIMEOUT)
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
         if world != spec.workers:
