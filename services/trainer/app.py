@@ -17,10 +17,12 @@ from services.core.errors import FailedPrecondition, Unavailable
 from services.core.health import HealthReporter
 from services.core.kafka import read_end_offsets
 from services.core.server import ServiceBinding
+from services.core.settings import SettingsError
 from services.trainer.consumer import dataset_consumer
 from services.trainer.dataset import DatasetStore
 from services.trainer.distributed import DistributedFits, Launcher
 from services.trainer.jobs import JobManager
+from services.trainer.kubernetes_workers import KubernetesApi, KubernetesLauncher
 from services.trainer.local_workers import LocalLauncher
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.registry import MlflowRegistry, configure_mlflow_client
@@ -122,6 +124,13 @@ class TrainerApp:
 
 
 def _launcher(settings: TrainerSettings) -> Launcher:
-    """How this trainer starts the workers of a distributed fit."""
+    """How this trainer starts the workers of a distributed fit (RECSYS_TRAINER_LAUNCHER)."""
+    if settings.launcher == "kubernetes":
+        try:
+            api = KubernetesApi.in_cluster()
+        except OSError as exc:
+            raise SettingsError(f"RECSYS_TRAINER_LAUNCHER=kubernetes needs the service "
+                                f"account's projected token: {exc}") from None
+        return KubernetesLauncher(api, environ=settings.object_store_env(keys=False))
     return LocalLauncher(environ=settings.object_store_env(),
                          work_dir=Path(settings.data_dir) / "workers")

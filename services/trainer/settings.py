@@ -83,13 +83,16 @@ class SnapshotStoreSettings:
         except ValueError as exc:
             raise SettingsError(str(exc)) from None
 
-    def object_store_env(self) -> dict[str, str]:
-        """The variables that give a worker the same store."""
-        return {"RECSYS_TRAINER_SNAPSHOT_URI": self.snapshot_uri,
-                "RECSYS_TRAINER_S3_ENDPOINT": self.s3_endpoint,
-                "RECSYS_TRAINER_S3_REGION": self.s3_region,
-                "RECSYS_TRAINER_S3_ACCESS_KEY": self.s3_access_key,
-                "RECSYS_TRAINER_S3_SECRET_KEY": self.s3_secret_key}
+    def object_store_env(self, *, keys: bool = True) -> dict[str, str]:
+        """The variables that give a worker the same store; without the keys for workers
+        that take them from a Secret (Kubernetes)."""
+        found = {"RECSYS_TRAINER_SNAPSHOT_URI": self.snapshot_uri,
+                 "RECSYS_TRAINER_S3_ENDPOINT": self.s3_endpoint,
+                 "RECSYS_TRAINER_S3_REGION": self.s3_region}
+        if keys:
+            found |= {"RECSYS_TRAINER_S3_ACCESS_KEY": self.s3_access_key,
+                      "RECSYS_TRAINER_S3_SECRET_KEY": self.s3_secret_key}
+        return found
 
 
 @dataclass(frozen=True, kw_only=True)
