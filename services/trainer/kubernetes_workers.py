@@ -114,20 +114,28 @@ class JobGroup:
         job = self._api.call("GET", f"{self._api.jobs()}/{self._name}")
         if job is None:
             return f"the Job {self._name} was deleted"
-        for condition in job.get("status", {}).get("conditions", []):
-            if condition.get("status") != "True":
-                continue
-            if condition["type"] == "Complete":
-                return ""
-            if condition["type"] == "Failed":
-                return (f"worker pods of the Job {self._name} failed "
-                        f"({condition.get('reason')}: {condition.get('message')})")
-        return None
+        return _outcome(job)
 
     def stop(self) -> None:
-        """Delete the Job and its pods (nothing when it is gone already)."""
-        self._api.call("DELETE", f"{self._api.jobs()}/{self._name}",
-                       {"propagationPolicy": "Background"})
+        """Delete the Job and its pods unless it has finished (Kubernetes has stopped its
+        pods then, and keeps it KEEP_FINISHED_S for its logs)."""
+        job = self._api.call("GET", f"{self._api.jobs()}/{self._name}")
+        if job is not None and _outcome(job) is None:
+            self._api.call("DELETE", f"{self._api.jobs()}/{self._name}",
+                           {"propagationPolicy": "Background"})
+
+
+def _outcome(job: Mapping[str, Any]) -> str | None:
+    """None while the Job runs; "" once it completed; else why it failed."""
+    for condition in job.get("status", {}).get("conditions", []):
+        if condition.get("status") != "True":
+            continue
+        if condition["type"] == "Complete":
+            return ""
+        if condition["type"] == "Failed":
+            return (f"worker pods of the Job {job['metadata']['name']} failed "
+                    f"({condition.get('reason')}: {condition.get('message')})")
+    return None
 
 
 class KubernetesLauncher:

@@ -95,7 +95,7 @@ def test_the_kubernetes_launcher_creates_an_indexed_job_from_the_pod_template() 
     assert {"name": "RECSYS_TRAINER_SNAPSHOT_URI", "value": "s3://b/p"} in container["env"]
     assert TEMPLATE["template"]["spec"]["containers"][0].keys() == {"name", "image"}  # a copy
 
-    group.stop()
+    group.stop()  # still running (the fake answers {}): deleted with its pods
     assert api.calls[-1][:2] == ("DELETE", f"{JOBS}/{NAME}")
 
 
@@ -111,9 +111,12 @@ def test_the_kubernetes_launcher_creates_an_indexed_job_from_the_pod_template() 
 def test_a_jobs_status_is_the_groups_outcome(status: dict[str, Any],
                                              outcome: str | None) -> None:
     api = fake_api({("GET", PODTEMPLATE): TEMPLATE,
-                   ("GET", f"{JOBS}/{NAME}"): {"status": status}})
+                   ("GET", f"{JOBS}/{NAME}"): {"metadata": {"name": NAME}, "status": status}})
     group = KubernetesLauncher(api, environ={}).start(job_id=JOB_ID, workers=2, run="runs/x")
     assert group.poll() == outcome
+    group.stop()  # a finished Job stays for its logs; a running one is deleted
+    deleted = api.calls[-1][0] == "DELETE"
+    assert deleted == (outcome is None)
 
 
 def test_a_deleted_job_and_a_missing_pod_template_fail_the_fit() -> None:
