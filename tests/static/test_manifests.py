@@ -15,6 +15,7 @@ import yaml
 
 from services.core.names import SERVICE_NAMES
 from tests.support.manifests import (
+    KUBERNETES_VERSIONS,
     OVERLAYS,
     SERVICES,
     assert_locked_down,
@@ -25,9 +26,6 @@ from tests.support.manifests import (
 from tests.support.paths import REPO
 from tests.support.tools import check, find_tool, run
 
-# The oldest Kubernetes the manifests support (native gRPC probes, the preStop sleep action)
-# and the newest schema kubernetes-validate knows.
-KUBERNETES_VERSIONS = ("1.31.0", "1.37.0")
 SHUTDOWN_GRACE_S = 10.0
 
 

@@ -16,7 +16,16 @@ import pytest
 import yaml
 
 from scripts.images.context import assemble
-from tests.support.manifests import OVERLAYS, SERVICES, find, pod_spec, workloads
+from tests.support.manifests import (
+    DNS,
+    OVERLAYS,
+    SERVICES,
+    find,
+    pod_spec,
+    policy_rules,
+    selects,
+    workloads,
+)
 from tests.support.paths import REPO
 
 # Names that say "this is a secret value".
@@ -49,7 +58,6 @@ FLOWS = {
 }
 # Flows with other namespaces: (direction, app, namespace, protocol, port).
 EXTERNAL_INGRESS = {("envoy", "ingress-nginx", "TCP", 8080)}
-DNS = {("kube-system", "UDP", 53), ("kube-system", "TCP", 53)}
 
 
 def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -207,31 +215,6 @@ def test_every_workload_has_its_own_service_account_without_a_token(
     assert rbac == TRAINER_RBAC, (
         "only the trainer talks to the Kubernetes API, for its workers' Jobs "
         "(tests/static/test_training_workers.py)")
-
-
-def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
-    assert set(selector) <= {"matchLabels"}, f"unsupported selector {selector}"
-    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
-
-
-def rule_ports(rule: dict[str, Any]) -> set[tuple[str, int]]:
-    ports = rule.get("ports")
-    assert ports, f"a rule without ports allows every port: {rule}"
-    return {(p.get("protocol", "TCP"), p["port"]) for p in ports}
-
-
-def policy_rules(policies: list[dict[str, Any]], labels: dict[str, str],
-                 direction: str) -> Iterator[tuple[dict[str, Any], set[tuple[str, int]]]]:
-    """(peer, ports) of every rule that applies to a pod with `labels` in `direction`."""
-    key, peers = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
-    for policy in policies:
-        spec = policy["spec"]
-        if direction in spec["policyTypes"] and selects(spec["podSelector"], labels):
-            for rule in spec.get(key, []):
-                assert rule.get(peers), f"{policy['metadata']['name']}: a rule open to all"
-                for peer in rule[peers]:
-                    assert "ipBlock" not in peer, f"{policy['metadata']['name']}: ipBlock"
-                    yield peer, rule_ports(rule)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -18,9 +18,16 @@ from services.trainer.kubernetes_workers import (
     job_name,
     render_job,
 )
-from tests.static.test_manifests import KUBERNETES_VERSIONS
-from tests.static.test_security import DNS, policy_rules, selects
-from tests.support.manifests import OVERLAYS, assert_locked_down, find, pod_spec
+from tests.support.manifests import (
+    DNS,
+    KUBERNETES_VERSIONS,
+    OVERLAYS,
+    assert_locked_down,
+    find,
+    pod_spec,
+    policy_rules,
+    selects,
+)
 from tests.support.tools import check, find_tool
 
 WORKER = {"app.kubernetes.io/name": "trainer-worker"}
@@ -114,6 +121,6 @@ def test_workers_reach_each_other_and_nothing_else_in_the_namespace(
             continue
         for rule in [*policy["spec"].get("ingress", []), *policy["spec"].get("egress", [])]:
             for peer in [*rule.get("from", []), *rule.get("to", [])]:
-                inside = "podSelector" in peer and "namespaceSelector" not in peer
-                assert not (inside and selects(peer["podSelector"], labels)), (
+                in_namespace = "podSelector" in peer and "namespaceSelector" not in peer
+                assert not (in_namespace and selects(peer["podSelector"], labels)), (
                     policy["metadata"]["name"])

@@ -17,7 +17,7 @@ from services.core.errors import FailedPrecondition, InvalidArgument, Unavailabl
 from services.core.settings import SettingsError, load
 from services.trainer.dataset import DatasetStore
 from services.trainer.distributed import DistributedFits
-from services.trainer.jobs import JobRequest
+from services.trainer.jobs import JobManager, JobRequest
 from services.trainer.kubernetes_workers import (
     POD_TEMPLATE,
     KubernetesApi,
@@ -26,11 +26,13 @@ from services.trainer.kubernetes_workers import (
 )
 from services.trainer.local_workers import LocalGroup
 from services.trainer.metrics import TrainerMetrics
+from services.trainer.model import TrainConfig
 from services.trainer.parquet_snapshot import BUCKETS, worker_buckets
-from services.trainer.settings import TrainerSettings
+from services.trainer.search import Defaults
+from services.trainer.settings import DEFAULT_TYPE_WEIGHTS, TrainerSettings
+from services.trainer.training import TrainingOptions
 from tests.support.polling import eventually
 from tests.support.trainer_fakes import FakeRegistry
-from tests.unit.trainer.test_jobs import manager
 
 JOB_ID = "20261203-101500-3fa2c1"
 TEMPLATE: dict[str, Any] = {"template": {
@@ -163,17 +165,26 @@ def test_workers_get_the_keys_unless_they_take_them_from_a_secret() -> None:
     assert "RECSYS_TRAINER_S3_SECRET_KEY" not in settings.object_store_env(keys=False)
 
 
+def manager(store: DatasetStore, registry: FakeRegistry, metrics: TrainerMetrics,
+            distributed: DistributedFits | None) -> JobManager:
+    """Jobs that may ask for up to 4 workers."""
+    return JobManager(store, registry, metrics, defaults=TrainConfig(), options=TrainingOptions(
+        topic="interactions", type_weights=DEFAULT_TYPE_WEIGHTS, min_ndcg=0.05,
+        gate_tolerance=0.01, wait_for_events_s=5.0,
+        search=Defaults(trials=0, trial_multiple=1.0, max_seconds=1.0, max_rows=1_000),
+        end_offsets=dict, distributed=distributed, max_workers=4))
+
+
 async def test_a_jobs_workers_are_bounded_and_need_a_snapshot_store(
         store: DatasetStore, fake_registry: FakeRegistry, metrics: TrainerMetrics) -> None:
-    alone = manager(store, fake_registry, metrics, max_workers=4)
+    alone = manager(store, fake_registry, metrics, distributed=None)
     await alone.open()
     with pytest.raises(InvalidArgument, match="workers"):
         await alone.start(JobRequest(workers=5))
     with pytest.raises(FailedPrecondition, match="RECSYS_TRAINER_SNAPSHOT_URI"):
         await alone.start(JobRequest(workers=2))
     never_started = DistributedFits(store=None, launcher=None)  # type: ignore[arg-type]
-    grouped = manager(store, fake_registry, metrics, max_workers=4,
-                      distributed=never_started)
+    grouped = manager(store, fake_registry, metrics, distributed=never_started)
     await grouped.open()
     with pytest.raises(InvalidArgument, match="must be 1 to 4"):
         await grouped.start(JobRequest(workers=0))
