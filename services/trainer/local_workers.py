@@ -77,7 +77,11 @@ class LocalLauncher:
         source = str(Path(services.__file__).resolve().parent.parent)
         path = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH")) if p)
         environ = {**os.environ, **self._environ, "PYTHONPATH": path, "GLOO_SOCKET_IFNAME": "lo",
-                   "WORLD_SIZE": str(workers), RENDEZVOUS_ENV: f"file://{rendezvous}"}
+                   "WORLD_SIZE": str(workers), RENDEZVOUS_ENV: f"file://{rendezvous}",
+                   # The workers share this machine's cores: torch's default thread count
+                   # (and so a fit's solver threads, unless RECSYS_TRAINER_THREADS sets them)
+                   # is their share, not all of them each.
+                   "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers))}
         command = [sys.executable, "-m", "services.trainer.worker", run]
         processes: list[subprocess.Popen[bytes]] = []
         with log.open("wb") as output:
