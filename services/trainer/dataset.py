@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -65,9 +65,9 @@ FROM (SELECT * FROM events WHERE event_id > ? ORDER BY event_id LIMIT ?)
 HASHED_COLUMNS = ("event_id", "user_id", "item_id", "type", "value", "occurred_at_us")
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """One consumed interaction as the dataset keeps it."""
+class StoredEvent(NamedTuple):
+    """One consumed interaction as the dataset keeps it: a row of the events table, in its
+    column order (a tuple, so a batch goes to SQLite as it is)."""
 
     event_id: str
     user_id: str
@@ -167,18 +167,13 @@ class DatasetStore:
         A partition's stored offset never moves backwards, so re-reading old records after a
         crash (before Kafka got the commit) changes nothing.
         """
-        rows = [
-            (e.event_id, e.user_id, e.item_id, e.type, e.value, e.occurred_at_us, e.partition,
-             e.offset)
-            for e in events
-        ]
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
                 before = db.total_changes
                 db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                               rows)
+                               events)
                 added = db.total_changes - before
                 db.executemany(
                     "INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT DO UPDATE"

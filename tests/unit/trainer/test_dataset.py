@@ -3,7 +3,6 @@ from __future__ import annotations
 import hashlib
 import math
 import sqlite3
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +52,7 @@ def test_rows_survive_reopening(tmp_path: Path) -> None:
 
 
 def test_a_failed_append_stores_nothing(store: DatasetStore) -> None:
-    broken = replace(event(9), value=object())  # type: ignore[arg-type]
+    broken = event(9)._replace(value=object())  # type: ignore[arg-type]
     with pytest.raises(sqlite3.Error):
         store.append([event(1), broken], topic="t", next_offsets={0: 2})
     assert store.row_count == 0
@@ -78,7 +77,7 @@ def test_hash_depends_on_content_not_on_arrival_or_partition(tmp_path: Path) -> 
     events = [event(n, user=f"u{n % 3}", item=f"i{n % 5}") for n in range(20)]
     one, two = DatasetStore(tmp_path / "a.db"), DatasetStore(tmp_path / "b.db")
     one.append(events, topic="t", next_offsets={0: 20})
-    moved = [replace(e, partition=2, offset=99 - i) for i, e in enumerate(events)]
+    moved = [e._replace(partition=2, offset=99 - i) for i, e in enumerate(events)]
     two.append(list(reversed(moved)), topic="t", next_offsets={2: 100})
     assert one.snapshot("t").lineage.content_hash == two.snapshot("t").lineage.content_hash
 
