@@ -68,6 +68,7 @@ class TrainerApp:
                 topic=settings.kafka_topic, type_weights=settings.type_weights,
                 min_ndcg=settings.min_ndcg, gate_tolerance=settings.gate_tolerance,
                 search=settings.search_defaults(),
+                evaluation_max_rows=settings.evaluation_max_rows,
                 wait_for_events_s=settings.wait_for_events_s,
                 end_offsets=functools.partial(
                     read_end_offsets, settings.kafka_bootstrap, settings.kafka_topic,

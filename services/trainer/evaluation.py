@@ -75,6 +75,35 @@ def stratified_split(
     return _subset(data, in_train), _subset(data, ~in_train)
 
 
+def sample_users(data: Interactions, max_rows: int, rng: np.random.Generator
+                 ) -> np.ndarray | None:
+    """A random sample of users whose interactions in `data` add up to at most `max_rows`
+    (at least one user); None when `data` holds no more than `max_rows` (nothing to drop)."""
+    if len(data) <= max_rows:
+        return None
+    order = rng.permutation(data.n_users)
+    rows = np.bincount(data.users, minlength=data.n_users)[order]
+    return order[: max(1, int(np.searchsorted(np.cumsum(rows), max_rows, "right")))]
+
+
+def only_users(data: Interactions, kept: np.ndarray) -> Interactions:
+    """The rows of users `kept`, renumbered 0..len(kept)-1 (so fits skip the others)."""
+    renumber = np.full(data.n_users, -1, np.int64)
+    renumber[np.sort(kept)] = np.arange(len(kept))
+    mask = renumber[data.users] >= 0
+    return Interactions(renumber[data.users[mask]], data.items[mask], data.weights[mask],
+                        len(kept), data.n_items)
+
+
+def evaluation_sample(data: Interactions, *, max_rows: int, seed: int = 42) -> Interactions:
+    """The users the protocol is applied to: all of them while `data` holds at most
+    `max_rows` interactions (the protocol's figures, exactly); beyond, a seeded random sample
+    of users whose interactions add up to at most `max_rows`, so that the evaluation's fit and
+    ranking stop growing with the data (its figures then estimate the protocol's)."""
+    kept = sample_users(data, max_rows, np.random.default_rng(seed))
+    return data if kept is None else only_users(data, kept)
+
+
 def popularity(train: Interactions) -> ScoreFn:
     """The baseline a personal model must beat: every user gets items ranked by how many
     training interactions they have."""

@@ -101,6 +101,12 @@ class TrainerSettings(ServerSettings, KafkaSettings, MlflowSettings):
         "Hyper-parameter search: trials fit on at most this many interactions (a seeded sample "
         "of users beyond), so a trial's cost is bounded whatever the data size.",
         check=at_least_one, rule=">= 1")
+    evaluation_max_rows: int = env(
+        "RECSYS_TRAINER_EVALUATION_MAX_ROWS", 2_000_000,
+        "Held-out evaluation: up to this many interactions the protocol is applied to every "
+        "user (exact figures); beyond, to a seeded sample of users holding at most this many, "
+        "so its second fit and its ranking stop growing with the data.",
+        check=at_least_one, rule=">= 1")
     wait_for_events_s: float = env(
         "RECSYS_TRAINER_WAIT_FOR_EVENTS_S", 120.0,
         "Before its snapshot a job waits until the dataset holds every event acknowledged "

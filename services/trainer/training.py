@@ -22,7 +22,12 @@ from services.model.versions import ARTIFACT_FILE, VersionInfo
 from services.trainer import search
 from services.trainer.catch_up import wait_for_events
 from services.trainer.dataset import DatasetStore, TrainingData
-from services.trainer.evaluation import evaluate, popularity, stratified_split
+from services.trainer.evaluation import (
+    evaluate,
+    evaluation_sample,
+    popularity,
+    stratified_split,
+)
 from services.trainer.model import FactorModel, Interactions, TrainConfig, TrainingCancelled, fit
 from services.trainer.packaging import package_model
 from services.trainer.registry import ModelRegistry
@@ -55,6 +60,8 @@ class TrainingOptions:
     min_ndcg: float
     gate_tolerance: float
     search: search.Defaults
+    # Interactions the held-out evaluation covers at most (`evaluation.evaluation_sample`).
+    evaluation_max_rows: int
     wait_for_events_s: float
     # The end offset of each partition of the topic, read from the broker.
     end_offsets: Callable[[], Mapping[int, int]]
@@ -123,8 +130,9 @@ def run_training(job: Job, *, store: DatasetStore, registry: ModelRegistry,
 
     full = Interactions.from_arrays(data.users, data.items, data.weights,
                                     n_users=len(data.user_ids), n_items=len(data.item_ids))
-    train, test = stratified_split(data.users, data.items, data.weights,
-                                   n_users=len(data.user_ids), n_items=len(data.item_ids))
+    evaluated = evaluation_sample(full, max_rows=options.evaluation_max_rows)
+    train, test = stratified_split(evaluated.users, evaluated.items, evaluated.weights,
+                                   n_users=evaluated.n_users, n_items=evaluated.n_items)
     budget = options.search.budget(trials=job.trials, seconds=job.search_seconds)
     weighting = {f"type_weight.{k}": v for k, v in sorted(options.type_weights.items())}
     run_id = registry.start_run(
@@ -153,6 +161,7 @@ def run_training(job: Job, *, store: DatasetStore, registry: ModelRegistry,
     holdout = fit(train, config, on_epoch=on_holdout_epoch, should_cancel=cancelled)
     ranking = evaluate(holdout, train, test)
     metrics = {**ranking.as_dict(), "users_evaluated": float(ranking.users_evaluated),
+               "evaluation_user_share": evaluated.n_users / max(full.n_users, 1),
                "popularity_ndcg_at_10": evaluate(popularity(train), train, test).ndcg}
     update(metrics=metrics, phase=Phase.LOGGING, eta_seconds=0.0)
     if cancelled():
