@@ -14,7 +14,12 @@ from typing import Any
 
 import numpy as np
 
-FORMAT_VERSION = 1
+from services.model.top_lists import LENGTH, TopLists
+
+# 2: the trainer's top lists may ride along (`top_rows`, `top_scores`); version 1 files (no
+# lists) still load, and a newer version than this code reads is refused by name.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _ARRAYS = (
     "user_factors",
     "item_factors",
@@ -26,6 +31,7 @@ _ARRAYS = (
     "item_gram",
 )
 _SCALARS = ("regularization", "reg_exponent", "alpha")
+_TOP_LISTS = ("top_rows", "top_scores")
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,7 +39,8 @@ class ModelArtifact:
     """Everything serving needs; row i of the factors belongs to ``user_ids[i]``/``item_ids[i]``.
 
     ``item_gram`` (YᵀY), ``regularization``, ``reg_exponent`` and ``alpha`` let ``fold_in``
-    solve the training's user equation for a user the model has not seen.
+    solve the training's user equation for a user the model has not seen. ``top_lists``, when
+    the trainer ranked them, are every user's best items (services.model.top_lists).
     """
 
     user_factors: np.ndarray  # (n_users, factors) float32
@@ -42,11 +49,12 @@ class ModelArtifact:
     item_ids: np.ndarray  # (n_items,) unicode
     item_popularity: np.ndarray  # (n_items,) int64: distinct training users per item
     seen_indptr: np.ndarray  # (n_users + 1,) int64: CSR of each user's training items
-    seen_indices: np.ndarray  # (nnz,) int64
+    seen_indices: np.ndarray  # (nnz,) int32 (the trainer's) or int64
     item_gram: np.ndarray  # (factors, factors) float64
     regularization: float
     reg_exponent: float
     alpha: float
+    top_lists: TopLists | None = None
 
     def __post_init__(self) -> None:
         if self.user_factors.ndim != 2 or len(self.seen_indptr) == 0:
@@ -64,6 +72,10 @@ class ModelArtifact:
         for name, shape in expected.items():
             if getattr(self, name).shape != shape:
                 raise ValueError(f"{name}: shape {getattr(self, name).shape}, expected {shape}")
+        lists = self.top_lists
+        shape = (n_users, min(LENGTH, n_items))
+        if lists is not None and not lists.rows.shape == lists.scores.shape == shape:
+            raise ValueError(f"top lists: shape {lists.rows.shape}, expected {shape}")
 
     @property
     def n_users(self) -> int:
@@ -129,6 +141,8 @@ class ModelArtifact:
         tmp = target.with_name(f".{target.name}.tmp")
         contents: dict[str, Any] = {"format_version": np.asarray(FORMAT_VERSION)}
         contents.update((name, np.asarray(getattr(self, name))) for name in (*_ARRAYS, *_SCALARS))
+        if self.top_lists is not None:
+            contents.update(top_rows=self.top_lists.rows, top_scores=self.top_lists.scores)
         with tmp.open("wb") as f:
             np.savez(f, **contents)
         tmp.replace(target)
@@ -141,8 +155,12 @@ class ModelArtifact:
             if missing:
                 raise ValueError(f"not a model artifact: missing {', '.join(sorted(missing))}")
             version = int(npz["format_version"])
-            if version != FORMAT_VERSION:
-                raise ValueError(f"artifact format {version} is not {FORMAT_VERSION}")
+            if version not in READABLE_VERSIONS:
+                raise ValueError(f"artifact format {version}: this version reads formats "
+                                 f"{', '.join(map(str, READABLE_VERSIONS))} (a newer trainer "
+                                 "wrote it; upgrade the recommender)")
             fields: dict[str, Any] = {name: npz[name] for name in _ARRAYS}
             fields.update((name, float(npz[name])) for name in _SCALARS)
+            if set(_TOP_LISTS) <= set(npz.files):
+                fields["top_lists"] = TopLists(rows=npz["top_rows"], scores=npz["top_scores"])
         return cls(**fields)

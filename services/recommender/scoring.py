@@ -20,8 +20,8 @@ import torch
 
 from services.core.errors import NotFound
 from services.model.artifact import ModelArtifact
+from services.model.top_lists import TopLists
 from services.recommender.item_index import BLOCK, ItemIndex
-from services.recommender.top_lists import TopLists
 
 # (item_id, score) pairs, best first.
 Ranked = tuple[tuple[str, float], ...]
@@ -59,8 +59,9 @@ class Scorer:
                  top_lists_max_users: int = 0) -> None:
         """Catalogues of `index_min_items` or more (0: never) are searched through an
         `ItemIndex` calibrated to `target_recall`, if one reaches it (see `item_index`);
-        when users x items is at most `top_lists_max_cells` and users at most
-        `top_lists_max_users`, known users' lists are ranked once (see `top_lists`)."""
+        known users' answers come from the artifact's top lists (the trainer's) or, for an
+        artifact without them, from lists ranked here when users x items is at most
+        `top_lists_max_cells` and users at most `top_lists_max_users` (see `top_lists`)."""
         self._artifact = artifact
         self.item_ids: list[str] = artifact.item_ids.tolist()
         self._item_index = {item: i for i, item in enumerate(self.item_ids)}
@@ -78,10 +79,11 @@ class Scorer:
         self.index: ItemIndex | None = None
         if index_min_items and self.n_items >= index_min_items:
             self.index = self._calibrated_index(target_recall)
-        self.top_lists: TopLists | None = None
-        if (0 < artifact.n_users * self.n_items <= top_lists_max_cells
+        self.top_lists = artifact.top_lists
+        if (self.top_lists is None and 0 < artifact.n_users * self.n_items <= top_lists_max_cells
                 and artifact.n_users <= top_lists_max_users):
-            self.top_lists = TopLists.build(artifact.n_users, self._rank_users)
+            self.top_lists = TopLists.rank(artifact.user_factors, artifact.item_factors,
+                                           artifact.seen_indptr, artifact.seen_indices)
 
     @property
     def n_items(self) -> int:
@@ -166,13 +168,6 @@ class Scorer:
         _, exact = self._exact(vectors, excluded, [], min(CALIBRATION_K, self.n_items))
         return ItemIndex.build(self._items, vectors, exact.numpy(),
                                target_recall=target_recall, banned=self._flat(excluded))
-
-    def _rank_users(self, users: range, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The exact (scores, rows) of the best `length` items of users (model rows), their
-        training items left out."""
-        ids = self._artifact.user_ids
-        vectors, _, excluded = self._prepare([Query(str(ids[u]), length) for u in users])
-        return self._exact(vectors, excluded, [], min(length, self.n_items))
 
     def _prepare(self, queries: Sequence[Query]
                  ) -> tuple[torch.Tensor, list[Strategy], list[np.ndarray]]:

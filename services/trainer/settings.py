@@ -107,6 +107,12 @@ class TrainerSettings(ServerSettings, KafkaSettings, MlflowSettings):
         "user (exact figures); beyond, to a seeded sample of users holding at most this many, "
         "so its second fit and its ranking stop growing with the data.",
         check=at_least_one, rule=">= 1")
+    top_lists_max_cells: int = env(
+        "RECSYS_TRAINER_TOP_LISTS_MAX_CELLS", 10_000_000_000,
+        "A version ships every user's best 128 items, ranked exactly once here, when users x "
+        "items is at most this (about 7 s per 10^9 cells with 64 factors on one core; 1 KiB "
+        "per user in the artifact and each recommender); the recommender then answers known "
+        "users without scoring. 0: never.", check=non_negative, rule=">= 0")
     wait_for_events_s: float = env(
         "RECSYS_TRAINER_WAIT_FOR_EVENTS_S", 120.0,
         "Before its snapshot a job waits until the dataset holds every event acknowledged "

@@ -62,6 +62,8 @@ class TrainingOptions:
     search: search.Defaults
     # Interactions the held-out evaluation covers at most (`evaluation.evaluation_sample`).
     evaluation_max_rows: int
+    # Users x items up to which the artifact ships every user's top list (`package_model`).
+    top_lists_max_cells: int
     wait_for_events_s: float
     # The end offset of each partition of the topic, read from the broker.
     end_offsets: Callable[[], Mapping[int, int]]
@@ -171,7 +173,7 @@ def run_training(job: Job, *, store: DatasetStore, registry: ModelRegistry,
     tags = {"recsys.job_id": job.job_id,
             **{f"recsys.{k}": repr(float(v)) for k, v in weighting.items()}}
     version = _register(model, full, data, registry, run_id=run_id, metrics=metrics,
-                        lineage=lineage, tags=tags)
+                        lineage=lineage, tags=tags, top_lists_max_cells=options.top_lists_max_cells)
     update(model_version=version.version)
     passed, reason = quality_gate(metrics[GATE_METRIC], registry.champion(),
                                   floor=options.min_ndcg, tolerance=options.gate_tolerance)
@@ -233,10 +235,12 @@ def _hyperparameters(config: TrainConfig) -> dict[str, float]:
 
 def _register(model: FactorModel, full: Interactions, data: TrainingData,
               registry: ModelRegistry, *, run_id: str, metrics: Mapping[str, float],
-              lineage: Lineage, tags: Mapping[str, str]) -> VersionInfo:
+              lineage: Lineage, tags: Mapping[str, str], top_lists_max_cells: int
+              ) -> VersionInfo:
     """Save the served model as one .npz and register it as a new version."""
     artifact = package_model(model, full, user_ids=data.user_ids.tolist(),
-                             item_ids=data.item_ids.tolist())
+                             item_ids=data.item_ids.tolist(),
+                             top_lists_max_cells=top_lists_max_cells)
     with tempfile.TemporaryDirectory(prefix="recsys-model-") as tmp:
         path = Path(tmp) / ARTIFACT_FILE
         artifact.save(path)

@@ -40,6 +40,7 @@ def manager(store: DatasetStore, registry: FakeRegistry, metrics: TrainerMetrics
     return JobManager(store, registry, metrics, defaults=SMALL, options=TrainingOptions(**{
         "topic": TOPIC, "type_weights": DEFAULT_TYPE_WEIGHTS, "min_ndcg": min_ndcg,
         "gate_tolerance": 0.01, "wait_for_events_s": 5.0, "evaluation_max_rows": 2_000_000,
+        "top_lists_max_cells": 10**10,
         "search": Defaults(trials=trials, trial_multiple=100.0, max_seconds=60.0,
                            max_rows=1_000_000),
         "end_offsets": lambda: store.offsets(TOPIC), **options}))
