@@ -22,10 +22,16 @@
 #
 # Secrets: the repository and the rendered manifests hold none, only references. Before
 # applying, this script makes sure that they exist in the namespace:
-#   recsys-secrets   postgres-password, redis-password, grafana-admin-password: created
-#                    once with random (URL-safe) values when missing, never printed; read
+#   recsys-secrets   postgres-password, redis-password, grafana-admin-password, and MLflow's
+#                    mlflow-admin-password, mlflow-flask-secret-key, mlflow-trainer-password,
+#                    mlflow-recommender-password: each created once with a random (URL-safe)
+#                    value when missing (keys already there are kept), never printed; read
 #                    one with kubectl -n recsys get secret recsys-secrets \
 #                      -o jsonpath='{.data.grafana-admin-password}' | base64 -d
+#   MLflow users     once MLflow is up, scripts/mlflow_users.py runs in its pod: the trainer
+#                    (manages the registered model) and the recommender (reads only), with
+#                    the passwords above; re-run on every deploy, so a password changed in the
+#                    Secret takes effect (then roll the trainer and the recommender)
 #   envoy-jwks       jwks.json, from --jwks; when missing without it, the dev overlay takes
 #                    the local stack's JWKS (python -m scripts.localstack.pki), so that
 #                    `recsys token` mints tokens the dev Envoy accepts; any other overlay
@@ -121,16 +127,25 @@ secret_exists() { kubectl -n "$namespace" get secret "$1" >/dev/null 2>&1; }
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 
-if ! secret_exists recsys-secrets; then
-  keys=(postgres-password redis-password grafana-admin-password)
-  args=()
-  for key in "${keys[@]}"; do
-    # 24 random bytes as hex: URL-safe, as the connection URLs need.
+keys=(postgres-password redis-password grafana-admin-password mlflow-admin-password
+  mlflow-flask-secret-key mlflow-trainer-password mlflow-recommender-password)
+args=()
+added=()
+for key in "${keys[@]}"; do
+  # Keep a value the Secret has; else 24 random bytes as hex: URL-safe, as the connection
+  # URLs need. Values only ever pass through owner-only files, never command lines.
+  (umask 077 && kubectl -n "$namespace" get secret recsys-secrets \
+    -o "go-template={{index .data \"$key\" | base64decode}}" >"$scratch/$key" 2>/dev/null) || true
+  if [[ ! -s "$scratch/$key" ]]; then
     (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$scratch/$key")
-    args+=("--from-file=$scratch/$key")
-  done
-  kubectl -n "$namespace" create secret generic recsys-secrets "${args[@]}" >/dev/null
-  log "created Secret recsys-secrets (random ${keys[*]})"
+    added+=("$key")
+  fi
+  args+=("--from-file=$scratch/$key")
+done
+if ((${#added[@]})); then
+  kubectl -n "$namespace" create secret generic recsys-secrets "${args[@]}" \
+    --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  log "Secret recsys-secrets: random ${added[*]}"
 fi
 
 if [[ -z "$jwks" ]] && ! secret_exists envoy-jwks; then
@@ -150,6 +165,10 @@ fi
 
 log "applying"
 kubectl apply -f "$out"
+
+log "waiting for MLflow, then making its users"
+kubectl -n "$namespace" rollout status deployment/mlflow --timeout="$timeout"
+kubectl -n "$namespace" exec -i deployment/mlflow -c mlflow -- python - <scripts/mlflow_users.py
 
 log "waiting for the rollouts (up to $timeout each)"
 kubectl get -f "$out" -o name | grep -E '^(deployment|statefulset)\.apps/' | while read -r workload; do

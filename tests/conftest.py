@@ -3,7 +3,9 @@
 Each fixture starts its component, waits until it answers, and stops it (process group and
 all) when its scope ends, even if a test failed; `pytest_sessionfinish` sweeps whatever is
 left, and an atexit hook in `components` is the last resort. Under CI=true a skipped test
-fails the run (`tests/support/ci_skips.py`).
+fails the run (`tests/support/ci_skips.py`). A run that takes in tests/integration or
+tests/e2e happens in a network namespace with only the loopback interface, and fails if
+anything tried to reach beyond it (`tests/support/loopback.py`).
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from scripts.localstack.components import (
     TansuBroker,
     stop_all,
 )
+from tests.support import loopback
 from tests.support.ci_skips import (  # noqa: F401 (hooks, found by name)
     pytest_make_collect_report,
     pytest_runtest_makereport,
 )
 
 C = TypeVar("C", bound=Component)
+TESTS = Path(__file__).resolve().parent
 
 _startups: list[tuple[str, float]] = []
 _buckets = itertools.count()
@@ -40,13 +44,36 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+    if _starts_servers(config):
+        loopback.isolate()
+
+
+def _starts_servers(config: pytest.Config) -> bool:
+    """Whether the run takes in the integration or end-to-end tests (a path inside one of
+    them, or above them: `pytest tests`)."""
+    suites = [TESTS / "integration", TESTS / "e2e"]
+    paths = [Path(config.invocation_params.dir, arg.split("::")[0]).resolve()
+             for arg in config.args]
+    return any(path.is_relative_to(suite) or suite.is_relative_to(path)
+               for path in paths for suite in suites)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     stop_all()
+    if loopback.isolated() and (attempts := loopback.unexpected_attempts()):
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_sep("=", f"{attempts} attempts to reach beyond loopback "
+                                    "(tests/support/loopback.py)", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if loopback.isolated():
+        terminalreporter.write_line(
+            f"network: only loopback ({', '.join(loopback.interfaces())}); attempts beyond it: "
+            f"{loopback.unexpected_attempts()} (and {loopback.attempts_beyond_loopback()} with "
+            "the self-test's own)")
     if _startups:
         terminalreporter.write_sep("-", "component start-up (start to ready)")
         for name, seconds in _startups:

@@ -187,6 +187,9 @@ def echo_server() -> None:
         async def start(self, health: HealthReporter) -> None:
             await health.set_serving(SERVICE, True)
 
+        async def drain(self) -> None:
+            pass
+
         async def close(self) -> None:
             pass
 

@@ -1,1 +1,1 @@
-"""Real infrastructure as local processes: test fixtures and the honcho-run local stack."""
+"""Real infrastructure as local processes: test fixtures and the supervised local stack."""

@@ -2,7 +2,7 @@
 
 Each component is one process group started on loopback ports with its data and log file in
 its own directory. `command()` and `env()` are the single source of the command line: the
-fixtures run it with `start()`, the local stack writes it into a Procfile (see `procfile.py`).
+fixtures run it with `start()`, the local stack hands it to supervisord (see `procfile.py`).
 
 Nothing here may send traffic off the loopback interface: every server binds 127.0.0.1, every
 client is given an explicit endpoint and credentials, and telemetry is switched off.
@@ -31,6 +31,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Self
+
+from scripts import mlflow_users
 
 HOST = "127.0.0.1"
 VENV_BIN = Path(sys.executable).parent
@@ -68,6 +70,14 @@ def tcp_open(port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path`, owner-only (0600) from the first byte: files with passwords."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
 
 
 def http_ok(port: int, path: str, timeout: float = 2.0) -> bool:
@@ -148,7 +158,8 @@ class Component(ABC):
         self.data_dir.mkdir(parents=True, exist_ok=True)
 
     def pre_commands(self) -> list[list[str]]:
-        """Commands the Procfile runs before `command()` (start() does the same in Python)."""
+        """Commands the local stack's line runs before `command()` (start() does the same in
+        Python)."""
         return []
 
     @abstractmethod
@@ -594,12 +605,15 @@ class MlflowServer(Component):
 
     A fresh SQLite store is migrated on first start (~1 s of the ~5 s); a migrated copy is kept
     in `template_cache`, keyed by the MLflow version, and copied in for the next fresh store.
+    `authenticated` runs MLflow's basic-auth app with generated passwords (`credentials`,
+    `service_env`) and, once ready, the trainer's and the recommender's accounts.
     """
 
     name = "mlflow"
 
     def __init__(self, data_dir: Path, *, port: int | None = None,
-                 template_cache: Path | None = None, use_template: bool = True) -> None:
+                 template_cache: Path | None = None, use_template: bool = True,
+                 authenticated: bool = False) -> None:
         super().__init__(data_dir)
         self.port = port or free_port()
         self._template = None
@@ -607,6 +621,10 @@ class MlflowServer(Component):
             version = importlib.metadata.version("mlflow")
             self._template = (template_cache or default_cache_dir()) / f"mlflow-{version}.sqlite"
         self._fresh = False
+        # With `authenticated`, MLflow's basic-auth app: every request needs a user
+        # (users.json keeps the generated passwords across restarts; see create_users).
+        self.authenticated = authenticated
+        self._secrets = self._saved_secrets() if authenticated else {}
 
     @property
     def tracking_uri(self) -> str:
@@ -616,29 +634,90 @@ class MlflowServer(Component):
     def db_path(self) -> Path:
         return self.data_dir / "mlflow.db"
 
+    @property
+    def _auth_config(self) -> Path:
+        return self.data_dir / "basic_auth.ini"
+
+    @property
+    def _secrets_path(self) -> Path:
+        return self.data_dir / "users.json"
+
+    def _saved_secrets(self) -> dict[str, str]:
+        try:
+            saved: dict[str, str] = json.loads(self._secrets_path.read_text())
+            return saved
+        except (OSError, ValueError):
+            names = ("admin", "flask", mlflow_users.TRAINER, mlflow_users.RECOMMENDER)
+            return {name: secrets.token_urlsafe(24) for name in names}
+
+    def credentials(self, user: str) -> tuple[str, str]:
+        """(user, password) of "admin", mlflow_users.TRAINER or mlflow_users.RECOMMENDER."""
+        return user, self._secrets[user]
+
+    def service_env(self, user: str) -> dict[str, str]:
+        """The settings with which a service (the trainer, the recommender) signs in as
+        `user`; none without authentication."""
+        if not self.authenticated:
+            return {}
+        name, password = self.credentials(user)
+        return {"RECSYS_MLFLOW_USERNAME": name, "RECSYS_MLFLOW_PASSWORD": password}
+
     def command(self) -> list[str]:
-        return [
+        argv = [
             str(VENV_BIN / "mlflow"), "server",
             "--host", HOST, "--port", str(self.port), "--workers", "1",
             "--backend-store-uri", f"sqlite:///{self.db_path}",
             "--serve-artifacts", "--artifacts-destination", str(self.data_dir / "artifacts"),
         ]
+        if self.authenticated:
+            argv += ["--app-name", "basic-auth"]
+        return argv
 
     def env(self) -> dict[str, str]:
-        return {
+        env = {
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # else ~15 processes, ~3 GB
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "DO_NOT_TRACK": "true",
         }
+        if self.authenticated:  # the admin's password is in the config file (0600)
+            env |= {"MLFLOW_AUTH_CONFIG_PATH": str(self._auth_config),
+                    "MLFLOW_FLASK_SERVER_SECRET_KEY": self._secrets["flask"]}
+        return env
+
+    def create_users(self, model_name: str = "recsys-mf") -> None:
+        """The trainer's and the recommender's accounts, and `model_name` managed by the
+        trainer (scripts/mlflow_users.py); call once the server answers."""
+        mlflow_users.ensure_users(
+            self.tracking_uri, self.credentials("admin"),
+            {name: self._secrets[name]
+             for name in (mlflow_users.TRAINER, mlflow_users.RECOMMENDER)}, model_name)
 
     def prepare(self) -> None:
         super().prepare()
+        if self.authenticated:
+            write_private(self._secrets_path, json.dumps(self._secrets))
+            # default_permission READ: any signed-in user reads; writing a registered model
+            # takes its creator's or a granted permission (the trainer's).
+            write_private(self._auth_config, "\n".join([
+                "[mlflow]", "default_permission = READ",
+                f"database_uri = sqlite:///{self.data_dir / 'basic_auth.db'}",
+                "admin_username = admin", f"admin_password = {self._secrets['admin']}",
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+                # A password is checked with scrypt on every request (tens of ms of CPU):
+                # cache a good one for a minute (a changed password takes that long).
+                "auth_cache_ttl_seconds = 60",
+                ""]))
         self._fresh = not self.db_path.exists()
         if self._fresh and self._template and self._template.is_file():
             shutil.copyfile(self._template, self.db_path)
             self._fresh = False
 
     def _on_ready(self) -> None:
+        self._save_template()  # first: the template holds no model of these users
+        if self.authenticated:
+            self.create_users()
+
+    def _save_template(self) -> None:
         # Snapshot the just-migrated store; sqlite's backup API copies it consistently.
         if not (self._fresh and self._template) or self._template.exists():
             return
@@ -719,4 +798,5 @@ __all__ = [
     "stop_all",
     "tansu_binary",
     "tcp_open",
+    "write_private",
 ]

@@ -1,8 +1,8 @@
-"""Wait for the local S3 endpoint and create a bucket: run before Tansu in the Procfile.
+"""Wait for the local S3 endpoint and create a bucket: run before Tansu in its supervised line.
 
 Usage: python -m scripts.localstack.ensure_bucket BUCKET [TIMEOUT_S]
 Reads AWS_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION (all required,
-so boto3 never falls back to a cloud default). Honcho starts every line at once, and Tansu
+so boto3 never falls back to a cloud default). supervisord starts the programs at once, and Tansu
 needs its bucket before its first write, hence this step.
 """
 

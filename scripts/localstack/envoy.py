@@ -15,7 +15,7 @@ from scripts.localstack.pki import Pki
 from services.edge.descriptor import DESCRIPTOR
 from services.edge.policy import EdgeSecurity
 from services.edge.profiles import K8S, K8S_SECURITY
-from services.edge.render import render_envoy_config
+from services.edge.render import ADMIN_PATHS, render_envoy_config
 
 
 class Envoy(Component):
@@ -25,7 +25,8 @@ class Envoy(Component):
 
     def __init__(self, data_dir: Path, *, ingest: str, trainer: str, recommender: str,
                  port: int | None = None, admin_port: int | None = None,
-                 concurrency: int = 2, security: EdgeSecurity | None = None) -> None:
+                 concurrency: int = 2, security: EdgeSecurity | None = None,
+                 admin_paths: tuple[str, ...] = ADMIN_PATHS) -> None:
         super().__init__(data_dir)
         spare = iter(free_ports(2))
         self.port = port or next(spare)
@@ -33,6 +34,7 @@ class Envoy(Component):
         self.ingest, self.trainer, self.recommender = ingest, trainer, recommender
         self.concurrency = concurrency
         self.security = security
+        self.admin_paths = admin_paths  # what its admin endpoint answers (tests add paths)
 
     @property
     def url(self) -> str:
@@ -62,7 +64,8 @@ class Envoy(Component):
         return render_envoy_config(**{
             "listen_port": self.port, "admin_port": self.admin_port, "ingest": self.ingest,
             "trainer": self.trainer, "recommender": self.recommender,
-            "descriptor_path": DESCRIPTOR, "security": self.security, **options})
+            "descriptor_path": DESCRIPTOR, "security": self.security,
+            "admin_paths": self.admin_paths, **options})
 
     def prepare(self) -> None:
         super().prepare()
@@ -91,7 +94,8 @@ def k8s_files(pki: Pki, descriptor: Path = DESCRIPTOR) -> dict[str, Path]:
     return {
         K8S.descriptor_path: descriptor,
         listener.cert: pki.server_cert, listener.key: pki.server_key,
-        upstream.cert: pki.client_cert, upstream.key: pki.client_key, upstream.ca: pki.ca_cert,
+        upstream.cert: pki.envoy_client_cert, upstream.key: pki.envoy_client_key,
+        upstream.ca: pki.ca_cert,
         K8S_SECURITY.jwks: pki.jwks,
     }
 

@@ -7,7 +7,8 @@ leave the folder and are never committed (`.local/` is in .gitignore).
 
     <dir>/ca.crt, ca.key              the authority every server and client trusts
     <dir>/server.crt, server.key      Envoy's listener and every gRPC server (SANs below)
-    <dir>/client.crt, client.key      mutual TLS clients: the CLI, Envoy's upstream clusters
+    <dir>/client.crt, client.key      the CLI's mutual TLS identity, ADMIN_IDENTITY
+    <dir>/envoy-client.crt, .key      Envoy's towards the services, EDGE_IDENTITY
     <dir>/jwt/signing-key.pem         signs access tokens (ES256; `recsys token`)
     <dir>/jwt/retired/<kid>.pem       public keys of earlier signing keys, still accepted
     <dir>/jwks.json                   what Envoy verifies tokens against: current + retired
@@ -48,6 +49,10 @@ DEFAULT_DIR = ROOT / ".local" / "pki"
 # Kubernetes Service names for a cluster that uses this CA.
 SERVER_NAMES = ("localhost", "envoy", "ingest", "trainer", "recommender", "redis")
 SERVER_IPS = ("127.0.0.1",)
+# Client certificate identities (their DNS name and common name), which the services' allow-lists
+# (RECSYS_TLS_*CALLERS, services.core.callers) name: the operator's CLI and Envoy.
+ADMIN_IDENTITY = "recsys-admin"
+EDGE_IDENTITY = "envoy"
 CA_DAYS = 5 * 365
 CERT_DAYS = 365
 RENEW_BEFORE = datetime.timedelta(days=30)
@@ -83,6 +88,14 @@ class Pki:
     @property
     def client_key(self) -> Path:
         return self.directory / "client.key"
+
+    @property
+    def envoy_client_cert(self) -> Path:
+        return self.directory / "envoy-client.crt"
+
+    @property
+    def envoy_client_key(self) -> Path:
+        return self.directory / "envoy-client.key"
 
     @property
     def signing_key(self) -> Path:
@@ -248,6 +261,17 @@ def _current(pki: Pki, cert_path: Path, key_path: Path, *, names: Sequence[str] 
     return True
 
 
+def issue_client_certificate(pki: Pki, identity: str, cert_path: Path, key_path: Path) -> None:
+    """A client certificate (new key) for `identity`, its DNS name and common name."""
+    _issue(pki, cert_path, key_path, subject=identity, usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+           names=[identity])
+
+
+def _client_certificates(pki: Pki) -> dict[str, tuple[Path, Path]]:
+    return {ADMIN_IDENTITY: (pki.client_cert, pki.client_key),
+            EDGE_IDENTITY: (pki.envoy_client_cert, pki.envoy_client_key)}
+
+
 # -- token signing keys -----------------------------------------------------------------------
 
 
@@ -299,9 +323,9 @@ def ensure_pki(directory: Path = DEFAULT_DIR, *, names: Sequence[str] = SERVER_N
     if not _current(pki, pki.server_cert, pki.server_key, names=names, ips=ips):
         _issue(pki, pki.server_cert, pki.server_key, subject="recsys-server",
                usage=ExtendedKeyUsageOID.SERVER_AUTH, names=names, ips=ips)
-    if not _current(pki, pki.client_cert, pki.client_key):
-        _issue(pki, pki.client_cert, pki.client_key, subject="recsys-client",
-               usage=ExtendedKeyUsageOID.CLIENT_AUTH, names=["recsys-client"])
+    for identity, (cert, key) in _client_certificates(pki).items():
+        if not _current(pki, cert, key, names=[identity]):
+            issue_client_certificate(pki, identity, cert, key)
     _ensure_signing_key(pki)
     return pki
 
@@ -312,8 +336,8 @@ def rotate_certificates(directory: Path = DEFAULT_DIR, *, names: Sequence[str] =
     pki = ensure_pki(directory, names=names, ips=ips)
     _issue(pki, pki.server_cert, pki.server_key, subject="recsys-server",
            usage=ExtendedKeyUsageOID.SERVER_AUTH, names=names, ips=ips)
-    _issue(pki, pki.client_cert, pki.client_key, subject="recsys-client",
-           usage=ExtendedKeyUsageOID.CLIENT_AUTH, names=["recsys-client"])
+    for identity, (cert, key) in _client_certificates(pki).items():
+        issue_client_certificate(pki, identity, cert, key)
     return pki
 
 
@@ -342,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         print("new CA, certificates and signing key; restart the stack")
     pki = ensure_pki(args.dir)
     for name in ("ca_cert", "server_cert", "server_key", "client_cert", "client_key",
-                 "signing_key", "jwks"):
+                 "envoy_client_cert", "envoy_client_key", "signing_key", "jwks"):
         print(f"{name:<12} {getattr(pki, name)}")
     return 0
 

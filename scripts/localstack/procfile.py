@@ -1,11 +1,9 @@
-"""The local stack's Procfile (run by honcho), built from the same component classes as the tests.
+"""The local stack's processes as Procfile-style lines (one shell command each), built from the
+same component classes as the tests; `scripts/localstack/supervisor.py` runs them.
 
-    from scripts.localstack.procfile import local_stack, write_procfile, honcho_argv
+    from scripts.localstack.procfile import local_stack, procfile_line, service_lines
     stack = local_stack()                       # fixed ports, state in <repo>/.local/
-    write_procfile(stack, extra=service_lines(stack.ports))   # once the services exist
-    subprocess.run(honcho_argv(stack))
-
-`python -m scripts.localstack.procfile` writes the files and prints the honcho command.
+    lines = {c.name: procfile_line(c) for c in stack.components} | service_lines(stack.ports)
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ import yaml
 
 from scripts.localstack.components import (
     HOST,
-    VENV_BIN,
     Component,
     MlflowServer,
     Prometheus,
@@ -33,11 +30,12 @@ from scripts.localstack.components import (
 ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = ROOT / ".local"  # git-ignored
 OBSERVABILITY = ROOT / "observability"
+SERVICES = ("ingest", "trainer", "recommender")
 
 
 @dataclass(frozen=True, kw_only=True)
 class LocalPorts:
-    """The local stack's fixed ports (DESIGN.md)."""
+    """The local stack's fixed ports (DESIGN.md); the `_2` ones are the second replicas'."""
 
     kafka: int = 9092
     redis: int = 6379
@@ -52,6 +50,19 @@ class LocalPorts:
     recommender_metrics: int = 9103
     envoy: int = 8080
     envoy_admin: int = 9901
+    ingest_2_grpc: int = 50054
+    ingest_2_metrics: int = 9104
+    recommender_2_grpc: int = 50055
+    recommender_2_metrics: int = 9105
+
+    def replicas(self, service: str, count: int = 1) -> list[tuple[int, int]]:
+        """(gRPC port, metrics port) of each of `count` replicas of a service (at most two;
+        the trainer, the dataset's one writer, always runs once)."""
+        ports = [(getattr(self, f"{service}_grpc"), getattr(self, f"{service}_metrics"))]
+        if count > 1 and service != "trainer":
+            ports.append((getattr(self, f"{service}_2_grpc"),
+                          getattr(self, f"{service}_2_metrics")))
+        return ports
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,25 +91,27 @@ class LocalStack:
         }
 
 
-def prometheus_config_for(ports: LocalPorts) -> str:
+def prometheus_config_for(ports: LocalPorts, replicas: int = 1) -> str:
     """observability/prometheus.yml pointed at these ports: the same jobs and rules as in
     Kubernetes, so the dashboards and alerts can be checked against the local stack."""
     config = yaml.safe_load((OBSERVABILITY / "prometheus.yml").read_text())
-    targets = {"prometheus": ports.prometheus, "ingest": ports.ingest_metrics,
-               "trainer": ports.trainer_metrics, "recommender": ports.recommender_metrics,
-               "envoy": ports.envoy_admin}
+    targets = {"prometheus": [ports.prometheus], "envoy": [ports.envoy_admin]} | {
+        service: [metrics for _, metrics in ports.replicas(service, replicas)]
+        for service in SERVICES}
     for job in config["scrape_configs"]:
-        job["static_configs"] = [{"targets": [f"{HOST}:{targets[job['job_name']]}"]}]
+        job["static_configs"] = [{"targets": [f"{HOST}:{port}"
+                                              for port in targets[job["job_name"]]]}]
     config["rule_files"] = [str(OBSERVABILITY / pattern) for pattern in config["rule_files"]]
     return yaml.safe_dump(config, sort_keys=False)
 
 
 def local_stack(state_dir: Path = STATE_DIR, ports: LocalPorts | None = None, *,
                 seaweed_ports: SeaweedPorts | None = None, free_seaweed: bool = False,
-                prometheus_config: Path | None = None) -> LocalStack:
+                prometheus_config: Path | None = None, replicas: int = 1) -> LocalStack:
     """The components of the local stack; Kafka is durable (Tansu on SeaweedFS S3).
 
-    Without `prometheus_config`, observability/prometheus.yml is rendered for these ports.
+    Without `prometheus_config`, observability/prometheus.yml is rendered for these ports
+    (and `replicas` of ingest and the recommender).
     `seaweed_ports` defaults to weed's usual ports around `ports.s3`, or to free ports
     (`free_seaweed`, for a stack beside another one); `ports.s3` always wins.
     """
@@ -107,7 +120,7 @@ def local_stack(state_dir: Path = STATE_DIR, ports: LocalPorts | None = None, *,
     if prometheus_config is None:
         prometheus_config = state_dir / "prometheus" / "prometheus.yml"
         prometheus_config.parent.mkdir(parents=True, exist_ok=True)
-        prometheus_config.write_text(prometheus_config_for(ports))
+        prometheus_config.write_text(prometheus_config_for(ports, replicas))
     if seaweed_ports is None:
         seaweed_ports = SeaweedPorts.free() if free_seaweed else SeaweedPorts.local(ports.s3)
     if seaweed_ports.s3 != ports.s3:
@@ -126,7 +139,8 @@ def local_stack(state_dir: Path = STATE_DIR, ports: LocalPorts | None = None, *,
 
 
 def procfile_line(component: Component) -> str:
-    """`cd repo && export ENV && pre-steps && exec COMMAND`: the same argv start() runs."""
+    """`cd repo && export ENV && pre-steps && exec COMMAND`: the same argv start() runs, as
+    one shell line."""
     steps = [f"cd {shlex.quote(str(ROOT))}"]
     if env := component.env():
         steps.append("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()))
@@ -137,7 +151,7 @@ def procfile_line(component: Component) -> str:
 
 def service_line(module: str, *, grpc_port: int, metrics_port: int,
                  env: Mapping[str, str] | None = None) -> str:
-    """A Procfile command for one of our gRPC servers (`python -m services.<name>`)."""
+    """The line of one of our gRPC servers (`python -m services.<name>`)."""
     variables = {"RECSYS_GRPC_PORT": str(grpc_port), "RECSYS_METRICS_PORT": str(metrics_port),
                  **(env or {})}
     assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in variables.items())
@@ -145,69 +159,17 @@ def service_line(module: str, *, grpc_port: int, metrics_port: int,
             f"{shlex.quote(sys.executable)} -m {module}")
 
 
-def service_lines(ports: LocalPorts, env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The three services' lines, for `write_procfile(extra=...)` once they exist."""
+def service_lines(ports: LocalPorts, env: Mapping[str, str] | None = None, *,
+                  replicas: int = 1,
+                  own: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, str]:
+    """The services' lines by program name: "ingest", "trainer", "recommender", and with
+    `replicas` 2 also "ingest-2" and "recommender-2" (the trainer runs once); `own` adds
+    variables for one service only (by service name: its MLflow account)."""
+    own = own or {}
     return {
-        "ingest": service_line("services.ingest", grpc_port=ports.ingest_grpc,
-                               metrics_port=ports.ingest_metrics, env=env),
-        "trainer": service_line("services.trainer", grpc_port=ports.trainer_grpc,
-                                metrics_port=ports.trainer_metrics, env=env),
-        "recommender": service_line("services.recommender", grpc_port=ports.recommender_grpc,
-                                    metrics_port=ports.recommender_metrics, env=env),
+        service if n == 0 else f"{service}-{n + 1}": service_line(
+            f"services.{service}", grpc_port=grpc_port, metrics_port=metrics_port,
+            env={**(env or {}), **own.get(service, {})})
+        for service in SERVICES
+        for n, (grpc_port, metrics_port) in enumerate(ports.replicas(service, replicas))
     }
-
-
-def procfile_text(stack: LocalStack, *, extra: Mapping[str, str] | None = None) -> str:
-    """Component lines, then `extra` (services, Envoy) or commented placeholders for them."""
-    lines = ["# Generated by scripts/localstack/procfile.py; edit that, not this file."]
-    lines += [f"{c.name}: {procfile_line(c)}" for c in stack.components]
-    if extra is not None:
-        lines += [f"{name}: {command}" for name, command in extra.items()]
-    else:
-        lines.append("# Placeholders: pass extra=service_lines(ports) | {'envoy': ...}")
-        lines += [f"# {name}: {command}" for name, command in service_lines(stack.ports).items()]
-        lines.append(f"# envoy: (Envoy component; listener {stack.ports.envoy}, "
-                     f"admin {stack.ports.envoy_admin})")
-    return "\n".join(lines) + "\n"
-
-
-def write_procfile(stack: LocalStack, *, extra: Mapping[str, str] | None = None,
-                   env: Mapping[str, str] | None = None) -> tuple[Path, Path]:
-    """Write `<state>/Procfile` and `<state>/.env`; prepare every component's data dir.
-
-    `.env` holds only variables safe for every process; component-specific ones are inline
-    in their own line so, e.g., Tansu's S3 keys reach nothing else.
-    """
-    for component in stack.components:
-        component.prepare()
-    procfile = stack.state_dir / "Procfile"
-    procfile.write_text(procfile_text(stack, extra=extra))
-    variables = {
-        "PYTHONUNBUFFERED": "1",
-        "MLFLOW_TRACKING_URI": stack.mlflow.tracking_uri,
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "true",
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "NO_PROXY": "127.0.0.1,localhost",
-        **(env or {}),
-    }
-    dotenv = stack.state_dir / ".env"
-    dotenv.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in variables.items()))
-    return procfile, dotenv
-
-
-def honcho_argv(stack: LocalStack) -> list[str]:
-    """The command that runs the Procfile (honcho stops every line when one exits)."""
-    return [str(VENV_BIN / "honcho"), "start", "-d", str(ROOT),
-            "-f", str(stack.state_dir / "Procfile"), "-e", str(stack.state_dir / ".env")]
-
-
-def main() -> None:
-    stack = local_stack()
-    procfile, _ = write_procfile(stack)
-    print(procfile.read_text())
-    print("run:", shlex.join(honcho_argv(stack)))
-
-
-if __name__ == "__main__":
-    main()

@@ -26,11 +26,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from services.edge.tokens import AUDIENCE, ISSUER, SCOPES
+from services.edge.tokens import AUDIENCE, ISSUER, MAX_LIFETIME_S, SCOPES
 
 ALGORITHM = "ES256"
 DEFAULT_TTL_S = 3600
-MAX_TTL_S = 7 * 24 * 3600
+MAX_TTL_S = MAX_LIFETIME_S
 KEY_FILE_ENV = "RECSYS_CLI_TOKEN_KEY_FILE"
 DEFAULT_KEY_FILE = Path(".local/pki/jwt/signing-key.pem")
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from services.core import kafka, tls
-from services.core.settings import env, port, positive
+from services.core.callers import CallerPolicy
+from services.core.settings import SettingsError, env, non_negative, port, positive
 
 
 def secret(field: Any) -> Any:
@@ -33,6 +34,11 @@ class ServerSettings:
     shutdown_grace_s: float = env("RECSYS_SHUTDOWN_GRACE_S", 10.0,
                                   "Seconds in-flight RPCs get to finish on SIGTERM.",
                                   check=positive, rule="> 0")
+    shutdown_delay_s: float = env(
+        "RECSYS_SHUTDOWN_DELAY_S", 0.0,
+        "Seconds a server keeps serving on SIGTERM after health turns NOT_SERVING, before it "
+        "drains: load balancers that health-check it (Envoy) stop sending calls first. 0 in "
+        "Kubernetes, where the pod's preStop sleep does this.", check=non_negative, rule=">= 0")
     tls_cert_file: str = env(
         "RECSYS_TLS_CERT_FILE", "",
         "PEM certificate chain of the gRPC server; with RECSYS_TLS_KEY_FILE the port speaks TLS "
@@ -42,6 +48,19 @@ class ServerSettings:
     tls_ca_file: str = env(
         "RECSYS_TLS_CA_FILE", "",
         "PEM CA bundle; set, clients must present a certificate it signed (mutual TLS).")
+    tls_callers: tuple[str, ...] = env(
+        "RECSYS_TLS_CALLERS", ("envoy", "recsys-admin"),
+        "With mutual TLS: the client certificate identities (a DNS name of the certificate, "
+        "else its common name) that may call this service's RPCs and reflection; any "
+        "certificate from the CA may call health.")
+    tls_admin_callers: tuple[str, ...] = env(
+        "RECSYS_TLS_ADMIN_CALLERS", ("envoy", "recsys-admin"),
+        "With mutual TLS: the identities that may call the admin RPCs (start or cancel a "
+        "training job, promote a model version).")
+    tls_edge_callers: tuple[str, ...] = env(
+        "RECSYS_TLS_EDGE_CALLERS", ("envoy",),
+        "With mutual TLS: the identities (Envoy) trusted to name the end user they call for, "
+        "in the x-recsys-caller header (logged, and recorded on admin actions).")
     health_port: int = env(
         "RECSYS_HEALTH_PORT", 0,
         "Plaintext port serving only grpc.health.v1, for probes that cannot do (mutual) TLS, "
@@ -52,6 +71,13 @@ class ServerSettings:
         self.server_tls()
         if isinstance(self, KafkaSettings):
             self.kafka_security()
+        if isinstance(self, MlflowSettings):
+            self.mlflow_credentials()
+
+    def caller_policy(self) -> CallerPolicy:
+        """Who may call what, by client certificate (enforced with mutual TLS only)."""
+        return CallerPolicy.of(callers=self.tls_callers, admins=self.tls_admin_callers,
+                               edge=self.tls_edge_callers)
 
     def server_tls(self) -> tls.ServerTLS | None:
         """The gRPC port's TLS (None: plaintext); raises SettingsError when misconfigured."""
@@ -108,3 +134,16 @@ class MlflowSettings:
     model_name: str = env("RECSYS_MODEL_NAME", "recsys-mf",
                           "Registered model: the trainer adds a version per run, the "
                           "recommender serves its \"champion\".")
+    mlflow_username: str = env(
+        "RECSYS_MLFLOW_USERNAME", "",
+        "MLflow user (its basic-auth app): the trainer's may write, the recommender's only "
+        "read. Empty: no credentials (an MLflow without authentication).")
+    mlflow_password: str = secret(env(
+        "RECSYS_MLFLOW_PASSWORD", "",
+        "Password of RECSYS_MLFLOW_USERNAME (from a Secret; never printed)."))
+
+    def mlflow_credentials(self) -> tuple[str, str] | None:
+        """(user, password) for MLflow, or None; SettingsError when only one is set."""
+        if bool(self.mlflow_username) != bool(self.mlflow_password):
+            raise SettingsError("RECSYS_MLFLOW_USERNAME and RECSYS_MLFLOW_PASSWORD go together")
+        return (self.mlflow_username, self.mlflow_password) if self.mlflow_username else None

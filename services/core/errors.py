@@ -48,6 +48,12 @@ class FailedPrecondition(RecsysError):
     code = StatusCode.FAILED_PRECONDITION
 
 
+class PermissionDenied(RecsysError):
+    """The caller is known (its client certificate) but may not call this method."""
+
+    code = StatusCode.PERMISSION_DENIED
+
+
 class Unavailable(RecsysError):
     """A dependency is down; the call is safe to retry unless `retryable` is False (part of
     it was done, e.g. some events were published)."""

@@ -1,4 +1,5 @@
-"""Server interceptors: Prometheus metrics outermost, then the one error mapping."""
+"""Server interceptors: Prometheus metrics outermost, then the one error mapping, then (with
+mutual TLS) who may call what."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import grpc
 from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
-from services.core.errors import RecsysError
+from services.core.callers import CALLER_HEADER, CallerPolicy, acting_as
+from services.core.errors import PermissionDenied, RecsysError
 from services.core.metrics import GrpcServerMetrics
+from services.core.names import ADMIN_METHODS
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +100,12 @@ async def _abort_with(context: grpc.aio.ServicerContext, exc: RecsysError) -> No
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts started and handled RPCs and times them, labelled by type, service and method."""
+    """Counts started and handled RPCs and times them, labelled by type, service and method;
+    `in_flight` is how many calls have started and not yet ended."""
 
     def __init__(self, metrics: GrpcServerMetrics) -> None:
         self._metrics = metrics
+        self.in_flight = 0
 
     async def intercept_service(
         self, continuation: Continuation, details: grpc.HandlerCallDetails
@@ -115,11 +120,13 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         @asynccontextmanager
         async def measured(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
             metrics.started.labels(*labels).inc()
+            self.in_flight += 1
             start, failed = time.perf_counter(), True
             try:
                 yield
                 failed = False
             finally:
+                self.in_flight -= 1
                 code = context.code()
                 if isinstance(code, int):
                     code = _CODES.get(code, grpc.StatusCode.UNKNOWN)
@@ -129,3 +136,37 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 metrics.handling_seconds.labels(*labels).observe(time.perf_counter() - start)
 
         return _guarded(handler, measured)
+
+
+class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses a caller whose client certificate `policy` does not allow for the method
+    (PERMISSION_DENIED), runs the RPC as that caller (`services.core.callers.current_caller`)
+    and logs every admin RPC with who called it. Installed only with mutual TLS."""
+
+    def __init__(self, policy: CallerPolicy) -> None:
+        self._policy = policy
+
+    async def intercept_service(
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method, policy = details.method, self._policy
+        subject = next((str(value) for key, value in details.invocation_metadata or ()
+                        if key == CALLER_HEADER), None)
+
+        @asynccontextmanager
+        async def authorised(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+            identities = [name.decode() for name in context.peer_identities() or ()]
+            caller = policy.caller(identities, subject)
+            if not policy.permits(method, identities):
+                log.warning("call refused", extra={"grpc_method": method,
+                                                   "caller": str(caller)})
+                raise PermissionDenied(f"{caller} may not call {method}")
+            if method in ADMIN_METHODS:
+                log.info("admin call", extra={"grpc_method": method, "caller": str(caller)})
+            with acting_as(caller):
+                yield
+
+        return _guarded(handler, authorised)

@@ -21,3 +21,10 @@ SERVICE_NAMES: Mapping[str, str] = MappingProxyType({
     "trainer": trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name,
     "recommender": recommender_pb2.DESCRIPTOR.services_by_name["RecommenderService"].full_name,
 })
+
+# The RPCs that change what is trained or served: only admin identities may call them
+# (services.core.callers); the edge asks for the `admin` scope on every TrainerService route.
+_TRAINER = SERVICE_NAMES["trainer"]
+ADMIN_METHODS: frozenset[str] = frozenset(
+    f"/{_TRAINER}/{method}"
+    for method in ("StartTrainingJob", "CancelTrainingJob", "PromoteModelVersion"))

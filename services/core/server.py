@@ -2,10 +2,12 @@
 
 `build_server` registers, in one fixed order, the servicers, health, reflection and the
 interceptors, and returns the server unstarted, so tests and `__main__` build it the same way.
-`serve` runs it until SIGTERM/SIGINT and shuts down in order: health NOT_SERVING, drain
-in-flight RPCs within the grace period, close the service's resources.
+`serve` runs it until SIGTERM/SIGINT and shuts down in order: health NOT_SERVING, the app ends
+its long-running work (a client stream, a training job), in-flight RPCs drain within the grace
+period, the service's resources close.
 
-With TLS settings the gRPC port speaks TLS (mutual TLS with a CA: see `services.core.tls`),
+With TLS settings the gRPC port speaks TLS (mutual TLS with a CA: see `services.core.tls`, and
+then each caller's certificate identity is checked: `services.core.callers`),
 and RECSYS_HEALTH_PORT adds a plaintext port that serves grpc.health.v1 only, from the same
 health state, for probes that cannot present a client certificate.
 """
@@ -24,9 +26,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from services.core.callers import CallerPolicy
 from services.core.config import ServerSettings
 from services.core.health import HealthReporter
-from services.core.interceptors import ErrorInterceptor, MetricsInterceptor
+from services.core.interceptors import (
+    AuthorizationInterceptor,
+    ErrorInterceptor,
+    MetricsInterceptor,
+)
 from services.core.metrics import GrpcServerMetrics
 
 log = logging.getLogger(__name__)
@@ -52,6 +59,11 @@ class App(Protocol):
     async def start(self, health: HealthReporter) -> None:
         """Begin background work (connect to dependencies) and report health; must not block."""
 
+    async def drain(self) -> None:
+        """Shutdown has begun (health is NOT_SERVING, calls in flight may finish): end what
+        would otherwise outlast the grace period, such as client streams or a training job,
+        so that their calls end with a status of ours; must not block."""
+
     async def close(self) -> None:
         """Release resources after the server stopped; idempotent."""
 
@@ -61,16 +73,29 @@ class RunningServer:
     server: grpc.aio.Server
     health: HealthReporter
     app: App
+    calls: MetricsInterceptor
     port: int
     metrics_port: int
     health_server: grpc.aio.Server | None = None
     health_port: int | None = None  # the plaintext health-only port, when configured
     _closers: list[Callable[[], None]] = field(default_factory=list)
 
-    async def stop(self, grace: float) -> None:
-        """Health NOT_SERVING, refuse new RPCs, drain in-flight ones, close the app."""
+    async def stop(self, grace: float, *, delay: float = 0.0) -> None:
+        """Health NOT_SERVING, serve on for `delay` seconds (while load balancers notice), let
+        the app end its long work, refuse new RPCs, drain in-flight ones within `grace`, close
+        the app. Logs how many calls the grace period cut short."""
         await self.health.shutdown()
-        await self.server.stop(grace)
+        if delay:
+            await asyncio.sleep(delay)
+        log.info("draining", extra={"in_flight": self.calls.in_flight, "grace_s": grace})
+        await self.app.drain()
+        # Calls still in flight when the grace period runs out are cut short (cancelled).
+        cut: list[int] = []
+        count_cut = asyncio.get_running_loop().call_later(
+            grace, lambda: cut.append(self.calls.in_flight))
+        await self.server.stop(grace)  # returns once every call has ended
+        count_cut.cancel()
+        log.info("drained", extra={"cut_short": cut[0] if cut else 0})
         if self.health_server is not None:  # probes see NOT_SERVING until the end
             await self.health_server.stop(0)
         await self.app.close()
@@ -80,11 +105,17 @@ class RunningServer:
 
 
 def build_server(
-    app: App, health: HealthReporter, registry: CollectorRegistry
+    app: App, health: HealthReporter, calls: MetricsInterceptor, *,
+    callers: CallerPolicy | None = None,
 ) -> grpc.aio.Server:
-    """An unstarted grpc.aio server with the app's services, health, reflection, interceptors."""
+    """An unstarted grpc.aio server with the app's services, health, reflection, interceptors;
+    `calls` measures every RPC (outermost); with `callers` (mutual TLS), only the identities
+    it allows get past the interceptors."""
+    interceptors: list[grpc.aio.ServerInterceptor] = [calls, ErrorInterceptor()]
+    if callers is not None:
+        interceptors.append(AuthorizationInterceptor(callers))
     server = grpc.aio.server(
-        interceptors=[MetricsInterceptor(GrpcServerMetrics.create(registry)), ErrorInterceptor()],
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -107,9 +138,11 @@ async def start(app: App, settings: ServerSettings, registry: CollectorRegistry)
     """Build, bind and start the server and its metrics endpoint; then start the app."""
     health = HealthReporter(b.name for b in app.bindings)
     await health.initialise()
-    server = build_server(app, health, registry)
-    address = f"{settings.host}:{settings.grpc_port}"
+    calls = MetricsInterceptor(GrpcServerMetrics.create(registry))
     tls = settings.server_tls()
+    server = build_server(app, health, calls,
+                          callers=settings.caller_policy() if tls and tls.mutual else None)
+    address = f"{settings.host}:{settings.grpc_port}"
     port = (server.add_insecure_port(address) if tls is None
             else server.add_secure_port(address, tls.credentials()))
     if port == 0:
@@ -121,7 +154,7 @@ async def start(app: App, settings: ServerSettings, registry: CollectorRegistry)
     await server.start()
     if health_server is not None:
         await health_server.start()
-    running = RunningServer(server, health, app, port, metrics_http.server_port,
+    running = RunningServer(server, health, app, calls, port, metrics_http.server_port,
                             health_server, health_port)
     running._closers.append(metrics_http.shutdown)
     await app.start(health)
@@ -152,6 +185,7 @@ async def serve(app: App, settings: ServerSettings, registry: CollectorRegistry)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
-    log.info("shutting down", extra={"grace_s": settings.shutdown_grace_s})
-    await running.stop(settings.shutdown_grace_s)
+    log.info("shutting down", extra={"grace_s": settings.shutdown_grace_s,
+                                     "delay_s": settings.shutdown_delay_s})
+    await running.stop(settings.shutdown_grace_s, delay=settings.shutdown_delay_s)
     log.info("stopped")

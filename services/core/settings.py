@@ -60,7 +60,8 @@ def _convert(raw: str, kind: Any) -> Any:
         return raw
     if origin is tuple:
         (item_kind, _) = typing.get_args(kind)
-        return tuple(_convert(part, item_kind) for part in raw.split(",") if part.strip())
+        return tuple(_convert(part.strip(), item_kind) for part in raw.split(",")
+                     if part.strip())
     if origin in (dict, Mapping):
         _, value_kind = typing.get_args(kind)
         pairs = (part.split("=", 1) for part in raw.split(",") if part.strip())
@@ -84,16 +85,24 @@ def load(cls: type[T], environ: Mapping[str, str] | None = None, *, prefix: str 
             try:
                 values[field.name] = _convert(environ[name], hints[field.name])
             except ValueError as exc:
-                raise SettingsError(f"{name}={environ[name]!r}: {exc}") from None
+                reason = exc if field.repr else "not a valid value"  # exc may quote it
+                raise SettingsError(f"{_shown(field, environ[name])}: {reason}") from None
         check = field.metadata["check"]
         value = values.get(field.name, field.metadata["default"])
         if check is not None and not check(value):
-            raise SettingsError(f"{name}={value!r}: must be {field.metadata['rule']}")
+            raise SettingsError(f"{_shown(field, value)}: must be {field.metadata['rule']}")
     if prefix:
         unknown = sorted(k for k in environ if k.startswith(prefix) and k not in known)
         if unknown:
             raise SettingsError(f"unknown setting {unknown[0]} (known: {', '.join(sorted(known))})")
     return cls(**values)
+
+
+def _shown(field: dataclasses.Field[Any], value: Any) -> str:
+    """A setting as an error names it: with its value, unless the field is secret (left out
+    of the repr, `services.core.config.secret`), whose value is never printed."""
+    name = field.metadata["env"]
+    return f"{name}={value!r}" if field.repr else f"{name} (secret, value not shown)"
 
 
 def describe(cls: type) -> list[tuple[str, str, str]]:

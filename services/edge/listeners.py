@@ -4,23 +4,30 @@ On the edge listener (HTTP/1.1 and HTTP/2) the gRPC-JSON transcoder turns every 
 google.api.http annotation into REST/JSON, and gRPC passes through unchanged. gRPC errors
 become HTTP codes with a google.rpc.Status JSON body, and Envoy's own errors (bad JSON,
 unknown route, body too large, timeouts) get the same {code, message} shape. With an
-EdgeSecurity it speaks TLS only (h2 and http/1.1 by ALPN), and its security filters sit
-between the transcoder and the router, where every request, REST or gRPC, carries its gRPC
-method path and has been routed by it.
+EdgeSecurity it speaks TLS only (h2 and http/1.1 by ALPN); authentication (a rate limit per
+client address, then the token) runs first, before any filter reads a body, so that a client
+without a token gets its 401 without Envoy buffering or transcoding what it sent; the
+authorization filters (scope, rate limit per client) sit between the transcoder and the
+router, where every request, REST or gRPC, carries its gRPC method path and has been routed by
+it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from services.core.callers import CALLER_HEADER
 from services.core.names import SERVICE_NAMES
 from services.edge.blocks import ROUTER, socket, tls_context, tls_socket, typed
-from services.edge.policy import EdgeSecurity, TlsFiles
+from services.edge.policy import UNARY_TIMEOUT, EdgeSecurity, TlsFiles
 from services.edge.routes import edge_routes
-from services.edge.security_filters import security_filters
+from services.edge.security_filters import authentication_filters, authorization_filters
 
 # Largest REST request body (a 1,000-event batch with full context maps fits); larger ones
 # get 413. gRPC messages are bounded by the servers instead (16 MiB, RESOURCE_EXHAUSTED).
+# Only authenticated requests are buffered, each for at most its route's timeout; Envoy's
+# heap (render.MAX_HEAP_BYTES) holds 16 such bodies at once with room to spare, and its
+# overload manager resets the largest streams before the heap runs out.
 MAX_REQUEST_BODY_BYTES = 8 * 1024 * 1024
 # Request headers, all together (a bearer token is under 1 KiB); larger ones get 431.
 MAX_REQUEST_HEADERS_KB = 32
@@ -51,14 +58,22 @@ def edge_listener(
         "codec_type": "AUTO",
         "use_remote_address": True,
         "xff_num_trusted_hops": trusted_hops,
+        # One spelling per path before routing: RFC 3986 normalisation ("/a/../b" is "/b"),
+        # "//" merged, and an escaped slash (%2F, %5C) refused with 400, so no encoding of a
+        # path reaches a route, or skips one, that its plain spelling would not.
         "normalize_path": True,
         "merge_slashes": True,
+        "path_with_escaped_slashes_action": "REJECT_REQUEST",
         "request_headers_timeout": "10s",
         "max_request_headers_kb": MAX_REQUEST_HEADERS_KB,
         # Clients get the x-request-id that the access log records, to quote in reports.
         "always_set_request_id_in_response": True,
         "common_http_protocol_options": {
             "idle_timeout": "3600s",
+            # Every stream ends after this unless its route says otherwise (a service route
+            # has its policy's timeout, a streaming one none): it bounds a REST request while
+            # its body is buffered, before the transcoder routes it.
+            "max_stream_duration": UNARY_TIMEOUT,
             "headers_with_underscores_action": "REJECT_REQUEST",
             "max_headers_count": MAX_REQUEST_HEADERS,
         },
@@ -75,12 +90,15 @@ def edge_listener(
                                "routes": edge_routes(streaming, security)}],
         },
         "http_filters": [
+            _strip_caller_header(),
+            # Before anything reads the body: a request without a valid token ends here.
+            *(authentication_filters(security) if security else []),
             {"name": "envoy.filters.http.buffer", "typed_config": typed(
                 "envoy.extensions.filters.http.buffer.v3.Buffer",
                 max_request_bytes=MAX_REQUEST_BODY_BYTES)},
             _transcoder(descriptor_path),
             # After the transcoder: every request has its gRPC path and gRPC route here.
-            *(security_filters(security) if security else []),
+            *(authorization_filters() if security else []),
             ROUTER,
         ],
     }
@@ -119,6 +137,14 @@ def _listener(name: str, address: str, port: int, manager: dict[str, Any],
             "filter_chains": [chain]}
 
 
+def _strip_caller_header() -> dict[str, Any]:
+    """Removes CALLER_HEADER from what clients send: only Envoy names the caller (jwt_authn,
+    from the verified token), and the services believe it only from Envoy's certificate."""
+    return {"name": "envoy.filters.http.header_mutation", "typed_config": typed(
+        "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+        mutations={"request_mutations": [{"remove": CALLER_HEADER}]})}
+
+
 def _transcoder(descriptor_path: str) -> dict[str, Any]:
     return {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": typed(
         "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
@@ -132,7 +158,8 @@ def _transcoder(descriptor_path: str) -> dict[str, Any]:
             "preserve_proto_field_names": False,
         },
         convert_grpc_status=True,
-        # Path parameters are fully percent-decoded: /v1/users/a%2Fb/... is user "a/b".
+        # Path parameters are fully percent-decoded: /v1/users/a%20b/... is user "a b" (an
+        # escaped slash never gets here: the connection manager refuses it).
         url_unescape_spec="ALL_CHARACTERS",
         request_validation_options={
             "reject_unknown_method": True,

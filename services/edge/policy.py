@@ -52,6 +52,11 @@ DEFAULT_POLICIES: Mapping[str, RoutePolicy] = MappingProxyType({
 })
 
 
+# Every request from one client address, before its token is checked (so failed
+# authentication too): well above what the routes' own buckets let one subject send.
+PER_ADDRESS = RateLimit(2000, burst=4000)
+
+
 @dataclass(frozen=True, kw_only=True)
 class TlsFiles:
     """Paths Envoy reads: a certificate chain and its key, and a CA bundle to verify peers."""
@@ -72,6 +77,7 @@ class EdgeSecurity:
     audiences: tuple[str, ...] = (tokens.AUDIENCE,)
     upstream_tls: TlsFiles | None = None  # client certificate + CA (required) for mTLS
     policies: Mapping[str, RoutePolicy] = field(default_factory=lambda: DEFAULT_POLICIES)
+    per_address: RateLimit = PER_ADDRESS  # every request of a client address, token or not
 
     def __post_init__(self) -> None:
         missing = [name for name in SERVICE_NAMES if name not in self.policies]

@@ -44,10 +44,11 @@ class Profile:
 def pki_security(directory: Path | str, *, mutual_tls: bool = False,
                  policies: Mapping[str, RoutePolicy] = DEFAULT_POLICIES) -> EdgeSecurity:
     """Security from a folder laid out as the local PKI writes it (scripts/localstack/pki.py):
-    the server certificate on the listener, its JWKS, and with `mutual_tls` the client
-    certificate and CA towards the services."""
+    the server certificate on the listener, its JWKS, and with `mutual_tls` Envoy's client
+    certificate and the CA towards the services."""
     folder = Path(directory)
-    upstream = TlsFiles(cert=str(folder / "client.crt"), key=str(folder / "client.key"),
+    upstream = TlsFiles(cert=str(folder / "envoy-client.crt"),
+                        key=str(folder / "envoy-client.key"),
                         ca=str(folder / "ca.crt")) if mutual_tls else None
     return EdgeSecurity(
         listener_tls=TlsFiles(cert=str(folder / "server.crt"), key=str(folder / "server.key")),
@@ -78,7 +79,10 @@ K8S = Profile(listen_port=8080, admin_port=9900, stats_port=9901, listen_address
               recommender="recommender:50053", descriptor_path="/etc/envoy/recsys.binpb",
               security=K8S_SECURITY)
 
-# docker-compose.yml mounts .local/pki at /etc/recsys-pki; the services behind speak
-# plaintext on the Compose network, and nothing in front appends to X-Forwarded-For.
+# docker-compose.yml mounts Envoy's files of .local/pki (its certificate, key and the JWKS) at
+# /etc/recsys-pki; the services behind speak plaintext on the Compose network, and nothing in
+# front appends to X-Forwarded-For. With docker-compose.mtls.yml they speak mutual TLS, and
+# Envoy also gets its client certificate and the CA.
 COMPOSE_PKI = "/etc/recsys-pki"
 COMPOSE = replace(K8S, trusted_hops=0, security=pki_security(COMPOSE_PKI))
+COMPOSE_MTLS = replace(COMPOSE, security=pki_security(COMPOSE_PKI, mutual_tls=True))

@@ -3,8 +3,10 @@
 
 The transcoder rewrites a REST request's path to its gRPC path before routing, so one route
 per service serves both protocols, and each policy (services.edge.policy) is attached once per
-service route, or per method for overrides. Health, reflection and unknown paths are 404s,
-which need no token.
+service route, or per method for overrides. A service route retries its idempotent methods on
+another replica (services.edge.retries). Health, reflection and unknown gRPC paths are 404s,
+which need no token; a REST path needs one (authentication runs before the transcoder knows
+whether the path exists).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 from services.core.names import SERVICE_NAMES
 from services.edge.blocks import typed
 from services.edge.policy import UNARY_TIMEOUT, EdgeSecurity, service_of
-from services.edge.security_filters import open_route, route_security
+from services.edge.retries import retry_policy
+from services.edge.security_filters import open_route, route_security, unknown_rest_route
 
 # Streaming calls (gRPC only: bulk ingest, watching a training job) have no overall limit but
 # are cut after this long without a message in either direction.
@@ -36,12 +39,18 @@ def edge_routes(streaming: list[str], security: EdgeSecurity | None) -> list[dic
         policy = security.policy(key) if security else None
         timeout = policy.timeout if policy else UNARY_TIMEOUT
         action: dict[str, Any] = {"cluster": service}
-        if stream:
-            action |= {"timeout": "0s", "idle_timeout": STREAM_IDLE_TIMEOUT}
+        if stream:  # no overall limit: 0s also lifts the listener's max_stream_duration
+            action |= {"timeout": "0s", "idle_timeout": STREAM_IDLE_TIMEOUT,
+                       "max_stream_duration": {"max_stream_duration": "0s"}}
         else:
-            # Honour the client's grpc-timeout, capped at the route's timeout.
+            # Honour the client's grpc-timeout, capped at the route's timeout; the whole
+            # exchange, receiving the request body included, ends at the timeout too (a client
+            # that sends its body slowly cannot hold a stream and its buffer longer).
             action |= {"timeout": timeout,
-                       "max_stream_duration": {"grpc_timeout_header_max": timeout}}
+                       "max_stream_duration": {"max_stream_duration": timeout,
+                                               "grpc_timeout_header_max": timeout}}
+            if retries := retry_policy(service):
+                action["retry_policy"] = retries
         filters = dict(_UNBUFFERED)
         if policy is not None:
             filters |= route_security(policy)
@@ -61,9 +70,10 @@ def edge_routes(streaming: list[str], security: EdgeSecurity | None) -> list[dic
     unsecured = open_route() if security else {}
     routes.append({"match": {"prefix": "/", "grpc": {}}, "direct_response": not_found,
                    "typed_per_filter_config": {**_UNBUFFERED, **unsecured}})
-    # REST before transcoding: the transcoder answers unknown REST routes itself.
+    # REST before transcoding: the transcoder routes a known path to its service's route and
+    # leaves an unknown one here. With security, a token is checked on this route first.
     rest: dict[str, Any] = {"match": {"prefix": "/"}, "direct_response": not_found}
-    if unsecured:
-        rest["typed_per_filter_config"] = unsecured
+    if security is not None:
+        rest["typed_per_filter_config"] = unknown_rest_route()
     routes.append(rest)
     return routes

@@ -9,6 +9,9 @@ from __future__ import annotations
 # `iss` and `aud` of the tokens every profile accepts (an EdgeSecurity can name others).
 ISSUER = "recsys-local"
 AUDIENCE = "recsys-edge"
+# The longest a token may live (exp - iat): Envoy refuses longer ones, `recsys token` never
+# mints them.
+MAX_LIFETIME_S = 7 * 24 * 3600
 
 # The `scope` claim (space-separated, as in OAuth 2) that each service's routes ask for.
 INGEST_WRITE = "ingest:write"

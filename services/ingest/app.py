@@ -53,6 +53,9 @@ class IngestApp:
     async def start(self, health: HealthReporter) -> None:
         self._watch = asyncio.create_task(self._watch_broker(health), name="ingest-broker-watch")
 
+    async def drain(self) -> None:
+        self.ingestor.drain()
+
     async def _watch_broker(self, health: HealthReporter) -> None:
         """Keep health in step with the broker: SERVING while it answers and the topic exists
         (created when missing); NOT_SERVING, with backoff between checks, while it does not."""

@@ -8,6 +8,7 @@ what was not published.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import Counter, deque
@@ -24,6 +25,8 @@ from services.core.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from services.ingest.metrics import ACCEPTED, FAILED, REJECTED, IngestMetrics
 from services.ingest.publisher import Delivery
 from services.ingest.validation import Validator, derive_event_id
+
+log = logging.getLogger(__name__)
 
 #: Rejections listed in a stream's response; the count covers them all.
 MAX_LISTED_REJECTIONS = 1000
@@ -171,6 +174,12 @@ class Ingestor:
         self.max_batch = max_batch
         self._ack_timeout_s = ack_timeout_s
         self._clock = clock
+        self.draining = False
+
+    def drain(self) -> None:
+        """The service is shutting down: streams take in no further chunk (StreamIngest.add);
+        single calls in flight still finish."""
+        self.draining = True
 
     def check_size(self, count: int) -> None:
         if not 1 <= count <= self.max_batch:
@@ -255,6 +264,8 @@ class StreamIngest:
         self._rejections: list[Rejection] = []
 
     async def add(self, events: Sequence[interaction_pb2.Interaction]) -> None:
+        if self._ingestor.draining:
+            await self._stop_for_shutdown()
         try:
             self._ingestor.check_size(len(events))
         except InvalidArgument as exc:
@@ -276,6 +287,18 @@ class StreamIngest:
     async def finish(self) -> StreamResult:
         await self._tracker.settle()
         return StreamResult(self._tracker.accepted, self._rejected, self._rejections)
+
+    async def _stop_for_shutdown(self) -> None:
+        """End the stream before this chunk: settle what was taken in, then say where the
+        client should resume (on another replica) in the usual IngestFailure terms."""
+        await self._tracker.settle()
+        accepted = self._tracker.accepted
+        log.info("stream stopped: the service is shutting down",
+                 extra={"accepted": accepted, "next_index": self._next_index})
+        raise Unavailable(
+            f"the service is shutting down: events from index {self._next_index} on were not "
+            "taken in; send them again", details=ingest_pb2.IngestFailure(accepted_count=accepted),
+            retryable=accepted == 0)
 
 
 def _all_or_nothing_error(rejections: Sequence[Rejection]) -> InvalidArgument:

@@ -7,6 +7,7 @@ artifact is checked in one place, ``__post_init__``, which every constructor and
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,25 @@ _ARRAYS = (
 )
 _SCALARS = ("regularization", "reg_exponent", "alpha")
 _TOP_LISTS = ("top_rows", "top_scores")
+_HASH_CHUNK_BYTES = 1 << 20
+
+
+class ArtifactRefused(ValueError):
+    """A downloaded file that must not be served: not the file the trainer registered
+    (`reason` "checksum"), or not a valid model ("invalid")."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    """The file's SHA-256, hex: the trainer records it with the version, readers check it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,10 +92,22 @@ class ModelArtifact:
         for name, shape in expected.items():
             if getattr(self, name).shape != shape:
                 raise ValueError(f"{name}: shape {getattr(self, name).shape}, expected {shape}")
+        # Indices are used to index arrays while serving: out of range, a request would fail
+        # (or read another user's items), so a file with them is not a model.
+        indptr, indices = self.seen_indptr, self.seen_indices
+        if indptr[0] != 0 or np.any(np.diff(indptr) < 0):
+            raise ValueError("seen_indptr: must start at 0 and never decrease")
+        if len(indices) and (indices.min() < 0 or indices.max() >= n_items):
+            raise ValueError(f"seen_indices: out of range [0, {n_items})")
+        if np.any(self.item_popularity < 0):
+            raise ValueError("item_popularity: must not be negative")
         lists = self.top_lists
         shape = (n_users, min(LENGTH, n_items))
         if lists is not None and not lists.rows.shape == lists.scores.shape == shape:
             raise ValueError(f"top lists: shape {lists.rows.shape}, expected {shape}")
+        if lists is not None and lists.rows.size and (
+                lists.rows.min() < 0 or lists.rows.max() >= n_items):
+            raise ValueError(f"top lists: rows out of range [0, {n_items})")
 
     @property
     def n_users(self) -> int:

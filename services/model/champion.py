@@ -23,8 +23,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from services.core.errors import FailedPrecondition, Unavailable
-from services.model.artifact import ModelArtifact
-from services.model.versions import ARTIFACT_FILE, CHAMPION, VersionInfo
+from services.model.artifact import ArtifactRefused, ModelArtifact, sha256_of
+from services.model.versions import ARTIFACT_FILE, ARTIFACT_SHA256_TAG, CHAMPION, VersionInfo
 
 ALIAS_PATH = "/api/2.0/mlflow/registered-models/alias"
 ARTIFACTS_PATH = "/api/2.0/mlflow-artifacts/artifacts/"
@@ -34,9 +34,9 @@ _NO_CHAMPION = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 _CHUNK_BYTES = 1 << 20
 
 
-def mlflow_session(*, retries: int) -> requests.Session:
-    """The HTTP session for MLflow's REST API, built in this one place: credentials, once
-    MLflow asks for them, are added here.
+def mlflow_session(*, retries: int, auth: tuple[str, str] | None = None) -> requests.Session:
+    """The HTTP session for MLflow's REST API, built in this one place, with the reader's
+    credentials (`auth`: user name and password, for MLflow's basic-auth app) if given.
 
     A GET that fails to connect or gets 429/5xx is retried up to `retries` times with urllib3's
     exponential backoff (factor 1 s, as MLflow's own client is configured in the trainer).
@@ -44,6 +44,7 @@ def mlflow_session(*, retries: int) -> requests.Session:
     retry = Retry(total=retries, backoff_factor=1, status_forcelist=(429, 500, 502, 503, 504),
                   allowed_methods=frozenset({"GET"}), raise_on_status=False)
     session = requests.Session()
+    session.auth = auth
     adapter = HTTPAdapter(max_retries=retry)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
@@ -101,8 +102,22 @@ class ChampionReader:
         return path
 
     def load(self, version: VersionInfo, dst: Path) -> ModelArtifact:
-        """Download the version's artifact into `dst` and load it (ValueError: not a model)."""
-        return ModelArtifact.load(self.download(version, dst))
+        """Download the version's artifact into `dst`, check that it is the file the trainer
+        registered (its SHA-256 tag) and load it. ArtifactRefused: another file (a
+        replaced or corrupted artifact, a version registered without a hash) or no valid
+        model."""
+        path = self.download(version, dst)
+        if not version.artifact_sha256:
+            raise ArtifactRefused("checksum", f"version {version.version} has no "
+                                              f"{ARTIFACT_SHA256_TAG} tag: nothing to check "
+                                              "its artifact against")
+        if sha256_of(path) != version.artifact_sha256:
+            raise ArtifactRefused("checksum", f"version {version.version}: the downloaded "
+                                              "artifact's SHA-256 is not the registered one")
+        try:
+            return ModelArtifact.load(path)
+        except Exception as exc:  # whatever numpy raises on a damaged file: not a model
+            raise ArtifactRefused("invalid", f"version {version.version}: {exc}") from exc
 
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:

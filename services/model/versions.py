@@ -1,10 +1,11 @@
 """Registered versions of the model in MLflow (`recsys.model.v1.ModelVersion`).
 
 The trainer registers each version with its held-out metrics, dataset lineage and
-hyper-parameters as tags (`metrics.<name>`, `lineage.<field>`, `hyperparameters.<name>`), so
-anyone who reads a version (the recommender, the
-trainer's `ListModelVersions`) learns them without the run. The model is one `.npz` logged as
-a plain artifact under `model/` of the run (see DESIGN.md: no MLflow flavour).
+hyper-parameters as tags (`metrics.<name>`, `lineage.<field>`, `hyperparameters.<name>`) and its
+artifact's SHA-256, so anyone who reads a version (the recommender, the trainer's
+`ListModelVersions`) learns them without the run, and the recommender can tell that what it
+downloaded is what was registered. The model is one `.npz` logged as a plain artifact under
+`model/` of the run (see DESIGN.md: no MLflow flavour).
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ ARTIFACT_FILE = "model.npz"
 METRIC_TAG = "metrics."
 LINEAGE_TAG = "lineage."
 HYPERPARAMETER_TAG = "hyperparameters."
+# The SHA-256 of the version's ARTIFACT_FILE, recorded by the trainer when it registers the
+# version; the recommender serves a download only if it has this hash.
+ARTIFACT_SHA256_TAG = "recsys.artifact_sha256"
+# Who last pointed the champion alias at the version through PromoteModelVersion.
+PROMOTED_BY_TAG = "recsys.promoted_by"
 
 
 @dataclass(frozen=True)
@@ -40,16 +46,18 @@ class VersionInfo:
     lineage: Lineage | None
     created_at_ms: int
     hyperparameters: Mapping[str, float] = field(default_factory=dict)
+    artifact_sha256: str = ""  # ARTIFACT_SHA256_TAG; "" for a version registered without it
 
     @classmethod
     def from_tags(cls, tags: Mapping[str, str], *, version: str, model_name: str,
                   aliases: tuple[str, ...], run_id: str, source: str,
                   created_at_ms: int) -> VersionInfo:
-        """A version described by the tags `version_tags` wrote (and its identity)."""
+        """A version described by the tags the trainer wrote (and its identity)."""
         metrics, lineage, hyperparameters = parse_tags(tags)
         return cls(version=version, model_name=model_name, aliases=aliases, run_id=run_id,
                    source=source, metrics=metrics, lineage=lineage, created_at_ms=created_at_ms,
-                   hyperparameters=hyperparameters)
+                   hyperparameters=hyperparameters,
+                   artifact_sha256=tags.get(ARTIFACT_SHA256_TAG, ""))
 
 
 def version_tags(metrics: Mapping[str, float], lineage: Lineage,

@@ -45,7 +45,8 @@ class RecommenderApp:
             source or ChampionReader(
                 tracking_uri=settings.mlflow_tracking_uri, model_name=settings.model_name,
                 timeout_s=settings.mlflow_timeout_s,
-                session=mlflow_session(retries=settings.mlflow_retries)),
+                session=mlflow_session(retries=settings.mlflow_retries,
+                                       auth=settings.mlflow_credentials())),
             model_name=settings.model_name, poll_interval_s=settings.poll_interval_s,
             metrics=self._metrics, on_swap=self._swapped,
             build_scorer=functools.partial(
@@ -97,6 +98,9 @@ class RecommenderApp:
         self._store.start()
         if self._history is not None:
             self._history.start()
+
+    async def drain(self) -> None:
+        """Nothing to end early: every call is a quick unary one, left to finish."""
 
     def _swapped(self, model: LoadedModel) -> None:
         """On the poller thread, after a swap: report SERVING, drop the old version's answers."""

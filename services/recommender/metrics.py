@@ -23,6 +23,7 @@ class RecommenderMetrics:
     top_lists: Gauge
     model_swaps: Counter
     model_load_failures: Counter
+    models_refused: Counter
     redis_errors: Counter
     history_events: Counter
     history_errors: Counter
@@ -78,6 +79,13 @@ class RecommenderMetrics:
                 "recsys_recommender_model_load_failures_total",
                 "Failed alias lookups or model loads (MLflow unreachable, bad artifact).",
                 registry=registry,
+            ),
+            models_refused=Counter(
+                "recsys_recommender_models_refused_total",
+                "Model versions not served because their artifact was refused: reason "
+                "checksum (not the file the trainer registered) or invalid (not a valid "
+                "model, e.g. indices out of range). The previous version keeps serving.",
+                ("reason",), registry=registry,
             ),
             redis_errors=Counter(
                 "recsys_recommender_redis_errors_total",

@@ -6,7 +6,9 @@ directory, loads it, builds its `Scorer` (with an item index, for a large catalo
 then swaps it in with one reference assignment. A request reads `current` once and keeps that
 object, so it never mixes two versions, and the old version is freed when the last request
 holding it finishes. MLflow failures leave the current model serving; they are logged, counted
-and retried at the next poll.
+and retried at the next poll. A download that is not the file the trainer registered (its
+SHA-256 tag) or not a valid model is refused: logged, counted by reason, the current model
+keeps serving, and that version is not downloaded again unless the alias moves.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from services.model.artifact import ModelArtifact
+from services.model.artifact import ArtifactRefused, ModelArtifact
 from services.model.lineage import Lineage
 from services.model.versions import CHAMPION, VersionInfo
 from services.recommender.metrics import RecommenderMetrics
@@ -59,7 +61,8 @@ class ChampionSource(Protocol):
     def champion(self) -> VersionInfo | None: ...
 
     def load(self, version: VersionInfo, dst: Path) -> ModelArtifact:
-        """The version's artifact, downloaded into the directory `dst` and loaded."""
+        """The version's artifact, downloaded into the directory `dst`, checked against its
+        registered SHA-256 and loaded; ArtifactRefused when it must not be served."""
         ...
 
 
@@ -77,6 +80,7 @@ class ModelStore:
         self._build_scorer = build_scorer
         self._on_swap = on_swap
         self._current: LoadedModel | None = None
+        self._refused: VersionInfo | None = None  # the last version refused, not retried
         self._waiting_logged = False
         self._stopping = threading.Event()
         # A daemon: a lookup stuck on an unreachable MLflow must not hold up process exit.
@@ -115,8 +119,19 @@ class ModelStore:
             return False
         if self._current is not None and self._current.version == info.version:
             return False
-        with tempfile.TemporaryDirectory(prefix="recsys-model-") as tmp:
-            artifact = self._source.load(info, Path(tmp))
+        if info == self._refused:
+            return False
+        try:
+            with tempfile.TemporaryDirectory(prefix="recsys-model-") as tmp:
+                artifact = self._source.load(info, Path(tmp))
+        except ArtifactRefused as exc:
+            self._refused = info
+            self._metrics.models_refused.labels(exc.reason).inc()
+            log.error("model version refused; still serving version %s",
+                      self._current.version if self._current else "none", extra={
+                          "model": self._model_name, "version": info.version,
+                          "reason": exc.reason, "error": str(exc)})
+            return False
         loaded = LoadedModel(
             model_name=self._model_name, version=info.version, alias=CHAMPION,
             run_id=info.run_id, loaded_at=datetime.now(UTC), metrics=dict(info.metrics),

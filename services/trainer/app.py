@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from recsys.events.v1.interaction_pb2 import Interaction
 from recsys.trainer.v1 import trainer_pb2_grpc
 from services.core.consumer import ConsumerLoop
-from services.core.errors import Unavailable
+from services.core.errors import FailedPrecondition, Unavailable
 from services.core.health import HealthReporter
 from services.core.kafka import read_end_offsets
 from services.core.server import ServiceBinding
@@ -35,7 +35,8 @@ class TrainerApp:
         # Process-wide on purpose: MLflow's client takes its timeout, retries and telemetry
         # switch only from the environment, and the trainer is the one MLflow user here.
         configure_mlflow_client(timeout_s=settings.mlflow_timeout_s,
-                                retries=settings.mlflow_retries)
+                                retries=settings.mlflow_retries,
+                                credentials=settings.mlflow_credentials())
         self._mlflow = MlflowRegistry(
             tracking_uri=settings.mlflow_tracking_uri, model_name=settings.model_name,
             experiment=settings.mlflow_experiment,
@@ -87,15 +88,25 @@ class TrainerApp:
             ))
         await health.set_serving(SERVICE_NAME, True)
 
+    async def drain(self) -> None:
+        """Stop the triggers and cancel the running job: it ends CANCELLED at its next epoch
+        (or before it registers a model), its watchers see that end, and no alias moves."""
+        if self._triggers is not None:
+            self._triggers.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._triggers
+            self._triggers = None
+        running = self._jobs.running if self._jobs is not None else None
+        if running is not None:
+            with contextlib.suppress(FailedPrecondition):  # it ended meanwhile
+                await self.jobs().cancel(running.job_id)
+
     async def close(self) -> None:
         """Stop triggers, cancel the running job, stop the consumer, close the store."""
         if self._closed:
             return
         self._closed = True
-        if self._triggers is not None:
-            self._triggers.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._triggers
+        await self.drain()
         if self._jobs is not None:
             await self._jobs.close()
         if self._consumer is not None:

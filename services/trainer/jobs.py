@@ -330,7 +330,10 @@ class JobManager:
             outcome = {"state": JobState.FAILED, "error": exc.message}
         except Exception as exc:
             log.exception("training job crashed", extra={"job_id": job.job_id})
-            outcome = {"state": JobState.FAILED, "error": f"internal error: {exc!r}"}
+            # The traceback is in the log; clients get no exception text (it may name files,
+            # addresses or data).
+            outcome = {"state": JobState.FAILED,
+                       "error": f"internal error ({type(exc).__name__}); see the trainer's log"}
         final = self._current
         assert final is not None
         if outcome["state"] is not JobState.SUCCEEDED and final.mlflow_run_id:

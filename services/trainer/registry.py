@@ -1,14 +1,16 @@
 """MLflow's write side: the run of each job, the registered model's versions and its
 "champion" alias, through MLflow's client.
 
-What a version is made of (its tags, the artifact's place in the run) is the contract in
+What a version is made of (its tags, the artifact's place and hash) is the contract in
 services.model.versions, which the recommender reads back. Any MLflow failure becomes
-`Unavailable` naming the server; an unknown version `NotFound`.
+`Unavailable` (its details, the server's address among them, go to the log, not to clients);
+an unknown version `NotFound`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -22,14 +24,19 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from services.core.errors import InvalidArgument, NotFound, RecsysError, Unavailable
+from services.model.artifact import sha256_of
 from services.model.lineage import Lineage
 from services.model.versions import (
     ARTIFACT_DIR,
     ARTIFACT_FILE,
+    ARTIFACT_SHA256_TAG,
     CHAMPION,
+    PROMOTED_BY_TAG,
     VersionInfo,
     version_tags,
 )
+
+log = logging.getLogger(__name__)
 
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 
@@ -61,16 +68,21 @@ class ModelRegistry(Protocol):
     def set_champion(self, version: str) -> None: ...
 
 
-def configure_mlflow_client(*, timeout_s: int, retries: int) -> None:
+def configure_mlflow_client(*, timeout_s: int, retries: int,
+                            credentials: tuple[str, str] | None = None) -> None:
     """Set MLflow's client up for this process: call once, at start, before any MLflow call.
 
-    MLflow's client reads its HTTP policy and telemetry switch only from environment
-    variables, so this changes `os.environ` for the whole process, which is why it is a call
-    of its own and not hidden in a constructor. Telemetry is switched off (nothing may leave
-    loopback) and re-evaluated, since importing mlflow already created its client; the retry
-    policy keeps an outage from stalling a job for MLflow's default four minutes; run URLs are
-    not printed into the structured logs.
+    MLflow's client reads its HTTP policy, credentials and telemetry switch only from
+    environment variables, so this changes `os.environ` for the whole process, which is why
+    it is a call of its own and not hidden in a constructor. Telemetry is switched off
+    (nothing may leave loopback) and re-evaluated, since importing mlflow already created its
+    client; the retry policy keeps an outage from stalling a job for MLflow's default four
+    minutes; run URLs are not printed into the structured logs; `credentials` (user name,
+    password) authenticate every request to MLflow's basic-auth app.
     """
+    if credentials is not None:
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = (
+            credentials)
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout_s)
@@ -99,9 +111,10 @@ class MlflowRegistry:
             raise
         except (MlflowException, requests.RequestException, OSError) as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            raise Unavailable(
-                f"MLflow at {self.tracking_uri} failed to {action}: {first_line}"
-            ) from exc
+            log.warning("model registry failed", extra={
+                "action": action, "tracking_uri": self.tracking_uri, "error": first_line})
+            raise Unavailable(f"the model registry failed to {action}; see the trainer's "
+                              "log for the cause") from exc
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -158,7 +171,7 @@ class MlflowRegistry:
                  hyperparameters: Mapping[str, float], artifact: Path,
                  tags: Mapping[str, str]) -> VersionInfo:
         """Log the evaluation and the model file to the run; register a new version of it
-        tagged with its metrics, lineage, hyper-parameters and `tags`."""
+        tagged with its metrics, lineage, hyper-parameters, the file's SHA-256 and `tags`."""
         if artifact.name != ARTIFACT_FILE:
             raise ValueError(f"the model artifact must be named {ARTIFACT_FILE}")
         with self._errors("register the model"):
@@ -173,7 +186,8 @@ class MlflowRegistry:
                 self.model_name,
                 source=f"{run.info.artifact_uri}/{ARTIFACT_DIR}",
                 run_id=run_id,
-                tags={**version_tags(metrics, lineage, hyperparameters), **tags},
+                tags={**version_tags(metrics, lineage, hyperparameters),
+                      ARTIFACT_SHA256_TAG: sha256_of(artifact), **tags},
             )
             return self._info(version, aliases=())
 
@@ -233,9 +247,12 @@ class MlflowRegistry:
             return [self._info(v, aliases=tuple(sorted(by_version.get(str(v.version), []))))
                     for v in versions]
 
-    def promote(self, version: str) -> tuple[VersionInfo, str | None]:
-        """Point champion at `version`; return it and the version that was champion."""
-        if not version.isdigit() or int(version) < 1:
+    def promote(self, version: str, *, by: str) -> tuple[VersionInfo, str | None]:
+        """Point champion at `version` on behalf of `by` (recorded on the version, and logged);
+        return it and the version that was champion."""
+        # ASCII only: str.isdigit() is true of other scripts' digits too ("٣"), which int()
+        # reads but MLflow does not.
+        if not (version.isascii() and version.isdigit()) or int(version) < 1:
             raise InvalidArgument("version", f"must be a version number such as \"3\", "
                                              f"got {version!r}")
         with self._errors("promote a version"):
@@ -248,13 +265,18 @@ class MlflowRegistry:
                 raise
             previous = self.champion()
             self._client.set_registered_model_alias(self.model_name, CHAMPION, version)
-            aliases = set(target.aliases or ()) | {CHAMPION}
-            return self._info(target, aliases=tuple(sorted(aliases))), (
-                previous.version if previous is not None else None)
+            self._client.set_model_version_tag(self.model_name, version, PROMOTED_BY_TAG, by)
+        before = previous.version if previous is not None else None
+        log.info("champion moved", extra={"model": self.model_name, "version": version,
+                                           "previous": before, "by": by})
+        aliases = set(target.aliases or ()) | {CHAMPION}
+        tags = {**(target.tags or {}), PROMOTED_BY_TAG: by}
+        return self._info(target, aliases=tuple(sorted(aliases)), tags=tags), before
 
-    def _info(self, version: Any, *, aliases: tuple[str, ...]) -> VersionInfo:
+    def _info(self, version: Any, *, aliases: tuple[str, ...],
+              tags: Mapping[str, str] | None = None) -> VersionInfo:
         return VersionInfo.from_tags(
-            version.tags or {},
+            version.tags or {} if tags is None else tags,
             version=str(version.version),
             model_name=self.model_name,
             aliases=aliases,

@@ -11,6 +11,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from services.core.callers import current_caller
 from services.core.errors import InvalidArgument
 from services.model.messages import lineage_to_proto, metrics_to_proto, version_to_proto
 from services.trainer.jobs import Job, JobManager, JobRequest
@@ -75,7 +76,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     async def PromoteModelVersion(
         self, request: trainer_pb2.PromoteModelVersionRequest, context: grpc.aio.ServicerContext
     ) -> trainer_pb2.PromoteModelVersionResponse:
-        version, previous = await asyncio.to_thread(self._registry.promote, request.version)
+        version, previous = await asyncio.to_thread(
+            self._registry.promote, request.version, by=str(current_caller()))
         return trainer_pb2.PromoteModelVersionResponse(
             model_version=version_to_proto(version), previous_version=previous or "")
 

@@ -38,8 +38,12 @@ def test_the_endpoints_are_printed(stack: Stack) -> None:
         assert re.search(rf"^  {name} +{re.escape(stack.endpoints[name])}$", output, re.M), name
 
 
-def grpcurl(*args: str) -> str:
-    result = subprocess.run([str(VENV_BIN / "grpcurl"), "-plaintext", *args],
+def grpcurl(stack: Stack, *args: str) -> str:
+    """grpcurl with the admin's client certificate (the services speak mutual TLS)."""
+    security = stack.security
+    tls = ["-cacert", security["ca_file"], "-cert", security["client_cert_file"],
+           "-key", security["client_key_file"]]
+    result = subprocess.run([str(VENV_BIN / "grpcurl"), *tls, *args],
                             check=False, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -48,16 +52,16 @@ def grpcurl(*args: str) -> str:
 @pytest.mark.parametrize("name", list(SERVICE_NAMES))
 def test_grpcurl_lists_and_describes_each_service(stack: Stack, name: str) -> None:
     target = stack.endpoints[f"{name}_grpc"]
-    listed = grpcurl(target, "list").split()
+    listed = grpcurl(stack, target, "list").split()
     own = SERVICE_NAMES[name]
     assert {own, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= set(listed)
-    described = grpcurl(target, "describe", own)
+    described = grpcurl(stack, target, "describe", own)
     assert f"service {own.rsplit('.', 1)[1]} {{" in described
     assert described.count("rpc ") >= 3
 
 
 def test_grpcurl_calls_recommend(stack: Stack) -> None:
-    reply = json.loads(grpcurl("-d", '{"user_id": "u5", "k": 3}', stack.endpoints[
+    reply = json.loads(grpcurl(stack, "-d", '{"user_id": "u5", "k": 3}', stack.endpoints[
         "recommender_grpc"], f"{SERVICE_NAMES['recommender']}/Recommend"))
     assert len(reply["items"]) == 3
     assert reply["strategy"] == "STRATEGY_PERSONALIZED"

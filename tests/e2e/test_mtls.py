@@ -1,10 +1,9 @@
-"""The local stack with mutual TLS between every client and service (`up --mtls`): the main
+"""The local stack speaks mutual TLS between every client and service by default: the main
 job passes end to end, and each service refuses a client without a mesh certificate."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -12,17 +11,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.core.tls import ClientTLS
-from tests.support.local_stack import Stack, local_stack
+from tests.support.local_stack import Stack
 
 pytestmark = pytest.mark.e2e
 
 SERVICES = ("ingest", "trainer", "recommender")
-
-
-@pytest.fixture(scope="module")
-def mtls_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with local_stack(tmp_path_factory.mktemp("mtls-stack"), "--mtls") as running:
-        yield running
 
 
 def health(target: str, credentials: grpc.ChannelCredentials | None) -> int:
@@ -32,17 +25,17 @@ def health(target: str, credentials: grpc.ChannelCredentials | None) -> int:
             health_pb2.HealthCheckRequest(), timeout=5).status
 
 
-def test_the_main_job_passes_with_mutual_tls(mtls_stack: Stack) -> None:
-    assert mtls_stack.security["mtls"] is True
-    output = mtls_stack.output()
+def test_the_main_job_passes_with_mutual_tls(stack: Stack) -> None:
+    assert stack.security["mtls"] is True
+    output = stack.output()
     assert re.search(r"model version \d+: promoted to champion", output)
     assert re.search(r'^\{"items":\[\{"itemId"', output, re.M), output[-3000:]
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_each_service_wants_a_client_certificate(mtls_stack: Stack, service: str) -> None:
-    target = mtls_stack.endpoints[f"{service}_grpc"]
-    security = mtls_stack.security
+def test_each_service_wants_a_client_certificate(stack: Stack, service: str) -> None:
+    target = stack.endpoints[f"{service}_grpc"]
+    security = stack.security
     with_certificate = ClientTLS(ca_file=security["ca_file"],
                                  cert_file=security["client_cert_file"],
                                  key_file=security["client_key_file"])

@@ -1,4 +1,5 @@
-"""Each real component through its real client, the Kafka durability case, and the Procfile."""
+"""Each real component through its real client, the Kafka durability case, and the components
+under supervisord as the local stack runs them."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from scripts.localstack import procfile
+from scripts.localstack import procfile, supervisor
 from scripts.localstack.components import (
     HOST,
     Component,
@@ -250,7 +253,11 @@ def _ready(component: Component) -> bool:
         return False
 
 
-def test_procfile_runs_the_same_components_under_honcho(tmp_path: Path) -> None:
+@pytest.fixture
+def supervised(tmp_path: Path) -> Iterator[tuple[procfile.LocalStack, subprocess.Popen[bytes]]]:
+    """The local stack's components under supervisord (as `scripts/localstack/up.py` runs
+    them, without the services), every one ready; the test stops supervisord, and whatever
+    is left is killed and fails the test."""
     kafka, redis, mlflow, s3, prometheus = free_ports(5)
     stack = procfile.local_stack(
         tmp_path / "state",
@@ -258,33 +265,80 @@ def test_procfile_runs_the_same_components_under_honcho(tmp_path: Path) -> None:
                             prometheus=prometheus),
         seaweed_ports=SeaweedPorts.free(),
     )
-    procfile.write_procfile(stack)
-    # A file, not a pipe: the components share honcho's stdout, and one that sets it
-    # non-blocking makes honcho's own writes fail (EAGAIN) once an unread pipe fills up.
-    log = tmp_path / "honcho.log"
-    with log.open("wb") as out:
-        honcho = subprocess.Popen(procfile.honcho_argv(stack), stdout=out,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+    supervisor.write_config(stack, supervisor.component_programs(stack))
+    with (tmp_path / "supervisord.out").open("wb") as out:
+        process = subprocess.Popen(supervisor.supervisord_argv(stack.state_dir), stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
         def all_ready() -> bool:
             pending = [c.name for c in stack.components if not _ready(c)]
-            assert not pending, f"not ready under honcho: {pending}"
+            assert not pending, f"not ready under supervisord: {pending}"
             return True
 
-        eventually(all_ready, timeout=90, what="every component ready under honcho")
-        produce(stack.kafka.bootstrap, "procfile", [b"through-honcho"])
-        assert http_ok(mlflow, "/health")
+        eventually(all_ready, timeout=90, what="every component ready under supervisord")
+        yield stack, process
     finally:
-        honcho.send_signal(signal.SIGTERM)
-        try:
-            honcho.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(honcho.pid, signal.SIGKILL)
-            honcho.wait()
-        output = log.read_bytes()
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
         needles = (str(stack.state_dir), f"tcp://{stack.kafka.bootstrap}")
         leftovers = _pids_mentioning(*needles)
         for pid in leftovers:  # only ours: the path and the port are unique to this test
             os.kill(pid, signal.SIGKILL)
-    assert not leftovers, output.decode(errors="replace")[-3000:]
+    assert not leftovers, (stack.state_dir / "stack.log").read_text()[-3000:]
     assert not any(tcp_open(port) for port in (kafka, redis, mlflow, s3, prometheus))
+
+
+def test_supervisord_runs_the_same_components_and_stops_them_cleanly(
+    supervised: tuple[procfile.LocalStack, subprocess.Popen[bytes]],
+) -> None:
+    stack, process = supervised
+    produce(stack.kafka.bootstrap, "supervised", [b"through-supervisord"])
+    assert http_ok(stack.mlflow.port, "/health")
+    process.send_signal(signal.SIGTERM)  # what up.py does on Ctrl-C
+    assert process.wait(60) == 0
+    stopped = (stack.state_dir / "stack.log").read_text()
+    for component in stack.components:
+        assert f"stopped: {component.name} (exit status 0)" in stopped, component.name
+
+
+def test_a_killed_component_is_restarted_and_counted_while_the_others_run_on(
+    supervised: tuple[procfile.LocalStack, subprocess.Popen[bytes]],
+) -> None:
+    stack, _ = supervised
+    control = supervisor.Supervisor(stack.state_dir)
+    others = {name: info["pid"] for name, info in control.processes().items()
+              if name != "redis"}
+    killed = control.kill("redis")  # kill -9 of its process group, as a crash
+    eventually(lambda: control.restarts() == {"redis": 1}, timeout=30,
+               what="the restart of redis counted")
+    eventually(lambda: _ready(stack.redis), timeout=30, what="redis answering again")
+    assert control.pid("redis") != killed
+    assert {name: info["pid"] for name, info in control.processes().items()
+            if name != "redis"} == others, "only redis restarted"
+    log = (stack.state_dir / "logs" / "restarts.log").read_text()
+    assert f"redis exited unexpectedly (pid {killed})" in log
+    assert "redis restarted (1 so far)" in log
+    produce(stack.kafka.bootstrap, "supervised", [b"the broker ran on"])
+
+
+def test_a_component_that_cannot_start_is_retried_with_backoff_until_it_can(
+    supervised: tuple[procfile.LocalStack, subprocess.Popen[bytes]],
+) -> None:
+    stack, _ = supervised
+    control = supervisor.Supervisor(stack.state_dir)
+    control.stop("redis")  # on purpose: not a restart
+    with socket.socket() as squatter:  # its port taken: each start fails at once
+        squatter.bind((HOST, stack.redis.port))
+        squatter.listen()
+        control.start("redis", wait=False)
+        eventually(lambda: control.processes()["redis"]["statename"] == "BACKOFF"
+                   and control.restarts().get("redis", 0) >= 2, timeout=60,
+                   what="redis retried, backing off between tries")
+    eventually(lambda: control.processes()["redis"]["statename"] == "RUNNING", timeout=60,
+               what="redis started once it could")
+    assert _ready(stack.redis)

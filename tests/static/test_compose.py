@@ -10,6 +10,7 @@ from tests.support.paths import REPO
 from tests.support.tools import check, find_tool
 
 COMPOSE = REPO / "docker-compose.yml"
+MTLS = REPO / "docker-compose.mtls.yml"
 
 
 def test_compose_file_matches_the_compose_spec() -> None:
@@ -51,3 +52,29 @@ def test_compose_prometheus_targets_resolve() -> None:
     names = {name for job in config["scrape_configs"]
              for sd in job.get("dns_sd_configs", []) for name in sd["names"]}
     assert names and names <= aliases, f"no Compose alias for {names - aliases}"
+
+
+def test_envoy_gets_only_its_own_files_and_no_privilege() -> None:
+    """No CA key or token signing key in Envoy's container; not root; no capability."""
+    envoy = yaml.safe_load(COMPOSE.read_text())["services"]["envoy"]
+    mounted = {volume.split(":")[0] for volume in envoy["volumes"]}
+    assert {m for m in mounted if m.startswith("./.local/pki")} == {
+        "./.local/pki/server.crt", "./.local/pki/server.key", "./.local/pki/jwks.json"}
+    assert not str(envoy["user"]).startswith("0")
+    assert envoy["cap_drop"] == ["ALL"] and "cap_add" not in envoy
+    mtls = yaml.safe_load(MTLS.read_text())["services"]
+    added = {volume.split(":")[0] for volume in mtls["envoy"]["volumes"]}
+    assert added == {"./.local/pki/envoy-client.crt", "./.local/pki/envoy-client.key",
+                     "./.local/pki/ca.crt"}
+
+
+def test_the_mtls_override_turns_mutual_tls_on_in_every_service() -> None:
+    validator = find_tool("check-jsonschema",
+                          "PyPI check-jsonschema, which vendors the Compose spec schema")
+    check([validator, "--builtin-schema", "vendor.compose-spec", str(MTLS)])
+    services = yaml.safe_load(MTLS.read_text())["services"]
+    for name in ("ingest", "trainer", "recommender"):
+        env = services[name]["environment"]
+        assert env["RECSYS_TLS_CA_FILE"] == "/etc/recsys-pki/ca.crt", name
+        assert env["RECSYS_HEALTH_PORT"], name
+    assert "/etc/envoy/compose-mtls.yaml" in " ".join(services["envoy"]["command"])

@@ -130,6 +130,40 @@ def test_a_network_policy_allows_each_pod_its_flows(
         assert app in selected, f"no network policy for the pods of {app}"
 
 
+# The replicated tiers Envoy balances over (and Envoy itself): rolled one pod at a time.
+ROLLED = ("ingest", "recommender", "envoy")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("name", ROLLED)
+def test_a_rolling_update_never_takes_capacity_away(
+        objects: dict[str, list[dict[str, Any]]], overlay: str, name: str) -> None:
+    """The same semantics the local stack shows with two replicas (tests/e2e): a new pod is
+    ready before an old one goes, an old one leaves the endpoints (preStop) before its
+    SIGTERM, and drains within its termination grace period."""
+    deployment = find(objects[overlay], "Deployment", name)
+    strategy = deployment["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate"
+    assert strategy["rollingUpdate"]["maxUnavailable"] == 0
+    assert strategy["rollingUpdate"]["maxSurge"] >= 1
+    assert deployment["spec"]["minReadySeconds"] > 0
+    spec = pod_spec(deployment)
+    container = spec["containers"][0]
+    assert "readinessProbe" in container
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert 0 < pre_stop < spec["terminationGracePeriodSeconds"]
+
+
+def test_prod_disruption_budgets_leave_all_but_one_pod_serving(
+        objects: dict[str, list[dict[str, Any]]]) -> None:
+    prod = objects["prod"]
+    for name in ROLLED:
+        budget = find(prod, "PodDisruptionBudget", name)["spec"]
+        assert budget["maxUnavailable"] == 1
+        pods = find(prod, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
+        assert budget["selector"]["matchLabels"].items() <= pods.items()
+
+
 def test_prod_is_replicated_and_protected(objects: dict[str, list[dict[str, Any]]]) -> None:
     prod = objects["prod"]
     for name in ("ingest", "recommender", "envoy"):

@@ -127,7 +127,9 @@ def test_deploy_creates_the_missing_secrets_before_applying(tmp_path: Path) -> N
     for line in (tmp_path / "secrets.log").read_text().splitlines():
         key, mode, value = line.split()
         secrets[key] = (mode, base64.b64decode(value).decode())
-    keys = {"postgres-password", "redis-password", "grafana-admin-password"}
+    keys = {"postgres-password", "redis-password", "grafana-admin-password",
+            "mlflow-admin-password", "mlflow-flask-secret-key", "mlflow-trainer-password",
+            "mlflow-recommender-password"}
     assert keys | {"jwks.json"} == secrets.keys()
     rendered = (REPO / "build" / "deploy" / "dev.yaml").read_text()
     for key in keys:
@@ -135,8 +137,12 @@ def test_deploy_creates_the_missing_secrets_before_applying(tmp_path: Path) -> N
         assert mode == "600", key  # written owner-only, removed afterwards
         assert re.fullmatch(r"[0-9a-f]{48}", password), key  # random, URL-safe
         assert password not in rendered + result.stderr + result.stdout
-    assert len({secrets[key][1] for key in keys}) == 3
+    assert len({secrets[key][1] for key in keys}) == len(keys)
     assert "-n recsys rollout status statefulset.apps/trainer --timeout=10m" in calls
+    # MLflow's users, once MLflow is up and before the services' rollouts are awaited.
+    users = calls.index("-n recsys exec -i deployment/mlflow -c mlflow -- python -")
+    assert calls.index("-n recsys rollout status deployment/mlflow --timeout=10m") < users
+    assert users < calls.index("-n recsys rollout status statefulset.apps/trainer --timeout=10m")
     assert secrets["jwks.json"][1] == '{"keys": []}'
 
 

@@ -32,6 +32,8 @@ class Stack:
     #: <state>/security.json: the CA, the token signing key (and client certificate with mTLS).
     security: dict[str, Any]
     log: Path
+    #: Its state directory: supervisord's socket, restarts.json, logs/.
+    state: Path
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -88,7 +90,7 @@ def local_stack(state: Path, *options: str) -> Iterator[Stack]:
     try:
         _wait_serving(process, log)
         running = Stack(json.loads((state / "endpoints.json").read_text()),
-                        json.loads((state / "security.json").read_text()), log)
+                        json.loads((state / "security.json").read_text()), log, state)
         yield running
     finally:
         _stop(process)

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
 from services.core import main
+from services.core.callers import current_caller
 from services.core.config import ServerSettings
 from services.core.health import HealthReporter
 from services.core.server import ServiceBinding
@@ -34,6 +35,8 @@ class ProbeServicer(recommender_pb2_grpc.RecommenderServiceServicer):
     async def Recommend(
         self, request: recommender_pb2.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> recommender_pb2.RecommendResponse:
+        if request.user_id == "whoami":  # who the runtime says is calling
+            return recommender_pb2.RecommendResponse(model_version=str(current_caller()))
         if request.user_id.startswith("sleep-"):
             await asyncio.sleep(float(request.user_id.removeprefix("sleep-")))
         elif request.user_id in FAILURES:
@@ -54,6 +57,9 @@ class ProbeApp:
 
     async def start(self, health: HealthReporter) -> None:
         await health.set_serving(SERVICE, True)
+
+    async def drain(self) -> None:
+        pass
 
     async def close(self) -> None:
         self.closed = True

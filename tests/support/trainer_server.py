@@ -5,27 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import sys
 import uuid
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from recsys.events.v1 import interaction_pb2
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from scripts.localstack.components import Component, MlflowServer, TansuBroker, free_ports
+from scripts.localstack.components import MlflowServer, TansuBroker
 from services.cli.ingest import stream_events
 from services.core import server
-from services.core.client import aio_channel, channel
+from services.core.client import aio_channel
 from services.data.synthetic import SyntheticData, SyntheticSpec
 from services.trainer.app import TrainerApp
-from services.trainer.servicer import SERVICE_NAME
 from services.trainer.settings import TrainerSettings
 from tests.support.ingest_server import start_ingest
+from tests.support.service_process import LoggedService
 from tests.support.topics import read_topic
 
 #: The trainers' data: generated, so no test needs a dataset from outside the repository.
@@ -161,34 +159,15 @@ async def stop_trainer(trainer: Trainer) -> None:
     await trainer.running.stop(2.0)
 
 
-class TrainerProcess(Component):
-    """`python -m services.trainer` as its own process, for kill -9 tests."""
-
-    name = "trainer"
+class TrainerProcess(LoggedService):
+    """`python -m services.trainer` as its own process, its store in `store_dir`."""
 
     def __init__(self, data_dir: Path, *, environ: dict[str, str]) -> None:
-        super().__init__(data_dir)
-        self.port, self.metrics_port = free_ports(2)
-        self.environ = environ
+        super().__init__(data_dir, "trainer", environ=environ)
 
     @property
     def store_dir(self) -> Path:
         return self.data_dir / "store"
 
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "services.trainer"]
-
     def env(self) -> dict[str, str]:
-        return {
-            **self.environ,
-            "RECSYS_GRPC_PORT": str(self.port),
-            "RECSYS_METRICS_PORT": str(self.metrics_port),
-            "RECSYS_TRAINER_DATA_DIR": str(self.store_dir),
-            "RECSYS_LOG_FORMAT": "json",
-        }
-
-    def probe(self) -> bool:
-        with channel(f"127.0.0.1:{self.port}") as chan:
-            answer = health_pb2_grpc.HealthStub(chan).Check(
-                health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=1)
-        return answer.status == health_pb2.HealthCheckResponse.SERVING
+        return {**super().env(), "RECSYS_TRAINER_DATA_DIR": str(self.store_dir)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,14 +139,15 @@ class ProbeProcess:
     metrics_port: int
 
 
-@pytest.fixture
-def probe_process() -> Iterator[ProbeProcess]:
+@contextmanager
+def spawn_probe(grace_s: float) -> Iterator[ProbeProcess]:
+    """The probe app as a process with this grace period; killed if still running at the end."""
     port, metrics_port = free_ports(2)
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.support.probe_app"],
         cwd=REPO,
         env={**os.environ, "RECSYS_GRPC_PORT": str(port), "RECSYS_METRICS_PORT": str(metrics_port),
-             "RECSYS_SHUTDOWN_GRACE_S": "5", "RECSYS_LOG_FORMAT": "json"},
+             "RECSYS_SHUTDOWN_GRACE_S": str(grace_s), "RECSYS_LOG_FORMAT": "json"},
         stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -153,6 +156,12 @@ def probe_process() -> Iterator[ProbeProcess]:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.fixture
+def probe_process() -> Iterator[ProbeProcess]:
+    with spawn_probe(grace_s=5) as probe:
+        yield probe
 
 
 def _serving(port: int) -> bool:
@@ -200,4 +209,32 @@ async def test_sigterm_drains_in_flight_calls_refuses_new_ones_and_exits_zero(
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     exit_code = await asyncio.to_thread(process.wait, 10)
     assert exit_code == 0
-    assert '"msg": "stopped"' in process.stderr.read()
+    logged = _logged(process.stderr.read())
+    assert {"msg": "drained", "cut_short": 0}.items() <= logged["drained"].items()
+    assert "stopped" in logged
+
+
+def _logged(stderr: str) -> dict[str, dict[str, object]]:
+    """The JSON log lines of a process, by message (the last of each)."""
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    return {line["msg"]: line for line in lines}
+
+
+async def test_a_call_longer_than_the_grace_period_is_cut_short_and_counted() -> None:
+    with spawn_probe(grace_s=0.5) as probe:
+        await eventually_async(lambda: _serving(probe.port), timeout=30,
+                               what="the probe process serving")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{probe.port}") as channel:
+            stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
+            in_flight = asyncio.ensure_future(stub.Recommend(
+                recommender_pb2.RecommendRequest(user_id="sleep-60"), timeout=90))
+            await eventually_async(lambda: _started(probe.metrics_port, "Recommend") == 1,
+                                   timeout=10, what="the call in flight on the server")
+            probe.process.send_signal(signal.SIGTERM)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await in_flight
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # "Cancelling all calls"
+        assert await asyncio.to_thread(probe.process.wait, 10) == 0
+        logged = _logged(probe.process.stderr.read())
+    assert logged["draining"]["in_flight"] == 1
+    assert logged["drained"]["cut_short"] == 1

@@ -19,6 +19,7 @@ from services.edge.descriptor import DESCRIPTOR
 from services.edge.policy import DEFAULT_POLICIES, EdgeSecurity, RateLimit, RoutePolicy
 from services.edge.profiles import pki_security
 from services.edge.render import render_envoy_config
+from services.edge.security_filters import ADDRESS_LIMIT_FILTER
 from tests.support.paths import REPO
 
 pytestmark = pytest.mark.integration
@@ -34,14 +35,18 @@ def test_kubernetes_render_is_secured() -> None:
     assert chain["transport_socket"]["name"] == "envoy.transport_sockets.tls"
     manager = chain["filters"][0]["typed_config"]
     filters = [f["name"] for f in manager["http_filters"]]
-    assert filters == ["envoy.filters.http.buffer", "envoy.filters.http.grpc_json_transcoder",
-                       "envoy.filters.http.jwt_authn", "envoy.filters.http.rbac",
+    # The token before anything reads a body; scope and rate limit once routed.
+    assert filters == ["envoy.filters.http.header_mutation", ADDRESS_LIMIT_FILTER,
+                       "envoy.filters.http.jwt_authn", "envoy.filters.http.buffer",
+                       "envoy.filters.http.grpc_json_transcoder", "envoy.filters.http.rbac",
                        "envoy.filters.http.local_ratelimit", "envoy.filters.http.router"]
     for route in manager["route_config"]["virtual_hosts"][0]["routes"]:
         per_route = route["typed_per_filter_config"]
         jwt = per_route["envoy.filters.http.jwt_authn"]
-        if "direct_response" in route:  # 404s need no token
+        if "direct_response" in route and "grpc" in route["match"]:  # gRPC 404s: no token
             assert jwt["disabled"] is True
+        elif "direct_response" in route:  # REST, before transcoding: a token first
+            assert jwt["requirement_name"] == "token"
         else:
             assert jwt["requirement_name"] == "token"
             assert "rbac" in per_route["envoy.filters.http.rbac"]
@@ -120,7 +125,8 @@ def test_a_method_can_override_its_service_policy(tmp_path: Path) -> None:
     routes = _routes(pki_security(pki.directory, policies=policies))
     override, service = routes[method], routes[prefix]
     assert override["route"]["timeout"] == "30s"
-    assert override["route"]["max_stream_duration"] == {"grpc_timeout_header_max": "30s"}
+    assert override["route"]["max_stream_duration"] == {"max_stream_duration": "30s",
+                                                        "grpc_timeout_header_max": "30s"}
     limit = override["typed_per_filter_config"]["envoy.filters.http.local_ratelimit"]
     assert limit["token_bucket"] == {"max_tokens": 1, "tokens_per_fill": 1,
                                      "fill_interval": "60s"}

@@ -26,6 +26,7 @@ from scripts.localstack.pki import Pki
 from services.core.config import ServerSettings
 from services.edge.listeners import MAX_REQUEST_BODY_BYTES
 from services.edge.profiles import pki_security
+from services.edge.render import ADMIN_PATHS
 from services.edge.tokens import SCOPES
 from services.ingest.app import IngestApp
 from services.ingest.settings import IngestSettings
@@ -59,7 +60,8 @@ def failing(edge_pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         with (
             Envoy(tmp_path_factory.mktemp("envoy"), ingest=f"{HOST}:{ingest.port}",
                   trainer=f"{HOST}:{free_port()}", recommender=f"{HOST}:{probe.port}",
-                  security=pki_security(edge_pki.directory)) as envoy,
+                  security=pki_security(edge_pki.directory),
+                  admin_paths=(*ADMIN_PATHS, "/clusters")) as envoy,
             envoy_channel(envoy, edge_pki, token := edge_pki.mint_token(
                 SCOPES, subject="edge-errors")) as channel,
         ):
@@ -77,6 +79,7 @@ HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
     grpc.StatusCode.FAILED_PRECONDITION: 400,
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,

@@ -2,7 +2,8 @@
 
 The recommender upstream is the runtime's probe service with mutual TLS on (Envoy presents
 its client certificate); nothing listens at ingest's and trainer's addresses, so a call that
-passes authentication there ends as 503 / UNAVAILABLE, one that does not as 401 or 403.
+passes authentication there ends as 503 / UNAVAILABLE, one that does not as 401 or 403
+(tests/support/secure_edge.py).
 """
 
 from __future__ import annotations
@@ -15,10 +16,7 @@ import ssl
 import subprocess
 import sys
 import time
-import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -30,21 +28,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recsys.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from scripts.localstack.components import HOST, VENV_BIN, free_port
-from scripts.localstack.envoy import Envoy
+from scripts.localstack.components import HOST, VENV_BIN
 from scripts.localstack.pki import Pki
-from services.core.config import ServerSettings
 from services.core.names import SERVICE_NAMES
-from services.core.server import RunningServer
 from services.edge.descriptor import DESCRIPTOR
 from services.edge.listeners import MAX_REQUEST_BODY_BYTES, MAX_REQUEST_HEADERS_KB
 from services.edge.policy import DEFAULT_POLICIES, RateLimit, RoutePolicy
-from services.edge.profiles import pki_security
 from services.edge.tokens import SCOPES
-from tests.support.clients import Rest
 from tests.support.grpc_calls import client_tls, refused, secure_channel
-from tests.support.loop_thread import LoopThread
-from tests.support.probe_app import ProbeApp
+from tests.support.secure_edge import SecureEdge, secure_edge
 
 pytestmark = pytest.mark.integration
 
@@ -59,45 +51,10 @@ POLICIES = {
 }
 
 
-@dataclass(frozen=True)
-class SecureEdge:
-    envoy: Envoy
-    probe: RunningServer
-    pki: Pki
-
-    def rest(self, token: str | None) -> Rest:
-        return Rest(self.envoy.port, ca=self.pki.ca_cert, token=token)
-
-    def channel(self, token: str | None) -> grpc.Channel:
-        return secure_channel(self.envoy.target, client_tls(self.pki, token=token))
-
-    def token(self, *scopes: str, **options: Any) -> str:
-        """A token of its own subject (so of its own rate-limit bucket) unless told."""
-        options.setdefault("subject", f"client-{uuid.uuid4().hex[:8]}")
-        return self.pki.mint_token(scopes, **options)
-
-    def stats(self) -> str:
-        url = f"{self.envoy.admin_url}/stats/prometheus"
-        with urllib.request.urlopen(url, timeout=5) as reply:
-            text: str = reply.read().decode()
-        return text
-
-
 @pytest.fixture(scope="module")
 def secure(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureEdge]:
-    loop = LoopThread()
-    probe = loop.serve(ProbeApp(), ServerSettings(
-        tls_cert_file=str(pki.server_cert), tls_key_file=str(pki.server_key),
-        tls_ca_file=str(pki.ca_cert)))
-    dead = f"{HOST}:{free_port()}"
-    security = pki_security(pki.directory, mutual_tls=True, policies=POLICIES)
-    try:
-        with Envoy(tmp_path_factory.mktemp("envoy"), ingest=dead, trainer=dead,
-                   recommender=f"{HOST}:{probe.port}", security=security) as envoy:
-            yield SecureEdge(envoy, probe, pki)
-    finally:
-        loop.run(probe.stop(1.0))
-        loop.close()
+    with secure_edge(pki, tmp_path_factory.mktemp("envoy"), policies=POLICIES) as edge:
+        yield edge
 
 
 RECOMMEND = "/v1/users/u1/recommendations"
@@ -330,8 +287,10 @@ def test_the_listener_speaks_tls_only(secure: SecureEdge) -> None:
 
 
 def test_health_and_reflection_stay_hidden_with_or_without_a_token(secure: SecureEdge) -> None:
+    # Over REST the token is checked before the path is known (authentication first).
+    assert secure.rest(None).post("/grpc.health.v1.Health/Check").status == 401
+    assert secure.rest(secure.token(*SCOPES)).post("/grpc.health.v1.Health/Check").status == 404
     for token in (None, secure.token(*SCOPES)):
-        assert secure.rest(token).post("/grpc.health.v1.Health/Check").status == 404
         with secure.channel(token) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             assert refused(lambda s=stub: s.Check(health_pb2.HealthCheckRequest(), timeout=5)) \

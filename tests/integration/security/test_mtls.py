@@ -1,5 +1,6 @@
 """Mutual TLS between services: each real server refuses every client without a certificate
-from the mesh's CA, and serves health in plaintext on a separate port for probes."""
+from the mesh's CA, lets only the identities on its allow-lists call more than health, and
+serves health in plaintext on a separate port for probes."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from recsys.recommender.v1 import recommender_pb2, recommender_pb2_grpc
+from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from scripts.localstack.components import (
     HOST,
     VENV_BIN,
@@ -25,9 +27,10 @@ from scripts.localstack.components import (
     TansuBroker,
     free_port,
 )
-from scripts.localstack.pki import Pki
+from scripts.localstack.pki import Pki, issue_client_certificate
 from services.core.names import SERVICE_NAMES
 from services.core.server import App, RunningServer
+from services.core.tls import ClientTLS
 from services.ingest.app import IngestApp
 from services.ingest.settings import IngestSettings
 from services.recommender.app import RecommenderApp
@@ -143,3 +146,52 @@ def test_grpcurl_with_the_client_certificate(mesh: Mesh, pki: Pki) -> None:
     assert SERVICE_NAMES["trainer"] in listed.stdout.split()
     assert grpcurl(*pki.grpcurl_args(client_cert=False)).returncode != 0
     assert grpcurl("-plaintext").returncode != 0
+
+
+@pytest.fixture(scope="module")
+def recommender_identity(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> ClientTLS:
+    """A certificate from the mesh's CA for the recommender: a workload that calls nothing."""
+    folder = tmp_path_factory.mktemp("recommender-identity")
+    cert, key = folder / "client.crt", folder / "client.key"
+    issue_client_certificate(pki, "recommender", cert, key)
+    return ClientTLS(ca_file=str(pki.ca_cert), cert_file=str(cert), key_file=str(key))
+
+
+def _promote(channel: grpc.Channel) -> Any:
+    stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+    return stub.PromoteModelVersion(trainer_pb2.PromoteModelVersionRequest(version="999"),
+                                    timeout=10)
+
+
+def test_a_certificate_of_the_ca_is_not_enough_to_call_a_service(
+    mesh: Mesh, recommender_identity: ClientTLS,
+) -> None:
+    """Signed by the mesh's CA, but not on the allow-lists: health only."""
+    for name in SERVICE_NAMES:
+        with secure_channel(mesh.target(name), recommender_identity) as channel:
+            assert health_check(channel, "liveness") == health_pb2.HealthCheckResponse.SERVING
+            stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
+            assert refused(lambda s=stub: s.GetModelInfo(recommender_pb2.GetModelInfoRequest(),
+                                                         timeout=5)) in (
+                grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNIMPLEMENTED), name
+    with secure_channel(mesh.target("trainer"), recommender_identity) as channel:
+        assert refused(lambda: _promote(channel)) == grpc.StatusCode.PERMISSION_DENIED
+    with secure_channel(mesh.target("recommender"), recommender_identity) as channel:
+        stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
+        assert refused(lambda: stub.GetModelInfo(recommender_pb2.GetModelInfoRequest(),
+                                                 timeout=5)) == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_the_admin_identity_may_call_admin_rpcs(mesh: Mesh, pki: Pki) -> None:
+    with secure_channel(mesh.target("trainer"), client_tls(pki, cert=pki)) as channel:
+        # Past the allow-list, to the registry, which has no such version.
+        assert refused(lambda: _promote(channel)) == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_servers_certificate_cannot_act_as_a_client(mesh: Mesh, pki: Pki) -> None:
+    """The local servers share a certificate that also names "envoy": as a client certificate
+    (serverAuth only) it is refused during the handshake, so it never passes for Envoy."""
+    as_client = ClientTLS(ca_file=str(pki.ca_cert), cert_file=str(pki.server_cert),
+                          key_file=str(pki.server_key))
+    with secure_channel(mesh.target("trainer"), as_client) as channel:
+        assert refused(lambda: _promote(channel)) == grpc.StatusCode.UNAVAILABLE

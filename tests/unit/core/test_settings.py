@@ -5,7 +5,7 @@ from dataclasses import FrozenInstanceError, dataclass
 
 import pytest
 
-from services.core.config import ServerSettings
+from services.core.config import ServerSettings, secret
 from services.core.settings import SettingsError, env, load, positive
 
 
@@ -65,3 +65,22 @@ def test_bad_settings_fail_with_a_one_line_reason(environ: dict[str, str], messa
 def test_other_services_variables_are_not_rejected() -> None:
     settings = load(DemoSettings, {"RECSYS_OTHER_THING": "1"}, prefix="RECSYS_DEMO_")
     assert settings.batch == 1000
+
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecretSettings:
+    url: str = secret(env("RECSYS_DEMO_URL", "redis://x", "A URL with a password.",
+                          check=lambda value: value.startswith("redis://"), rule="redis://"))
+    retries: int = secret(env("RECSYS_DEMO_TOKEN_RETRIES", 1, "A secret number."))
+
+
+@pytest.mark.parametrize("environ", [
+    {"RECSYS_DEMO_URL": "http://:hunter2@redis:6379/0"},  # fails its check
+    {"RECSYS_DEMO_TOKEN_RETRIES": "hunter2"},  # fails its conversion
+])
+def test_a_secret_is_never_in_a_settings_error(environ: dict[str, str]) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load(SecretSettings, environ)
+    assert "hunter2" not in str(raised.value)
+    assert str(raised.value).startswith(f"{next(iter(environ))} (secret, value not shown)")

@@ -251,3 +251,42 @@ async def test_a_bad_chunk_size_ends_the_stream_with_what_was_published(
         await stream.add([view_event(i) for i in range(3)])
     assert caught.value.field == "interactions"
     assert caught.value.details == ingest_pb2.IngestFailure(accepted_count=2)
+
+
+async def test_a_draining_service_stops_a_stream_before_its_next_chunk(
+    make_ingestor: MakeIngestor, producer: FakeProducer
+) -> None:
+    ingestor = make_ingestor(max_batch=2)
+    stream = ingestor.stream()
+    await stream.add([view_event(0), view_event(1, user_id="")])
+    ingestor.drain()
+    with pytest.raises(Unavailable) as caught:
+        await stream.add([view_event(2), view_event(3)])
+    # Taken in: events 0 and 1 (accepted + listed + rejected); the client resends from 2.
+    assert caught.value.details == ingest_pb2.IngestFailure(accepted_count=1)
+    assert "events from index 2 on were not taken in" in caught.value.message
+    assert not caught.value.retryable  # resending the whole stream would duplicate event 0
+    assert len(producer.records) == 1
+
+
+async def test_a_stream_stopped_before_anything_was_published_may_be_retried(
+    make_ingestor: MakeIngestor, producer: FakeProducer
+) -> None:
+    ingestor = make_ingestor()
+    stream = ingestor.stream()
+    ingestor.drain()
+    with pytest.raises(Unavailable) as caught:
+        await stream.add([view_event(0)])
+    assert caught.value.details == ingest_pb2.IngestFailure(accepted_count=0)
+    assert caught.value.retryable
+    assert producer.records == []
+
+
+async def test_a_draining_service_still_answers_single_calls(
+    make_ingestor: MakeIngestor, producer: FakeProducer
+) -> None:
+    ingestor = make_ingestor()
+    ingestor.drain()
+    assert await ingestor.create(view_event(0)) == derive_event_id(view_event(0))
+    assert (await ingestor.ingest([view_event(1), view_event(2)])).accepted == 2
+    assert len(producer.records) == 3

@@ -9,9 +9,17 @@ from pathlib import Path
 import jwt
 import pytest
 from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from scripts.localstack import pki as pki_module
-from scripts.localstack.pki import Pki, ensure_pki, rotate_certificates, rotate_signing_key
+from scripts.localstack.pki import (
+    ADMIN_IDENTITY,
+    EDGE_IDENTITY,
+    Pki,
+    ensure_pki,
+    rotate_certificates,
+    rotate_signing_key,
+)
 from services.cli.__main__ import main as recsys
 from services.cli.token import mint_token
 from services.edge.profiles import pki_security
@@ -33,8 +41,10 @@ def test_ensure_creates_everything_once(tmp_path: Path) -> None:
     pki = ensure_pki(tmp_path / "pki")
     before = _files(pki)
     assert set(before) == {"ca.crt", "ca.key", "server.crt", "server.key", "client.crt",
-                           "client.key", "signing-key.pem", "jwks.json"}
-    for key in (pki.ca_key, pki.server_key, pki.client_key, pki.signing_key):
+                           "client.key", "envoy-client.crt", "envoy-client.key",
+                           "signing-key.pem", "jwks.json"}
+    for key in (pki.ca_key, pki.server_key, pki.client_key, pki.envoy_client_key,
+                pki.signing_key):
         assert key.stat().st_mode & 0o077 == 0, key
     assert _files(ensure_pki(tmp_path / "pki")) == before
 
@@ -47,7 +57,18 @@ def test_the_edge_reads_the_files_the_pki_writes(tmp_path: Path) -> None:
     assert (listener.cert, listener.key, security.jwks) == (
         str(pki.server_cert), str(pki.server_key), str(pki.jwks))
     assert (upstream.cert, upstream.key, upstream.ca) == (
-        str(pki.client_cert), str(pki.client_key), str(pki.ca_cert))
+        str(pki.envoy_client_cert), str(pki.envoy_client_key), str(pki.ca_cert))
+
+
+def test_each_client_certificate_names_its_identity(tmp_path: Path) -> None:
+    """The names the services' allow-lists check (RECSYS_TLS_*CALLERS)."""
+    pki = ensure_pki(tmp_path / "pki")
+    for path, identity in ((pki.client_cert, ADMIN_IDENTITY),
+                           (pki.envoy_client_cert, EDGE_IDENTITY)):
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.DNSName) == [identity]
+        assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == identity
 
 
 def test_certificates_chain_to_the_ca_with_the_right_names(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -155,3 +156,23 @@ def test_inconsistent_shapes_are_rejected(artifact: ModelArtifact) -> None:
     short = TopLists(rows=artifact.top_lists.rows[:-1], scores=artifact.top_lists.scores[:-1])
     with pytest.raises(ValueError, match="top lists"):
         dataclasses.replace(artifact, top_lists=short)
+
+
+@pytest.mark.parametrize(("field", "change", "message"), [
+    ("seen_indices", lambda a: a + 10_000, "seen_indices: out of range"),
+    ("seen_indices", lambda a: a - 10_000, "seen_indices: out of range"),
+    ("seen_indptr", lambda a: np.where(np.arange(len(a)) == 1, a[2] + 5, a), "never decrease"),
+    ("item_popularity", lambda a: -a - 1, "item_popularity"),
+])
+def test_indices_out_of_range_are_rejected(artifact: ModelArtifact, field: str,
+                                           change: Any, message: str) -> None:
+    """Serving indexes arrays with them: a file with such indices is not a model."""
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(artifact, **{field: change(getattr(artifact, field))})
+
+
+def test_top_list_rows_out_of_range_are_rejected(artifact: ModelArtifact) -> None:
+    assert artifact.top_lists is not None
+    beyond = dataclasses.replace(artifact.top_lists, rows=artifact.top_lists.rows + 1)
+    with pytest.raises(ValueError, match="top lists: rows out of range"):
+        dataclasses.replace(artifact, top_lists=beyond)

@@ -17,7 +17,7 @@ import requests
 from requests.adapters import BaseAdapter, HTTPAdapter
 
 from services.core.errors import FailedPrecondition, Unavailable
-from services.model.artifact import ModelArtifact
+from services.model.artifact import ArtifactRefused, ModelArtifact, sha256_of
 from services.model.champion import ChampionReader, mlflow_session
 from services.model.lineage import Lineage
 from services.model.versions import VersionInfo, version_tags
@@ -153,10 +153,10 @@ def test_an_unreachable_server_is_unavailable(mlflow: FakeMlflow,
         reader.champion()
 
 
-def version(source: str = SOURCE) -> VersionInfo:
+def version(source: str = SOURCE, sha256: str = "") -> VersionInfo:
     return VersionInfo(version="7", model_name="recsys-mf", aliases=("champion",),
                        run_id="44fe44ac", source=source, metrics={}, lineage=None,
-                       created_at_ms=0)
+                       created_at_ms=0, artifact_sha256=sha256)
 
 
 def test_the_artifact_comes_through_the_servers_artifact_proxy(reader: ChampionReader) -> None:
@@ -196,7 +196,7 @@ def test_load_streams_the_file_into_the_directory_given(
     mlflow.answer(url.path, 200, (tmp_path / "published.npz").read_bytes())
     dst = tmp_path / "download"
     dst.mkdir()
-    loaded = reader.load(version(), dst)
+    loaded = reader.load(version(sha256=sha256_of(tmp_path / "published.npz")), dst)
     assert np.array_equal(loaded.item_factors, artifact.item_factors)
     assert loaded.user_ids.tolist() == ["u0", "u1", "u2"]
     assert [p.name for p in dst.iterdir()] == ["model.npz"]
@@ -222,6 +222,38 @@ def test_a_file_that_is_no_model_is_refused(mlflow: FakeMlflow, reader: Champion
     mlflow.answer(urlsplit(reader.artifact_url(version())).path, 200, b"<html>login</html>")
     with pytest.raises(ValueError):
         reader.load(version(), tmp_path)
+
+
+def _published(mlflow: FakeMlflow, reader: ChampionReader, data: bytes) -> None:
+    mlflow.answer(urlsplit(reader.artifact_url(version())).path, 200, data)
+
+
+@pytest.mark.parametrize("registered", ["", "0" * 64])
+def test_a_file_without_the_registered_hash_is_refused(
+        mlflow: FakeMlflow, reader: ChampionReader, artifact: ModelArtifact, tmp_path: Path,
+        registered: str) -> None:
+    """A valid model, but not the one the trainer registered (or nothing to check it by)."""
+    artifact.save(tmp_path / "replaced.npz")
+    _published(mlflow, reader, (tmp_path / "replaced.npz").read_bytes())
+    with pytest.raises(ArtifactRefused) as refused:
+        reader.load(version(sha256=registered), tmp_path)
+    assert refused.value.reason == "checksum"
+
+
+def test_a_registered_file_that_is_not_a_valid_model_is_refused(
+        mlflow: FakeMlflow, reader: ChampionReader, artifact: ModelArtifact,
+        tmp_path: Path) -> None:
+    """The hash matches (the trainer registered it so), the contents do not make a model."""
+    broken = tmp_path / "broken.npz"
+    artifact.save(broken)
+    with np.load(broken) as npz:
+        fields = dict(npz)
+    fields["seen_indices"] = fields["seen_indices"] + 100  # past the last item
+    np.savez(broken, **fields)
+    _published(mlflow, reader, broken.read_bytes())
+    with pytest.raises(ArtifactRefused, match="seen_indices: out of range") as refused:
+        reader.load(version(sha256=sha256_of(broken)), tmp_path)
+    assert refused.value.reason == "invalid"
 
 
 @pytest.mark.parametrize("retries", [0, 2])

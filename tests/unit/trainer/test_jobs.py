@@ -339,9 +339,13 @@ async def test_triggers_start_jobs_after_new_events(
     assert jobs._due(new_events=10, interval_min=0) is Trigger.NEW_EVENTS
     assert jobs._due(new_events=10_000, interval_min=0) is None
     triggers = asyncio.create_task(jobs.run_triggers(new_events=10, interval_min=0))
+
+    async def triggered() -> Job | None:  # it may have ended already: look at the list
+        newest = await jobs.recent(1)
+        return newest[0] if newest and newest[0].trigger is Trigger.NEW_EVENTS else None
+
     try:
-        job = await eventually_async(lambda: jobs.running, timeout=10,
-                                     what="a job started by the trigger")
+        job = await eventually_async(triggered, timeout=10, what="a job started by the trigger")
         assert job.trigger is Trigger.NEW_EVENTS
         final = await finished(jobs, job.job_id)
         assert final.state is JobState.SUCCEEDED
