@@ -120,13 +120,13 @@ class Scorer:
     def recommend_many(self, queries: Sequence[Query]) -> list[tuple[Strategy, Ranked]]:
         """Top-k items for each query, in order: from the top lists where they hold the
         answer, else scored."""
-        listed = [self._listed(query) for query in queries]
+        listed = [self.listed(query) for query in queries]
         unlisted = [query for query, answer in zip(queries, listed, strict=True) if answer is None]
         scored = iter(self._scored(unlisted) if unlisted else ())
         return [answer or next(scored) for answer in listed]
 
-    def _listed(self, query: Query) -> tuple[Strategy, Ranked] | None:
-        """The answer from the user's top list, if it holds one."""
+    def listed(self, query: Query) -> tuple[Strategy, Ranked] | None:
+        """The answer from the user's top list, if it holds one (about 10 µs)."""
         row = self._user_index.get(query.user_id)
         if self.top_lists is None or row is None or not query.exclude_seen:
             return None
