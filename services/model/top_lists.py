@@ -14,7 +14,7 @@ here) and users x LENGTH x 8 bytes, in the artifact and in the recommender's mem
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,15 +54,16 @@ class TopLists:
             scores[first:last] = np.take_along_axis(values, order, axis=1)
         return cls(rows=rows, scores=scores)
 
-    def pick(self, user: int, k: int, excluded: Container[int]) -> list[tuple[int, float]] | None:
+    def pick(self, user: int, k: int, excluded: Collection[int]
+             ) -> list[tuple[int, float]] | None:
         """The user's best k (row, score) without `excluded`, or None when the list holds
-        fewer than k such items (the caller must score)."""
-        picked: list[tuple[int, float]] = []
-        for row, score in zip(self.rows[user].tolist(), self.scores[user].tolist(), strict=True):
-            if score == float("-inf"):
-                return None
-            if row not in excluded:
-                picked.append((row, score))
-                if len(picked) == k:
-                    return picked
-        return None
+        fewer than k such items (the caller must score). Only the first k + len(excluded)
+        entries can hold the answer, so only they are read."""
+        end = k + len(excluded)
+        rows, scores = self.rows[user, :end].tolist(), self.scores[user, :end].tolist()
+        picked = [(row, score) for row, score in zip(rows, scores, strict=True)
+                  if row not in excluded][:k]
+        # Scores are sorted, -inf past the last allowed item: the last pick shows a short list.
+        if len(picked) < k or (picked and picked[-1][1] == float("-inf")):
+            return None
+        return picked
