@@ -70,6 +70,7 @@ class TrainerApp:
                 min_ndcg=settings.min_ndcg, gate_tolerance=settings.gate_tolerance,
                 search=settings.search_defaults(),
                 evaluation_max_rows=settings.evaluation_max_rows,
+                evaluation_max_users=settings.evaluation_max_users,
                 top_lists_max_cells=settings.top_lists_max_cells,
                 wait_for_events_s=settings.wait_for_events_s,
                 end_offsets=functools.partial(

@@ -75,15 +75,17 @@ def stratified_split(
     return _subset(data, in_train), _subset(data, ~in_train)
 
 
-def sample_users(data: Interactions, max_rows: int, rng: np.random.Generator
-                 ) -> np.ndarray | None:
+def sample_users(data: Interactions, max_rows: int, rng: np.random.Generator, *,
+                 max_users: int | None = None) -> np.ndarray | None:
     """A random sample of users whose interactions in `data` add up to at most `max_rows`
-    (at least one user); None when `data` holds no more than `max_rows` (nothing to drop)."""
-    if len(data) <= max_rows:
+    and who number at most `max_users` (at least one user); None when `data` is within both
+    (nothing to drop)."""
+    if len(data) <= max_rows and (max_users is None or data.n_users <= max_users):
         return None
     order = rng.permutation(data.n_users)
     rows = np.bincount(data.users, minlength=data.n_users)[order]
-    return order[: max(1, int(np.searchsorted(np.cumsum(rows), max_rows, "right")))]
+    kept = max(1, int(np.searchsorted(np.cumsum(rows), max_rows, "right")))
+    return order[: kept if max_users is None else min(kept, max_users)]
 
 
 def only_users(data: Interactions, kept: np.ndarray) -> Interactions:
@@ -95,12 +97,14 @@ def only_users(data: Interactions, kept: np.ndarray) -> Interactions:
                         len(kept), data.n_items)
 
 
-def evaluation_sample(data: Interactions, *, max_rows: int, seed: int = 42) -> Interactions:
+def evaluation_sample(data: Interactions, *, max_rows: int, max_users: int,
+                      seed: int = 42) -> Interactions:
     """The users the protocol is applied to: all of them while `data` holds at most
-    `max_rows` interactions (the protocol's figures, exactly); beyond, a seeded random sample
-    of users whose interactions add up to at most `max_rows`, so that the evaluation's fit and
-    ranking stop growing with the data (its figures then estimate the protocol's)."""
-    kept = sample_users(data, max_rows, np.random.default_rng(seed))
+    `max_rows` interactions and `max_users` users (the protocol's figures, exactly); beyond, a
+    seeded random sample of whole users within both, so that the evaluation's fit (which grows
+    with the rows) and its ranking (users x items) stop growing with the data (its figures then
+    estimate the protocol's)."""
+    kept = sample_users(data, max_rows, np.random.default_rng(seed), max_users=max_users)
     return data if kept is None else only_users(data, kept)
 
 

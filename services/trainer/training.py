@@ -62,6 +62,7 @@ class TrainingOptions:
     search: search.Defaults
     # Interactions the held-out evaluation covers at most (`evaluation.evaluation_sample`).
     evaluation_max_rows: int
+    evaluation_max_users: int
     # Users x items up to which the artifact ships every user's top list (`package_model`).
     top_lists_max_cells: int
     wait_for_events_s: float
@@ -132,7 +133,8 @@ def run_training(job: Job, *, store: DatasetStore, registry: ModelRegistry,
 
     full = Interactions.from_arrays(data.users, data.items, data.weights,
                                     n_users=len(data.user_ids), n_items=len(data.item_ids))
-    evaluated = evaluation_sample(full, max_rows=options.evaluation_max_rows)
+    evaluated = evaluation_sample(full, max_rows=options.evaluation_max_rows,
+                                  max_users=options.evaluation_max_users)
     train, test = stratified_split(evaluated.users, evaluated.items, evaluated.weights,
                                    n_users=evaluated.n_users, n_items=evaluated.n_items)
     budget = options.search.budget(trials=job.trials, seconds=job.search_seconds)

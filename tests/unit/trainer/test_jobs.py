@@ -40,6 +40,7 @@ def manager(store: DatasetStore, registry: FakeRegistry, metrics: TrainerMetrics
     return JobManager(store, registry, metrics, defaults=SMALL, options=TrainingOptions(**{
         "topic": TOPIC, "type_weights": DEFAULT_TYPE_WEIGHTS, "min_ndcg": min_ndcg,
         "gate_tolerance": 0.01, "wait_for_events_s": 5.0, "evaluation_max_rows": 2_000_000,
+        "evaluation_max_users": 1_000_000,
         "top_lists_max_cells": 10**10,
         "search": Defaults(trials=trials, trial_multiple=100.0, max_seconds=60.0,
                            max_rows=1_000_000),
@@ -229,6 +230,11 @@ async def test_beyond_its_size_the_evaluation_samples_users(
     assert sampled.state is JobState.SUCCEEDED, sampled.error
     assert 0 < sampled.metrics["evaluation_user_share"] < 1
     assert 0 < sampled.metrics["users_evaluated"] < whole.metrics["users_evaluated"]
+    few = manager(filled_store, fake_registry, metrics, evaluation_max_users=5)
+    await few.open()
+    by_users = await finished(few, (await few.start(JobRequest())).job_id)
+    assert by_users.state is JobState.SUCCEEDED, by_users.error
+    assert by_users.metrics["users_evaluated"] <= 5 < whole.metrics["users_evaluated"]
 
 
 async def test_a_worse_model_is_registered_but_not_promoted(
