@@ -69,7 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from recsys.events.v1 import interaction_pb2
 from recsys.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from scripts.localstack.readiness import healthy_in_envoy, serving
+from scripts.localstack.readiness import healthy_in_envoy, serving, stack_client_tls
 from scripts.localstack.supervisor import Supervisor
 from scripts.localstack.traffic import Call, Report, Traffic, detail_types
 from services.cli.ingest import ingest_failure, stream_events
@@ -91,6 +91,7 @@ INGEST_METHODS = ("CreateInteraction", "StreamInteractions")
 # ack timeout (through Envoy it always does: the route caps deadlines at the ack timeout's
 # 10 s). Both carry the IngestFailure that names the unpublished events.
 BROKER_DOWN = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+REPLICA_COUNT = 2  # of ingest and of the recommender
 REPLICAS = ("ingest", "ingest-2", "recommender", "recommender-2")
 
 
@@ -123,12 +124,22 @@ class Stack:
     def control(self) -> Supervisor:
         return Supervisor(self.state)
 
-    def serves(self, program: str) -> bool:
-        """The replica says SERVING and Envoy has found it healthy."""
+    @functools.cached_property
+    def tls(self) -> ClientTLS | None:
+        """The admin's certificate, for the services' own (mutual TLS) health checks."""
+        return stack_client_tls(self.state / "security.json")
+
+    def serving(self, program: str) -> bool:
+        """The replica says SERVING."""
         service = program.split("-", maxsplit=1)[0]
         target = self.endpoints[f"{program.replace('-', '_')}_grpc"]
-        return serving(target, SERVICE_NAMES[service]) and healthy_in_envoy(
-            self.endpoints["envoy_admin"], service, target)
+        return serving(target, SERVICE_NAMES[service], tls=self.tls)
+
+    def serves(self, program: str) -> bool:
+        """The replica says SERVING and Envoy finds every replica of its service healthy."""
+        service = program.split("-", maxsplit=1)[0]
+        return self.serving(program) and healthy_in_envoy(
+            self.endpoints["envoy_admin"], service, REPLICA_COUNT)
 
     def dataset(self) -> tuple[set[str], int]:
         """The event ids in the trainer's dataset, and its rows beyond one per id."""
@@ -144,7 +155,7 @@ def start_stack(state: Path) -> Stack:
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "scripts.localstack.up", "--no-job", "--free-ports",
-             "--replicas", "2", "--state-dir", str(state)],
+             "--replicas", str(REPLICA_COUNT), "--state-dir", str(state)],
             cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def up() -> bool:
@@ -238,11 +249,10 @@ class Fault:
 
 def broker(stack: Stack, outage_s: float, fault: Fault) -> None:
     control = stack.control
-    ingest = [stack.endpoints[name] for name in ("ingest_grpc", "ingest_2_grpc")]
     control.kill("tansu")
     killed = time.monotonic()
     control.stop("tansu")  # kept down: the restart supervisord began is stopped
-    wait_for(lambda: not any(serving(t, SERVICE_NAMES["ingest"]) for t in ingest), 60,
+    wait_for(lambda: not any(stack.serving(p) for p in ("ingest", "ingest-2")), 60,
              "ingest NOT_SERVING")
     fault.notes["to_not_serving_s"] = time.monotonic() - killed
     time.sleep(max(0.0, outage_s - (time.monotonic() - killed)))
@@ -297,8 +307,7 @@ FAULTS: list[tuple[str, str, Callable[[Stack, float, Fault], None]]] = [
     ("broker", "kill -9 Tansu, down OUTAGE s, restart", broker),
     ("redis", "kill -9 Redis", kill_9("redis", redis_ready)),
     ("mlflow", "kill -9 MLflow", kill_9("mlflow", mlflow_ready)),
-    ("trainer", "kill -9 the trainer", kill_9("trainer", lambda s: serving(
-        s.endpoints["trainer_grpc"], SERVICE_NAMES["trainer"]))),
+    ("trainer", "kill -9 the trainer", kill_9("trainer", lambda s: s.serving("trainer"))),
     ("replica", "kill -9 recommender-2", kill_9("recommender-2",
                                                 lambda s: s.serves("recommender-2"))),
     ("rolling", "rolling restart of the 4 replicas", rolling),

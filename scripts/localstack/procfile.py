@@ -132,7 +132,7 @@ def local_stack(state_dir: Path = STATE_DIR, ports: LocalPorts | None = None, *,
         seaweed=seaweed,
         kafka=TansuBroker(state_dir / "kafka", port=ports.kafka, storage=seaweed),
         redis=RedisServer(state_dir / "redis", port=ports.redis),
-        mlflow=MlflowServer(state_dir / "mlflow", port=ports.mlflow),
+        mlflow=MlflowServer(state_dir / "mlflow", port=ports.mlflow, authenticated=True),
         prometheus=Prometheus(state_dir / "prometheus", config_file=prometheus_config,
                               port=ports.prometheus),
     )

@@ -1,27 +1,56 @@
-"""Whether a replica serves: its own grpc.health.v1 answer, and Envoy's view of it."""
+"""Whether a replica serves: its own grpc.health.v1 answer, and Envoy's view of its cluster."""
 
 from __future__ import annotations
 
+import json
+import re
 import urllib.request
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.core.client import channel
+from services.core.tls import ClientTLS
 
-def serving(target: str, service: str) -> bool:
-    """Whether the server at `target` (plaintext) says `service` is SERVING."""
-    with grpc.insecure_channel(target) as channel:
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def health(target: str, service: str, *, tls: ClientTLS | None = None,
+           timeout: float = 2.0) -> int | None:
+    """The health status the server at `target` gives `service` (over TLS with `tls`: the
+    local stack's servers take mutual TLS unless it runs with --plaintext); None when it does
+    not answer."""
+    with grpc.insecure_channel(target) if tls is None else channel(target, tls=tls) as chan:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=2)
+            reply = health_pb2_grpc.HealthStub(chan).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout)
         except grpc.RpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
+            return None
+    return int(reply.status)
 
 
-def healthy_in_envoy(admin_url: str, cluster: str, target: str) -> bool:
-    """Whether Envoy's last health check of host `target` in `cluster` passed (its admin
-    endpoint's /clusters)."""
-    with urllib.request.urlopen(f"{admin_url}/clusters", timeout=5) as reply:
-        lines = reply.read().decode().splitlines()
-    return f"{cluster}::{target}::health_flags::healthy" in lines
+def serving(target: str, service: str, *, tls: ClientTLS | None = None) -> bool:
+    """Whether the server at `target` says `service` is SERVING."""
+    return health(target, service, tls=tls) == SERVING
+
+
+def healthy_in_envoy(admin_url: str, cluster: str, hosts: int) -> bool:
+    """Whether Envoy's health checks find `hosts` healthy hosts in `cluster`
+    (envoy_cluster_membership_healthy: the admin endpoint answers only its Prometheus stats
+    and /ready)."""
+    with urllib.request.urlopen(f"{admin_url}/stats/prometheus", timeout=5) as reply:
+        stats = reply.read().decode()
+    found = re.search(rf'^envoy_cluster_membership_healthy{{envoy_cluster_name="{cluster}"}} '
+                      r"(\d+)$", stats, re.MULTILINE)
+    return found is not None and int(found.group(1)) == hosts
+
+
+def stack_client_tls(security_json: Path) -> ClientTLS | None:
+    """The admin's client TLS for a local stack's servers, from its <state>/security.json;
+    None when the stack runs with --plaintext."""
+    info = json.loads(security_json.read_text())
+    if not info["mtls"]:
+        return None
+    return ClientTLS(ca_file=info["ca_file"], cert_file=info["client_cert_file"],
+                     key_file=info["client_key_file"])

@@ -47,9 +47,6 @@ from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from scripts.localstack.components import HOST, ComponentError, free_ports, http_ok
 from scripts.localstack.envoy import Envoy
 from scripts.localstack.pki import Pki, ensure_pki
@@ -62,6 +59,7 @@ from scripts.localstack.procfile import (
     procfile_line,
     service_lines,
 )
+from scripts.localstack.readiness import SERVING, health
 from scripts.localstack.supervisor import (
     Program,
     Supervisor,
@@ -69,7 +67,6 @@ from scripts.localstack.supervisor import (
     supervisord_argv,
     write_config,
 )
-from services.core.client import channel
 from services.core.names import SERVICE_NAMES
 from services.core.tls import ClientTLS
 from services.edge.clusters import HEALTH_CHECK_INTERVAL_S, HEALTH_CHECK_TIMEOUT_S
@@ -165,14 +162,8 @@ def endpoints(stack: LocalStack, envoy: Envoy, *, replicas: int = 1) -> dict[str
 
 def _answers_health(target: str, service: str, *, serving: bool,
                     tls: ClientTLS | None = None) -> bool:
-    with (grpc.insecure_channel(target) if tls is None else channel(target, tls=tls)) as chan:
-        try:
-            reply = health_pb2_grpc.HealthStub(chan).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=1
-            )
-        except grpc.RpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING or not serving
+    status = health(target, service, tls=tls, timeout=1)
+    return status == SERVING or (status is not None and not serving)
 
 
 def wait_ready(stack: LocalStack, envoy: Envoy, supervisord: subprocess.Popen[bytes],

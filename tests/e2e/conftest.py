@@ -4,12 +4,14 @@ of ingest and of the recommender behind Envoy, for the tests that restart and ki
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
+from scripts.mlflow_users import TRAINER
 from services.cli.token import mint_token
 from services.core.tls import ClientTLS
 from tests.support.artifacts import small_artifact
@@ -31,8 +33,12 @@ def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     the tests that restart and kill its parts leave it serving, as they found it."""
     state = tmp_path_factory.mktemp("replicated-stack")
     with local_stack(state, "--replicas", "2", "--no-job") as running:
-        publish(running.endpoints["mlflow_ui"], "recsys-mf", small_artifact(n_users=2000),
-                state / "models")
+        with pytest.MonkeyPatch.context() as patch:  # signed in as the trainer signs in
+            passwords = json.loads((state / "mlflow" / "users.json").read_text())
+            patch.setenv("MLFLOW_TRACKING_USERNAME", TRAINER)
+            patch.setenv("MLFLOW_TRACKING_PASSWORD", passwords[TRAINER])
+            publish(running.endpoints["mlflow_ui"], "recsys-mf",
+                    small_artifact(n_users=2000), state / "models")
         for program in ("ingest", "ingest-2", "recommender", "recommender-2"):
             wait_serving(running, program)
         yield running

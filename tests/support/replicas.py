@@ -3,7 +3,9 @@ a rolling update does, and wait until it serves again, to Envoy too."""
 
 from __future__ import annotations
 
-from scripts.localstack.readiness import healthy_in_envoy, serving
+import re
+
+from scripts.localstack.readiness import healthy_in_envoy, serving, stack_client_tls
 from scripts.localstack.supervisor import Supervisor
 from services.core.names import SERVICE_NAMES
 from tests.support.local_stack import Stack
@@ -15,12 +17,20 @@ def address(stack: Stack, program: str) -> str:
     return stack.endpoints[f"{program.replace('-', '_')}_grpc"]
 
 
+def replica_count(stack: Stack, service: str) -> int:
+    return sum(re.fullmatch(rf"{service}(_\d+)?_grpc", name) is not None
+               for name in stack.endpoints)
+
+
 def wait_serving(stack: Stack, program: str, timeout: float = 120.0) -> None:
-    """Until the program's replica says SERVING and Envoy has found it healthy."""
+    """Until the program's replica says SERVING and Envoy finds every replica of its service
+    healthy."""
     service = program.split("-", maxsplit=1)[0]
     target = address(stack, program)
-    eventually(lambda: serving(target, SERVICE_NAMES[service])
-               and healthy_in_envoy(stack.endpoints["envoy_admin"], service, target),
+    tls = stack_client_tls(stack.state / "security.json")
+    hosts = replica_count(stack, service)
+    eventually(lambda: serving(target, SERVICE_NAMES[service], tls=tls)
+               and healthy_in_envoy(stack.endpoints["envoy_admin"], service, hosts),
                timeout=timeout, what=f"{program} serving, and healthy to Envoy")
 
 

@@ -90,7 +90,8 @@ def _register_file(uri: str, model_name: str, path: Path) -> VersionInfo:
                       user_count=1, item_count=1)
     registry = MlflowRegistry(tracking_uri=uri, model_name=model_name, experiment="security")
     run_id = registry.start_run(job_id="broken", params={}, lineage=lineage, tags={})
-    return registry.register(run_id, metrics={}, lineage=lineage, artifact=path, tags={})
+    return registry.register(run_id, metrics={}, lineage=lineage, artifact=path,
+                             hyperparameters={}, tags={})
 
 
 @pytest.mark.usefixtures("as_trainer")
