@@ -13,6 +13,10 @@ high sparsity). `--data PATH` adds any MovieLens directory or ratings file (u.da
 ratings.dat, ratings.csv), or a CSV with --user-column/--item-column.
 
     .venv/bin/python scripts/bench/train.py [--datasets ml100k,syn-wide] [--data PATH ...]
+
+`--workers 1,2` instead times a job's distributed fits (scripts/bench/train_workers.py) on
+`--events` synthetic interactions (default 5M) for each number of workers, with the time
+their collectives take per epoch.
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ import torch
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
+# Run as a file (`python scripts/bench/train.py`): make the repository's `scripts` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from scripts.bench import train_workers
 from services.data import loaders
 from services.data.loaders import Interaction
 from services.data.synthetic import SyntheticData, SyntheticSpec
@@ -174,7 +182,22 @@ def main() -> None:
     parser.add_argument("--item-column", default="item_id")
     parser.add_argument("--time-column", default="timestamp")
     parser.add_argument("--seed", type=int, default=42, help="split seed (protocol: 42)")
+    parser.add_argument("--workers", default="",
+                        help="time distributed fits for these numbers of workers, e.g. 1,2 "
+                             "(instead of the quality panel)")
+    parser.add_argument("--events", type=int, default=5_000_000,
+                        help="--workers: synthetic interactions (default 5M)")
+    parser.add_argument("--epochs", type=int, default=3, help="--workers: epochs per fit")
     args = parser.parse_args()
+    if args.workers:
+        print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, torch "
+              f"{torch.__version__}")
+        print(f"command: {shlex.join([sys.executable, *sys.argv])}")
+        fields = train_workers.run([int(n) for n in args.workers.split(",")],
+                                   events=args.events, epochs=args.epochs)
+        print("RESULT " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in fields.items()))
+        return
     names = [n for n in args.datasets.split(",") if n] + [str(p) for p in args.data]
     unknown = [n for n in names[: len(names) - len(args.data)] if n not in PANEL]
     if unknown:

@@ -49,6 +49,10 @@ def register(subparsers: Any) -> None:
     train.add_argument("--skip-wait-for-events", action="store_true",
                        help="train on what the dataset holds now, without waiting for the "
                             "events acknowledged before the job started")
+    train.add_argument("--workers", type=int,
+                       help="processes that fit the models (default: the trainer's "
+                            "RECSYS_TRAINER_WORKERS); more than 1 needs the trainer's snapshot "
+                            "store")
     train.add_argument("--no-wait", action="store_true",
                        help="print the job id and return at once")
     train.add_argument("--timeout", type=float, default=3600.0,
@@ -75,7 +79,7 @@ def _train(args: argparse.Namespace) -> int:
     request = trainer_pb2.StartTrainingJobRequest(
         hyperparameters=trainer_pb2.Hyperparameters(**overrides),
         search=trainer_pb2.SearchBudget(trials=args.trials, seconds=args.search_seconds),
-        skip_wait_for_events=args.skip_wait_for_events)
+        skip_wait_for_events=args.skip_wait_for_events, workers=args.workers)
     with channel(args.target) as chan:
         stub = trainer_pb2_grpc.TrainerServiceStub(chan)
         job = stub.StartTrainingJob(request, timeout=DEFAULT_TIMEOUT_S).job

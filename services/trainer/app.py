@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import Sequence
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
@@ -16,9 +17,13 @@ from services.core.errors import FailedPrecondition, Unavailable
 from services.core.health import HealthReporter
 from services.core.kafka import read_end_offsets
 from services.core.server import ServiceBinding
+from services.core.settings import SettingsError
 from services.trainer.consumer import dataset_consumer
 from services.trainer.dataset import DatasetStore
+from services.trainer.distributed import DistributedFits, Launcher
 from services.trainer.jobs import JobManager
+from services.trainer.kubernetes_workers import KubernetesApi, KubernetesLauncher
+from services.trainer.local_workers import LocalLauncher
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.registry import MlflowRegistry, configure_mlflow_client
 from services.trainer.servicer import SERVICE_NAME, TrainerServicer
@@ -63,6 +68,7 @@ class TrainerApp:
         store = await asyncio.to_thread(DatasetStore, settings.store_path)
         self.store = store
         self._metrics.dataset_rows.set(store.row_count)
+        snapshots = settings.object_store()
         jobs = JobManager(
             store, self._mlflow, self._metrics, defaults=settings.train_config(),
             options=TrainingOptions(
@@ -76,6 +82,10 @@ class TrainerApp:
                 end_offsets=functools.partial(
                     read_end_offsets, settings.kafka_bootstrap, settings.kafka_topic,
                     security=settings.kafka_security()),
+                snapshots=snapshots,
+                distributed=(DistributedFits(snapshots, _launcher(settings))
+                             if snapshots is not None else None),
+                workers=settings.workers, max_workers=settings.max_workers,
             ),
         )
         await jobs.open()
@@ -114,3 +124,16 @@ class TrainerApp:
             await asyncio.to_thread(self._consumer.stop)
         if self.store is not None:
             self.store.close()
+
+
+def _launcher(settings: TrainerSettings) -> Launcher:
+    """How this trainer starts the workers of a distributed fit (RECSYS_TRAINER_LAUNCHER)."""
+    if settings.launcher == "kubernetes":
+        try:
+            api = KubernetesApi.in_cluster()
+        except OSError as exc:
+            raise SettingsError(f"RECSYS_TRAINER_LAUNCHER=kubernetes needs the service "
+                                f"account's projected token: {exc}") from None
+        return KubernetesLauncher(api, environ=settings.object_store_env(keys=False))
+    return LocalLauncher(environ=settings.object_store_env(),
+                         work_dir=Path(settings.data_dir) / "workers")

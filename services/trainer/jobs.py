@@ -70,13 +70,14 @@ class Trigger(StrEnum):
 @dataclass(frozen=True, kw_only=True)
 class JobRequest:
     """What a job is asked for: pinned hyper-parameters (used as given, left out of the
-    search), overrides of the search budget (None: the trainer's defaults), and whether it
-    first waits for the events acknowledged before it started."""
+    search), overrides of the search budget and of the workers (None: the trainer's
+    defaults), and whether it first waits for the events acknowledged before it started."""
 
     pinned: Mapping[str, int | float] = field(default_factory=dict)
     trials: int | None = None
     search_seconds: float | None = None
     wait_for_events: bool = True
+    workers: int | None = None  # None: the trainer's default
 
     def validate(self) -> None:
         """InvalidArgument naming the first bad field (the pinned values: `resolve_config`)."""
@@ -102,6 +103,8 @@ class Job:
     trials: int | None = None
     search_seconds: float | None = None
     wait_for_events: bool = True
+    workers: int = 1
+    snapshot_uri: str = ""
     search: Progress | None = None
     events_behind: int = 0
     state: JobState = JobState.QUEUED
@@ -286,6 +289,7 @@ class JobManager:
     async def start(self, request: JobRequest, *, trigger: Trigger = Trigger.REQUEST) -> Job:
         config = resolve_config(self._defaults, request.pinned)
         request.validate()
+        workers = self._workers(request.workers)
         async with self._start_lock:
             running = self.running
             if running is not None:
@@ -297,7 +301,7 @@ class JobManager:
             job = Job(job_id=_new_job_id(), trigger=trigger, config=config,
                       created_at=time.time(), pinned=tuple(sorted(request.pinned)),
                       trials=request.trials, search_seconds=request.search_seconds,
-                      wait_for_events=request.wait_for_events)
+                      wait_for_events=request.wait_for_events, workers=workers)
             await asyncio.to_thread(self._save, job)
             self._current = job
             self._cancel = threading.Event()
@@ -306,6 +310,19 @@ class JobManager:
             self._task = asyncio.get_running_loop().create_task(self._run(job))
         log.info("training job started", extra={"job_id": job.job_id, "trigger": trigger.value})
         return job
+
+    def _workers(self, requested: int | None) -> int:
+        """The workers a job gets: InvalidArgument beyond the bound, FailedPrecondition when
+        this trainer cannot run more than one."""
+        options = self._options
+        workers = options.workers if requested is None else requested
+        if not 1 <= workers <= options.max_workers:
+            raise InvalidArgument("workers", f"must be 1 to {options.max_workers} "
+                                             f"(RECSYS_TRAINER_MAX_WORKERS), got {workers}")
+        if workers > 1 and options.distributed is None:
+            raise FailedPrecondition("distributed training reads the job's snapshot from "
+                                     "object storage: set RECSYS_TRAINER_SNAPSHOT_URI")
+        return workers
 
     async def cancel(self, job_id: str) -> Job:
         job = await self.get(job_id)

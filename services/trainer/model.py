@@ -11,6 +11,11 @@ trick ``YᵀY + Yᵤᵀ(Cᵤ - I)Yᵤ`` so that the cost is linear in the number
 Items are solved before users, so the final user factors are the exact solution for the final
 item factors: folding a known user's items back in (``ModelArtifact.fold_in`` in
 services.model.artifact) reproduces them.
+
+Every row's solve depends only on its own interactions and the other side's factors, so the
+rows can be split between processes (``Shard``, ``fit_shard``): each solves its share of a
+half-epoch and an exchange makes the factors whole again (services/trainer/sharded.py does
+that with torch.distributed).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -31,6 +37,10 @@ from services.trainer.hyperparameters import BOUNDS, check
 # on_epoch(epoch, epochs, model): the factors after that epoch (1-based), live while fitting.
 ProgressCallback = Callable[[int, int, "FactorModel"], None]
 CancelCheck = Callable[[], bool]
+Side = Literal["users", "items"]
+# exchange(factors, side): this process has just solved its shard's rows of `factors` (its
+# users or its items) in place; afterwards every process's `factors` must hold every row.
+Exchange = Callable[[torch.Tensor, Side], None]
 
 _FIT_LOCK = threading.Lock()
 # Elements (rows x padded length x factors) gathered at once; bounds memory per solve batch.
@@ -128,6 +138,44 @@ class Interactions:
         return Interactions(
             self.items[order], self.users[order], self.weights[order], self.n_items, self.n_users
         )
+
+
+@dataclass(frozen=True, eq=False)
+class Shard:
+    """The rows one process solves: users ``[user_start, user_start + users.n_users)`` and
+    items ``[item_start, item_start + items.n_users)``, each row with all of its interactions.
+
+    ``users`` has this process's users as rows (numbered from 0) and every item as columns;
+    ``items`` has its items as rows and every user as columns (a transposed view).
+    """
+
+    users: Interactions
+    items: Interactions
+    user_start: int = 0
+    item_start: int = 0
+
+    @classmethod
+    def whole(cls, data: Interactions) -> Shard:
+        """Every row: what one process fits alone."""
+        return cls(data, data.transpose())
+
+    @property
+    def n_users(self) -> int:
+        """Users in all shards."""
+        return self.items.n_items
+
+    @property
+    def user_rows(self) -> slice:
+        return slice(self.user_start, self.user_start + self.users.n_users)
+
+    @property
+    def item_rows(self) -> slice:
+        return slice(self.item_start, self.item_start + self.items.n_users)
+
+    @property
+    def n_items(self) -> int:
+        """Items in all shards."""
+        return self.users.n_items
 
 
 @dataclass(frozen=True, eq=False)
@@ -264,20 +312,51 @@ def _objective(
     The all-pairs term is ``trace(XᵀX · YᵀY)``; observed pairs then swap their zero target
     for the weighted one, so the cost is linear in the number of interactions.
     """
-    all_pairs = float(((users.T @ users).double() * (items.T @ items).double()).sum())
+    terms = _observed(data, users, items, config.alpha)
+    terms += _penalty(user_reg, users) + _penalty(item_reg, items)
+    return objective(terms, float(data.weights.sum(dtype=np.float64)), users, items, config)
+
+
+def _observed(data: Interactions, users: torch.Tensor, items: torch.Tensor,
+              alpha: float) -> float:
+    """What the observed pairs change in the all-pairs term: the weighted loss against
+    target 1 instead of the unweighted one against 0."""
     observed = 0.0
     step = 1 << 18
     for s in range(0, len(data), step):
         u = torch.from_numpy(data.users[s : s + step])
         i = torch.from_numpy(data.items[s : s + step])
-        conf = 1 + config.alpha * torch.from_numpy(data.weights[s : s + step]).double()
+        conf = 1 + alpha * torch.from_numpy(data.weights[s : s + step]).double()
         pred = (users[u] * items[i]).sum(1).double()
         observed += float((conf * (1 - pred) ** 2 - pred**2).sum())
-    penalty = float(user_reg.double() @ users.pow(2).sum(1).double())
-    penalty += float(item_reg.double() @ items.pow(2).sum(1).double())
-    total_weight = float(data.weights.sum(dtype=np.float64))
-    total_conf = data.n_users * data.n_items + config.alpha * total_weight
-    return (all_pairs + observed + penalty) / max(total_conf, 1.0)
+    return observed
+
+
+def _penalty(reg: torch.Tensor, factors: torch.Tensor) -> float:
+    return float(reg.double() @ factors.pow(2).sum(1).double())
+
+
+def shard_loss_terms(shard: Shard, users: torch.Tensor, items: torch.Tensor,
+                     config: TrainConfig) -> tuple[float, float]:
+    """This shard's part of the objective's sums, given the whole factors: the observed
+    terms of its users' interactions plus the penalties of its rows, and their total weight.
+    Summed over all shards, ``objective`` of the sums is ``FactorModel.loss`` of all the data.
+    """
+    own_users, own_items = users[shard.user_rows], items[shard.item_rows]
+    terms = _observed(shard.users, own_users, items, config.alpha)
+    for side, own in ((shard.users, own_users), (shard.items, own_items)):
+        total = np.bincount(side.users, weights=side.weights, minlength=side.n_users)
+        terms += _penalty(torch.from_numpy(_row_penalty(total, side.n_items, config)), own)
+    return terms, float(shard.users.weights.sum(dtype=np.float64))
+
+
+def objective(terms: float, weight: float, users: torch.Tensor, items: torch.Tensor,
+              config: TrainConfig) -> float:
+    """The training objective from its sums over the data (``shard_loss_terms``): divided by
+    the total confidence, so it compares across epochs and data sizes."""
+    all_pairs = float(((users.T @ users).double() * (items.T @ items).double()).sum())
+    total_conf = users.shape[0] * items.shape[0] + config.alpha * weight
+    return (all_pairs + terms) / max(total_conf, 1.0)
 
 
 @contextmanager
@@ -312,26 +391,47 @@ def fit(
     ``TrainingCancelled`` is raised. The result depends only on the data and the seed (every
     batch is solved single-threaded, whatever ``num_threads`` is).
     """
+    return fit_shard(Shard.whole(data), config, on_epoch=on_epoch, should_cancel=should_cancel)
+
+
+def fit_shard(
+    shard: Shard,
+    config: TrainConfig | None = None,
+    *,
+    exchange: Exchange | None = None,
+    on_epoch: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+) -> FactorModel:
+    """``fit`` for the rows of `shard`: every process of a group calls it with its own shard
+    and an `exchange` that shares the rows it solved (None: the shard is the whole data).
+
+    Every process starts from the same seeded factors and solves each of its rows exactly as
+    ``fit`` would, so the result equals ``fit``'s up to floating-point rounding (a row's batch
+    and padding differ).
+    """
     config = config or TrainConfig()
     config.validate()
     with (
         _single_threaded_ops() as available,
         ThreadPoolExecutor(config.num_threads or available, "ials") as pool,
     ):
-        user_batches = _batches(data, config)
-        item_batches = _batches(data.transpose(), config)
+        user_batches = _batches(shard.users, config)
+        item_batches = _batches(shard.items, config)
         generator = torch.Generator().manual_seed(config.seed)
         std = config.init_std / math.sqrt(config.factors)
-        users = torch.randn(data.n_users, config.factors, generator=generator) * std
-        items = torch.zeros(data.n_items, config.factors)
+        users = torch.randn(shard.n_users, config.factors, generator=generator) * std
+        items = torch.zeros(shard.n_items, config.factors)
+        sides: list[tuple[Side, torch.Tensor, torch.Tensor, list[_Batch], slice]] = [
+            ("items", items, users, item_batches, shard.item_rows),
+            ("users", users, items, user_batches, shard.user_rows),
+        ]
         for epoch in range(1, config.epochs + 1):
-            for target, fixed, batches in (
-                (items, users, item_batches),
-                (users, items, user_batches),
-            ):
+            for side, target, fixed, batches, rows in sides:
                 if should_cancel is not None and should_cancel():
                     raise TrainingCancelled(f"cancelled in epoch {epoch}")
-                _solve(target, fixed, batches, pool)
+                _solve(target[rows], fixed, batches, pool)  # a view: solved in place
+                if exchange is not None:
+                    exchange(target, side)
             if on_epoch is not None:
                 on_epoch(epoch, config.epochs, FactorModel(users, items, config))
     return FactorModel(users, items, config)

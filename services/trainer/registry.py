@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import requests
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from services.core.errors import InvalidArgument, NotFound, RecsysError, Unavailable
 from services.model.artifact import sha256_of
@@ -54,6 +56,8 @@ class ModelRegistry(Protocol):
 
     def log_trial(self, parent_run_id: str, *, number: int, params: Mapping[str, Any],
                   metrics: Mapping[str, float], pruned: bool) -> None: ...
+
+    def log_dataset(self, run_id: str, *, source: str, digest: str, lineage: Lineage) -> None: ...
 
     def register(self, run_id: str, *, metrics: Mapping[str, float], lineage: Lineage,
                  hyperparameters: Mapping[str, float], artifact: Path,
@@ -166,6 +170,19 @@ class MlflowRegistry:
                       "recsys.trial_pruned": str(pruned).lower()})
             self.log_values(run.info.run_id, params=params, metrics=metrics)
             self._client.set_terminated(run.info.run_id, "KILLED" if pruned else "FINISHED")
+
+    def log_dataset(self, run_id: str, *, source: str, digest: str, lineage: Lineage) -> None:
+        """The job's snapshot as the run's training dataset (MLflow's dataset inputs, the
+        run page's "Datasets used"): `source` is its manifest's URI, the lineage its profile.
+        """
+        dataset_source = resolve_dataset_source(source)
+        dataset = Dataset(name=f"{lineage.topic}-snapshot", digest=digest,
+                          source_type=dataset_source._get_source_type(),
+                          source=dataset_source.to_json(),
+                          profile=json.dumps(lineage.as_dict(), sort_keys=True))
+        with self._errors("log the run's dataset"):
+            self._client.log_inputs(run_id, [DatasetInput(dataset, tags=[
+                InputTag(MLFLOW_DATASET_CONTEXT, "training")])])
 
     def register(self, run_id: str, *, metrics: Mapping[str, float], lineage: Lineage,
                  hyperparameters: Mapping[str, float], artifact: Path,

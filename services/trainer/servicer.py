@@ -38,7 +38,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             pinned={f.name: value for f, value in request.hyperparameters.ListFields()},
             trials=budget.trials if budget.HasField("trials") else None,
             search_seconds=budget.seconds if budget.HasField("seconds") else None,
-            wait_for_events=not request.skip_wait_for_events))
+            wait_for_events=not request.skip_wait_for_events,
+            workers=request.workers if request.HasField("workers") else None))
         return trainer_pb2.StartTrainingJobResponse(job=job_to_proto(job))
 
     async def GetTrainingJob(
@@ -132,4 +133,6 @@ def job_to_proto(job: Job) -> trainer_pb2.TrainingJob:
         search=(trainer_pb2.SearchProgress(**dataclasses.asdict(job.search))
                 if job.search is not None else None),
         events_behind=job.events_behind,
+        workers=job.workers,
+        snapshot_uri=job.snapshot_uri,
     )

@@ -10,12 +10,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from services.core.config import KafkaSettings, MlflowSettings, ServerSettings
-from services.core.settings import at_least_one, env, non_negative, positive
+from services.core.config import KafkaSettings, MlflowSettings, ServerSettings, secret
+from services.core.settings import SettingsError, at_least_one, env, non_negative, positive
 from services.trainer.hyperparameters import BOUNDS
 from services.trainer.model import TrainConfig
+from services.trainer.object_store import ObjectStore
+from services.trainer.parquet_snapshot import BUCKETS
 from services.trainer.search import MAX_SECONDS, MAX_TRIALS, Defaults
 
 # The InteractionType names (without the INTERACTION_TYPE_ prefix, lower case) the dataset
@@ -44,7 +46,57 @@ def _bounded(name: str) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainerSettings(ServerSettings, KafkaSettings, MlflowSettings):
+class SnapshotStoreSettings:
+    """Where jobs export their snapshots and distributed workers read them: the trainer's
+    settings, and all that a worker (services/trainer/worker.py) reads from its environment."""
+
+    snapshot_uri: str = env(
+        "RECSYS_TRAINER_SNAPSHOT_URI", "",
+        "s3://bucket[/prefix] where every job exports its snapshot as Parquet (the run's "
+        "dataset in MLflow; distributed workers read it there); empty: no export, and jobs "
+        "fit in the trainer's process only.")
+    s3_endpoint: str = env(
+        "RECSYS_TRAINER_S3_ENDPOINT", "",
+        "S3 endpoint of RECSYS_TRAINER_SNAPSHOT_URI, http(s)://host[:port]; always given, so "
+        "no S3 client looks for one at the cloud's metadata address.")
+    s3_region: str = env("RECSYS_TRAINER_S3_REGION", "us-east-1",
+                         "Region of the snapshot bucket (any value for SeaweedFS).")
+    s3_access_key: str = secret(env(
+        "RECSYS_TRAINER_S3_ACCESS_KEY", "",
+        "Access key of the snapshot bucket (from a Secret; never printed)."))
+    s3_secret_key: str = secret(env(
+        "RECSYS_TRAINER_S3_SECRET_KEY", "",
+        "Secret key of the snapshot bucket (from a Secret; never printed)."))
+
+    def object_store(self) -> ObjectStore | None:
+        """The snapshot store; None without RECSYS_TRAINER_SNAPSHOT_URI. SettingsError when it
+        is set without an endpoint and keys."""
+        if not self.snapshot_uri:
+            return None
+        if not (self.s3_endpoint and self.s3_access_key and self.s3_secret_key):
+            raise SettingsError("RECSYS_TRAINER_SNAPSHOT_URI needs RECSYS_TRAINER_S3_ENDPOINT, "
+                                "RECSYS_TRAINER_S3_ACCESS_KEY and RECSYS_TRAINER_S3_SECRET_KEY")
+        try:
+            return ObjectStore(root=self.snapshot_uri, endpoint=self.s3_endpoint,
+                               region=self.s3_region, access_key=self.s3_access_key,
+                               secret_key=self.s3_secret_key)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+
+    def object_store_env(self, *, keys: bool = True) -> dict[str, str]:
+        """The variables that give a worker the same store; without the keys for workers
+        that take them from a Secret (Kubernetes)."""
+        found = {"RECSYS_TRAINER_SNAPSHOT_URI": self.snapshot_uri,
+                 "RECSYS_TRAINER_S3_ENDPOINT": self.s3_endpoint,
+                 "RECSYS_TRAINER_S3_REGION": self.s3_region}
+        if keys:
+            found |= {"RECSYS_TRAINER_S3_ACCESS_KEY": self.s3_access_key,
+                      "RECSYS_TRAINER_S3_SECRET_KEY": self.s3_secret_key}
+        return found
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainerSettings(ServerSettings, KafkaSettings, MlflowSettings, SnapshotStoreSettings):
 
     data_dir: str = env(
         "RECSYS_TRAINER_DATA_DIR", "var/trainer",
@@ -81,6 +133,23 @@ class TrainerSettings(ServerSettings, KafkaSettings, MlflowSettings):
     threads: int = env("RECSYS_TRAINER_THREADS", 0,
                        "Torch threads for training; 0 keeps torch's default (all cores).",
                        check=non_negative, rule=">= 0")
+
+    workers: int = env(
+        "RECSYS_TRAINER_WORKERS", 1,
+        "Processes that fit a job's models, unless the request asks for another number: 1 "
+        "fits them in the trainer's process; more fit them with torch.distributed on the "
+        "job's Parquet snapshot (needs RECSYS_TRAINER_SNAPSHOT_URI), started by "
+        "RECSYS_TRAINER_LAUNCHER. The search always runs in the trainer's process.",
+        check=at_least_one, rule=">= 1")
+    max_workers: int = env(
+        "RECSYS_TRAINER_MAX_WORKERS", 8,
+        f"Most workers a request may ask for (at most {BUCKETS}: a snapshot's buckets).",
+        check=lambda n: 1 <= n <= BUCKETS, rule=f"1 to {BUCKETS}")
+    launcher: Literal["local", "kubernetes"] = env(
+        "RECSYS_TRAINER_LAUNCHER", "local",
+        "How the workers of a distributed fit start: local, as processes on the trainer's "
+        "machine (a file rendezvous, gloo over loopback); kubernetes, as an indexed Job in the "
+        "trainer's namespace (torchrun in each pod).")
 
     search_trials: int = env(
         "RECSYS_TRAINER_SEARCH_TRIALS", 40,
@@ -152,6 +221,16 @@ class TrainerSettings(ServerSettings, KafkaSettings, MlflowSettings):
         "RECSYS_TRAINER_MLFLOW_RETRIES", 2,
         "Retries (exponential backoff from 1 s) of a failed MLflow request before a job fails.",
         check=non_negative, rule=">= 0")
+
+    def validate(self) -> None:
+        super().validate()
+        store = self.object_store()
+        if self.workers > self.max_workers:
+            raise SettingsError(f"RECSYS_TRAINER_WORKERS={self.workers}: must be at most "
+                                f"RECSYS_TRAINER_MAX_WORKERS ({self.max_workers})")
+        if self.workers > 1 and store is None:
+            raise SettingsError(f"RECSYS_TRAINER_WORKERS={self.workers}: distributed fits read "
+                                "the job's snapshot: set RECSYS_TRAINER_SNAPSHOT_URI")
 
     @property
     def store_path(self) -> Path:

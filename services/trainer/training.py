@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 from services.core.errors import FailedPrecondition, Unavailable
 from services.model.lineage import Lineage
 from services.model.versions import ARTIFACT_FILE, VersionInfo
-from services.trainer import search
+from services.trainer import parquet_snapshot, search
 from services.trainer.catch_up import wait_for_events
 from services.trainer.dataset import DatasetStore, TrainingData
+from services.trainer.distributed import DistributedFits
 from services.trainer.evaluation import (
     evaluate,
     evaluation_sample,
@@ -29,6 +30,7 @@ from services.trainer.evaluation import (
     stratified_split,
 )
 from services.trainer.model import FactorModel, Interactions, TrainConfig, TrainingCancelled, fit
+from services.trainer.object_store import ObjectStore
 from services.trainer.packaging import package_model
 from services.trainer.registry import ModelRegistry
 
@@ -68,6 +70,13 @@ class TrainingOptions:
     wait_for_events_s: float
     # The end offset of each partition of the topic, read from the broker.
     end_offsets: Callable[[], Mapping[int, int]]
+    # Where each job exports its snapshot as Parquet (None: no export).
+    snapshots: ObjectStore | None = None
+    # Fits on a group of workers, for jobs with more than one (needs `snapshots`).
+    distributed: DistributedFits | None = None
+    # Workers of a job that does not ask, and the most it may ask for.
+    workers: int = 1
+    max_workers: int = 1
 
 
 def quality_gate(
@@ -133,36 +142,37 @@ def run_training(job: Job, *, store: DatasetStore, registry: ModelRegistry,
 
     full = Interactions.from_arrays(data.users, data.items, data.weights,
                                     n_users=len(data.user_ids), n_items=len(data.item_ids))
-    evaluated = evaluation_sample(full, max_rows=options.evaluation_max_rows,
-                                  max_users=options.evaluation_max_users)
+    # A snapshot exported for workers marks the protocol's test pairs of every user (their
+    # holdout fit covers them all), so only a job without one samples its evaluation.
+    evaluated = full if options.snapshots is not None else evaluation_sample(
+        full, max_rows=options.evaluation_max_rows, max_users=options.evaluation_max_users)
     train, test = stratified_split(evaluated.users, evaluated.items, evaluated.weights,
                                    n_users=evaluated.n_users, n_items=evaluated.n_items)
+    exported = None
+    if options.snapshots is not None:
+        exported = parquet_snapshot.export(options.snapshots, data, lineage=lineage,
+                                           type_weights=options.type_weights, test=test)
+        update(snapshot_uri=exported.uri)
     budget = options.search.budget(trials=job.trials, seconds=job.search_seconds)
     weighting = {f"type_weight.{k}": v for k, v in sorted(options.type_weights.items())}
     run_id = registry.start_run(
         job_id=job.job_id, lineage=lineage, tags={"recsys.trigger": job.trigger.value},
         params={**weighting, "pinned": ",".join(job.pinned) or "-",
-                "search.trials": budget.trials, "search.seconds": budget.seconds or "default"})
+                "search.trials": budget.trials, "search.seconds": budget.seconds or "default",
+                "workers": job.workers})
     update(mlflow_run_id=run_id)
+    if exported is not None:
+        registry.log_dataset(run_id, source=exported.uri, digest=exported.manifest.key,
+                             lineage=lineage)
     config = job.config
     if budget.trials and set(search.SEARCH_SPACE) - set(job.pinned):
         config = _search(job, train, registry, run_id=run_id, budget=budget,
                          options=options, update=update, cancelled=cancelled)
     registry.log_values(run_id, params=config.as_dict(), metrics={})
     update(config=config, phase=Phase.TRAINING)
-    eta = _Eta(2 * config.epochs)
-
-    def on_epoch(epoch: int, epochs: int, model: FactorModel) -> None:
-        loss = model.loss(full)
-        registry.log_metric(run_id, "loss", loss, step=epoch)
-        update(epoch=epoch, loss=loss, eta_seconds=eta.epoch_done())
-
-    def on_holdout_epoch(epoch: int, epochs: int, model: FactorModel) -> None:
-        update(eta_seconds=eta.epoch_done())
-
-    model = fit(full, config, on_epoch=on_epoch, should_cancel=cancelled)
-    update(phase=Phase.EVALUATING)
-    holdout = fit(train, config, on_epoch=on_holdout_epoch, should_cancel=cancelled)
+    model, holdout = _fit_models(job, config, full, train, exported=exported, registry=registry,
+                                 run_id=run_id, options=options, update=update,
+                                 cancelled=cancelled)
     ranking = evaluate(holdout, train, test)
     metrics = {**ranking.as_dict(), "users_evaluated": float(ranking.users_evaluated),
                "evaluation_user_share": evaluated.n_users / max(full.n_users, 1),
@@ -185,6 +195,38 @@ def run_training(job: Job, *, store: DatasetStore, registry: ModelRegistry,
     if passed:  # last: a job that fails before this point never moved the alias
         registry.set_champion(version.version)
     update(promoted=passed, promotion_reason=reason, phase=Phase.DONE)
+
+
+def _fit_models(job: Job, config: TrainConfig, full: Interactions, train: Interactions, *,
+                exported: parquet_snapshot.Exported | None, registry: ModelRegistry,
+                run_id: str, options: TrainingOptions, update: Update,
+                cancelled: Callable[[], bool]) -> tuple[FactorModel, FactorModel]:
+    """The served model (fitted on `full`) and the evaluation's (on `train`): in this
+    process, or by the job's workers on its exported snapshot."""
+    eta = _Eta(2 * config.epochs)
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        registry.log_metric(run_id, "loss", loss, step=epoch)
+        update(epoch=epoch, loss=loss, eta_seconds=eta.epoch_done())
+
+    def on_holdout_epoch(epoch: int) -> None:
+        update(phase=Phase.EVALUATING, eta_seconds=eta.epoch_done())
+
+    if job.workers == 1:
+        model = fit(full, config, on_epoch=lambda epoch, _, m: on_epoch(epoch, m.loss(full)),
+                    should_cancel=cancelled)
+        update(phase=Phase.EVALUATING)
+        holdout = fit(train, config, on_epoch=lambda epoch, *_: on_holdout_epoch(epoch),
+                      should_cancel=cancelled)
+        return model, holdout
+    assert options.distributed is not None and exported is not None  # JobManager.start
+    result = options.distributed.fit(
+        exported.uri, config, job_id=job.job_id, workers=job.workers, on_epoch=on_epoch,
+        on_holdout_epoch=on_holdout_epoch, cancelled=cancelled)
+    registry.log_values(run_id, params={}, metrics={
+        "distributed_fit_seconds": result.progress.fit_seconds,
+        "distributed_exchange_seconds": result.progress.exchange_seconds})
+    return result.full, result.holdout
 
 
 def _end_offsets(options: TrainingOptions) -> Mapping[int, int]:

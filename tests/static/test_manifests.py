@@ -14,13 +14,18 @@ import pytest
 import yaml
 
 from services.core.names import SERVICE_NAMES
-from tests.support.manifests import OVERLAYS, SERVICES, find, pod_spec, workloads
+from tests.support.manifests import (
+    KUBERNETES_VERSIONS,
+    OVERLAYS,
+    SERVICES,
+    assert_locked_down,
+    find,
+    pod_spec,
+    workloads,
+)
 from tests.support.paths import REPO
 from tests.support.tools import check, find_tool, run
 
-# The oldest Kubernetes the manifests support (native gRPC probes, the preStop sleep action)
-# and the newest schema kubernetes-validate knows.
-KUBERNETES_VERSIONS = ("1.31.0", "1.37.0")
 SHUTDOWN_GRACE_S = 10.0
 
 
@@ -103,18 +108,8 @@ def test_grpc_services_use_health_probes_and_drain_in_time(
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_pod_is_locked_down(objects: dict[str, list[dict[str, Any]]], overlay: str) -> None:
     for workload in workloads(objects[overlay]):
-        name = f"{workload['kind']}/{workload['metadata']['name']}"
-        spec = pod_spec(workload)
-        assert spec["automountServiceAccountToken"] is False, name
-        assert spec["securityContext"]["runAsNonRoot"] is True, name
-        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
-        for container in spec["containers"] + spec.get("initContainers", []):
-            security = container["securityContext"]
-            assert security["readOnlyRootFilesystem"] is True, name
-            assert security["allowPrivilegeEscalation"] is False, name
-            assert security["capabilities"] == {"drop": ["ALL"]}, name
-            for bound in ("requests", "limits"):
-                assert {"cpu", "memory"} <= container["resources"][bound].keys(), name
+        assert_locked_down(f"{workload['kind']}/{workload['metadata']['name']}",
+                           pod_spec(workload))
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

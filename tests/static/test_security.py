@@ -1,8 +1,9 @@
 """Security of what ships to Kubernetes (and into the images): no secret value in the
 repository, the rendered manifests, ConfigMaps, environment literals or images; every Secret
 referenced is one that scripts/deploy.sh or cert-manager provides; every workload has its own
-service account without an API token and no RBAC; the network policies allow exactly the
-design's flows; Envoy reads only files that are mounted into its pod."""
+service account without an automounted API token, and no RBAC but the trainer's for its
+workers' Jobs; the network policies allow exactly the design's flows; Envoy reads only files
+that are mounted into its pod."""
 
 from __future__ import annotations
 
@@ -15,7 +16,16 @@ import pytest
 import yaml
 
 from scripts.images.context import assemble
-from tests.support.manifests import OVERLAYS, SERVICES, find, pod_spec, workloads
+from tests.support.manifests import (
+    DNS,
+    OVERLAYS,
+    SERVICES,
+    find,
+    pod_spec,
+    policy_rules,
+    selects,
+    workloads,
+)
 from tests.support.paths import REPO
 
 # Names that say "this is a secret value".
@@ -24,8 +34,13 @@ SECRET_NAME = re.compile(r"passw(or)?d|secret|token|credential|private|api_?key|
 # A URL with a password in it, unless the password is a $(VAR) reference.
 URL_PASSWORD = re.compile(r"://[^/\s:@]*:(?!\$\()[^@\s/]+@")
 RBAC_KINDS = {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+# The only RBAC: the trainer starts the indexed Jobs of distributed training.
+TRAINER_RBAC = {("Role", "trainer-workers"), ("RoleBinding", "trainer-workers")}
 # Secrets that scripts/deploy.sh creates (the others are cert-manager's: Certificates).
 DEPLOY_SECRETS = {"recsys-secrets", "envoy-jwks"}
+# Secrets the operator creates for an optional feature, referenced with `optional: true`: the
+# snapshot store's keys of distributed training (README, "Distributed training").
+OPERATOR_SECRETS = {"trainer-snapshots"}
 ENVOY_CONFIG = REPO / "manifests" / "envoy" / "envoy.yaml"
 
 # The design's flows (DESIGN.md, manifests/base/network-policies.yaml): (from, to, TCP port)
@@ -43,7 +58,6 @@ FLOWS = {
 }
 # Flows with other namespaces: (direction, app, namespace, protocol, port).
 EXTERNAL_INGRESS = {("envoy", "ingress-nginx", "TCP", 8080)}
-DNS = {("kube-system", "UDP", 53), ("kube-system", "TCP", 53)}
 
 
 def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -108,7 +122,8 @@ def test_every_secret_referenced_is_provided(
             ingress = find(objects[overlay], "Ingress", where.split("/")[1])
             assert "cert-manager.io/cluster-issuer" in ingress["metadata"]["annotations"], where
             continue
-        assert secret in DEPLOY_SECRETS | certificates.keys(), f"{where}: Secret {secret}"
+        assert secret in DEPLOY_SECRETS | OPERATOR_SECRETS | certificates.keys(), (
+            f"{where}: Secret {secret}")
     # Each gRPC server has its own certificate, with the name Envoy checks.
     for service in SERVICES:
         names = certificates[f"{service}-tls"]["spec"]["dnsNames"]
@@ -195,33 +210,11 @@ def test_every_workload_has_its_own_service_account_without_a_token(
         assert spec["automountServiceAccountToken"] is False
         used.append(name)
     assert len(used) == len(set(used)), "workloads share a service account"
-    assert not [o for o in objects[overlay] if o["kind"] in RBAC_KINDS], (
-        "no workload talks to the Kubernetes API: no RBAC")
-
-
-def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
-    assert set(selector) <= {"matchLabels"}, f"unsupported selector {selector}"
-    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
-
-
-def rule_ports(rule: dict[str, Any]) -> set[tuple[str, int]]:
-    ports = rule.get("ports")
-    assert ports, f"a rule without ports allows every port: {rule}"
-    return {(p.get("protocol", "TCP"), p["port"]) for p in ports}
-
-
-def policy_rules(policies: list[dict[str, Any]], labels: dict[str, str],
-                 direction: str) -> Iterator[tuple[dict[str, Any], set[tuple[str, int]]]]:
-    """(peer, ports) of every rule that applies to a pod with `labels` in `direction`."""
-    key, peers = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
-    for policy in policies:
-        spec = policy["spec"]
-        if direction in spec["policyTypes"] and selects(spec["podSelector"], labels):
-            for rule in spec.get(key, []):
-                assert rule.get(peers), f"{policy['metadata']['name']}: a rule open to all"
-                for peer in rule[peers]:
-                    assert "ipBlock" not in peer, f"{policy['metadata']['name']}: ipBlock"
-                    yield peer, rule_ports(rule)
+    rbac = {(o["kind"], o["metadata"]["name"]) for o in objects[overlay]
+            if o["kind"] in RBAC_KINDS}
+    assert rbac == TRAINER_RBAC, (
+        "only the trainer talks to the Kubernetes API, for its workers' Jobs "
+        "(tests/static/test_training_workers.py)")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

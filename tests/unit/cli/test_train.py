@@ -53,6 +53,8 @@ def test_search_options(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not args.skip_wait_for_events
     assert parse(["train", "--no-search", "--skip-wait-for-events"]).trials == 0
     assert parse(["train"]).trials is None
+    assert parse(["train", "--workers", "2"]).workers == 2
+    assert parse(["train"]).workers is None
     with pytest.raises(SystemExit):
         parse(["train", "--no-search", "--trials", "3"])
 

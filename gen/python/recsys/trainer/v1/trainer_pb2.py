@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from recsys.model.v1 import model_pb2 as recsys_dot_model_dot_v1_dot_model__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1frecsys/trainer/v1/trainer.proto\x12\x11recsys.trainer.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1brecsys/model/v1/model.proto\"\xe9\x01\n\x0fHyperparameters\x12\x14\n\x07\x66\x61\x63tors\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06\x65pochs\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x1b\n\x0eregularization\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05\x61lpha\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x19\n\x0creg_exponent\x18\x06 \x01(\x01H\x05\x88\x01\x01\x42\n\n\x08_factorsB\t\n\x07_epochsB\x11\n\x0f_regularizationB\x08\n\x06_alphaB\x07\n\x05_seedB\x0f\n\r_reg_exponent\"P\n\x0cSearchBudget\x12\x13\n\x06trials\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x14\n\x07seconds\x18\x02 \x01(\x01H\x01\x88\x01\x01\x42\t\n\x07_trialsB\n\n\x08_seconds\"\xb9\x01\n\x0eSearchProgress\x12\x13\n\x0btrials_done\x18\x01 \x01(\x05\x12\x15\n\rtrials_budget\x18\x02 \x01(\x05\x12\x15\n\rtrials_pruned\x18\x03 \x01(\x05\x12\x1c\n\x14\x62\x65st_validation_ndcg\x18\x04 \x01(\x01\x12\x1d\n\x15\x66irst_validation_ndcg\x18\x05 \x01(\x01\x12\x0f\n\x07seconds\x18\x06 \x01(\x01\x12\x16\n\x0eseconds_budget\x18\x07 \x01(\x01\"\xcf\x05\n\x0bTrainingJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.recsys.trainer.v1.JobState\x12*\n\x05phase\x18\x03 \x01(\x0e\x32\x1b.recsys.trainer.v1.JobPhase\x12.\n\x07trigger\x18\x04 \x01(\x0e\x32\x1d.recsys.trainer.v1.JobTrigger\x12;\n\x0fhyperparameters\x18\x05 \x01(\x0b\x32\".recsys.trainer.v1.Hyperparameters\x12\r\n\x05\x65poch\x18\x06 \x01(\x05\x12\x0e\n\x06\x65pochs\x18\x07 \x01(\x05\x12\x0c\n\x04loss\x18\x08 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\t \x01(\x01\x12\x33\n\x07metrics\x18\n \x01(\x0b\x32\".recsys.model.v1.EvaluationMetrics\x12\x30\n\x07lineage\x18\x0b \x01(\x0b\x32\x1f.recsys.model.v1.DatasetLineage\x12\x15\n\rmlflow_run_id\x18\x0c \x01(\t\x12\x15\n\rmodel_version\x18\r \x01(\t\x12\x10\n\x08promoted\x18\x0e \x01(\x08\x12\x18\n\x10promotion_reason\x18\x0f \x01(\t\x12\r\n\x05\x65rror\x18\x10 \x01(\t\x12.\n\ncreated_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x06search\x18\x14 \x01(\x0b\x32!.recsys.trainer.v1.SearchProgress\x12\x15\n\revents_behind\x18\x15 \x01(\x03\"\xa5\x01\n\x17StartTrainingJobRequest\x12;\n\x0fhyperparameters\x18\x01 \x01(\x0b\x32\".recsys.trainer.v1.Hyperparameters\x12/\n\x06search\x18\x02 \x01(\x0b\x32\x1f.recsys.trainer.v1.SearchBudget\x12\x1c\n\x14skip_wait_for_events\x18\x03 \x01(\x08\"G\n\x18StartTrainingJobResponse\x12+\n\x03job\x18\x01 \x01(\x0b\x32\x1e.recsys.trainer.v1.TrainingJob\"\'\n\x15GetTrainingJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"E\n\x16GetTrainingJobResponse\x12+\n\x03job\x18\x01 \x01(\x0b\x32\x1e.recsys.trainer.v1.TrainingJob\",\n\x17ListTrainingJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\"H\n\x18ListTrainingJobsResponse\x12,\n\x04jobs\x18\x01 \x03(\x0b\x32\x1e.recsys.trainer.v1.TrainingJob\")\n\x17WatchTrainingJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"G\n\x18WatchTrainingJobResponse\x12+\n\x03job\x18\x01 \x01(\x0b\x32\x1e.recsys.trainer.v1.TrainingJob\"*\n\x18\x43\x61ncelTrainingJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"H\n\x19\x43\x61ncelTrainingJobResponse\x12+\n\x03job\x18\x01 \x01(\x0b\x32\x1e.recsys.trainer.v1.TrainingJob\"-\n\x18ListModelVersionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\"L\n\x19ListModelVersionsResponse\x12/\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.recsys.model.v1.ModelVersion\"-\n\x1aPromoteModelVersionRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"m\n\x1bPromoteModelVersionResponse\x12\x34\n\rmodel_version\x18\x01 \x01(\x0b\x32\x1d.recsys.model.v1.ModelVersion\x12\x18\n\x10previous_version\x18\x02 \x01(\t*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05*\xd5\x01\n\x08JobPhase\x12\x19\n\x15JOB_PHASE_UNSPECIFIED\x10\x00\x12\x16\n\x12JOB_PHASE_SNAPSHOT\x10\x01\x12\x16\n\x12JOB_PHASE_TRAINING\x10\x02\x12\x18\n\x14JOB_PHASE_EVALUATING\x10\x03\x12\x15\n\x11JOB_PHASE_LOGGING\x10\x04\x12\x12\n\x0eJOB_PHASE_DONE\x10\x05\x12 \n\x1cJOB_PHASE_WAITING_FOR_EVENTS\x10\x06\x12\x17\n\x13JOB_PHASE_SEARCHING\x10\x07*x\n\nJobTrigger\x12\x1b\n\x17JOB_TRIGGER_UNSPECIFIED\x10\x00\x12\x17\n\x13JOB_TRIGGER_REQUEST\x10\x01\x12\x1a\n\x16JOB_TRIGGER_NEW_EVENTS\x10\x02\x12\x18\n\x14JOB_TRIGGER_SCHEDULE\x10\x03\x32\xee\x07\n\x0eTrainerService\x12\x88\x01\n\x10StartTrainingJob\x12*.recsys.trainer.v1.StartTrainingJobRequest\x1a+.recsys.trainer.v1.StartTrainingJobResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/v1/trainingJobs:\x01*\x12\x88\x01\n\x0eGetTrainingJob\x12(.recsys.trainer.v1.GetTrainingJobRequest\x1a).recsys.trainer.v1.GetTrainingJobResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/trainingJobs/{job_id}\x12\x85\x01\n\x10ListTrainingJobs\x12*.recsys.trainer.v1.ListTrainingJobsRequest\x1a+.recsys.trainer.v1.ListTrainingJobsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/trainingJobs\x12m\n\x10WatchTrainingJob\x12*.recsys.trainer.v1.WatchTrainingJobRequest\x1a+.recsys.trainer.v1.WatchTrainingJobResponse0\x01\x12\x9b\x01\n\x11\x43\x61ncelTrainingJob\x12+.recsys.trainer.v1.CancelTrainingJobRequest\x1a,.recsys.trainer.v1.CancelTrainingJobResponse\"+\x82\xd3\xe4\x93\x02%\" /v1/trainingJobs/{job_id}:cancel:\x01*\x12\x89\x01\n\x11ListModelVersions\x12+.recsys.trainer.v1.ListModelVersionsRequest\x1a,.recsys.trainer.v1.ListModelVersionsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/modelVersions\x12\xa4\x01\n\x13PromoteModelVersion\x12-.recsys.trainer.v1.PromoteModelVersionRequest\x1a..recsys.trainer.v1.PromoteModelVersionResponse\".\x82\xd3\xe4\x93\x02(\"#/v1/modelVersions/{version}:promote:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1frecsys/trainer/v1/trainer.proto\x12\x11recsys.trainer.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1brecsys/model/v1/model.proto\"\xe9\x01\n\x0fHyperparameters\x12\x14\n\x07\x66\x61\x63tors\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06\x65pochs\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x1b\n\x0eregularization\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05\x61lpha\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x19\n\x0creg_exponent\x18\x06 \x01(\x01H\x05\x88\x01\x01\x42\n\n\x08_factorsB\t\n\x07_epochsB\x11\n\x0f_regularizationB\x08\n\x06_alphaB\x07\n\x05_seedB\x0f\n\r_reg_exponent\"P\n\x0cSearchBudget\x12\x13\n\x06trials\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x14\n\x07seconds\x18\x02 \x01(\x01H\x01\x88\x01\x01\x42\t\n\x07_trialsB\n\n\x08_seconds\"\xb9\x01\n\x0eSearchProgress\x12\x13\n\x0btrials_done\x18\x01 \x01(\x05\x12\x15\n\rtrials_budget\x18\x02 \x01(\x05\x12\x15\n\rtrials_pruned\x18\x03 \x01(\x05\x12\x1c\n\x14\x62\x65st_validation_ndcg\x18\x04 \x01(\x01\x12\x1d\n\x15\x66irst_validation_ndcg\x18\x05 \x01(\x01\x12\x0f\n\x07seconds\x18\x06 \x01(\x01\x12\x16\n\x0eseconds_budget\x18\x07 \x01(\x01\"\xf6\x05\n\x0bTrainingJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.recsys.trainer.v1.JobState\x12*\n\x05phase\x18\x03 \x01(\x0e\x32\x1b.recsys.trainer.v1.JobPhase\x12.\n\x07trigger\x18\x04 \x01(\x0e\x32\x1d.recsys.trainer.v1.JobTrigger\x12;\n\x0fhyperparameters\x18\x05 \x01(\x0b\x32\".recsys.trainer.v1.Hyperparameters\x12\r\n\x05\x65poch\x18\x06 \x01(\x05\x12\x0e\n\x06\x65pochs\x18\x07 \x01(\x05\x12\x0c\n\x04loss\x18\x08 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\t \x01(\x01\x12\x33\n\x07metrics\x18\n \x01(\x0b\x32\".recsys.model.v1.EvaluationMetrics\x12\x30\n\x07lineage\x18\x0b \x01(\x0b\x32\x1f.recsys.model.v1.DatasetLineage\x12\x15\n\rmlflow_run_id\x18\x0c \x01(\t\x12\x15\n\rmodel_version\x18\r \x01(\t\x12\x10\n\x08promoted\x18\x0e \x01(\x08\x12\x18\n\x10promotion_reason\x18\x0f \x01(\t\x12\r\n\x05\x65rror\x18\x10 \x01(\t\x12.\n\ncreated_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x06search\x18\x14 \x01(\x0b\x32!.recsys.trainer.v1.SearchProgress\x12\x15\n\revents_behind\x18\x15 \x01(\x03\x12\x0f\n\x07workers\x18\x16 \x01(\x05\x12\x14\n\x0csnapshot_uri\x18\x17 \x01(\t\"\xc7\x01\n\x17StartTrainingJobRequest\x12;\n\x0fhyperparameters\x18\x01 \x01(\x0b\x32\".recsys.trainer.v1.Hyperparameters\x12/\n\x06search\x18\x02 \x01(\x0b\x32\x1f.recsys.trainer.v1.SearchBudget\x12\x1c\n\x14skip_wait_for_events\x18\x03 \x01(\x08\x12\x14\n\x07workers\x18\x04 \x01(\x05H\x00\x88\x01\x01\x42\n\n\x08_workers\"G\n\x18StartTrainingJobResponse\x12+\n\x03job\x18\x01 \x01(\x0b\x32\x1e.recsys.trainer.v1.TrainingJob\"\'\n\x15GetTrainingJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"E\n\x16GetTrainingJobResponse\x12+\n\x03job\x18\x01 \x01(\x0b\x32\x1e.recsys.trainer.v1.TrainingJob\",\n\x17ListTrainingJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\"H\n\x18ListTrainingJobsResponse\x12,\n\x04jobs\x18\x01 \x03(\x0b\x32\x1e.recsys.trainer.v1.TrainingJob\")\n\x17WatchTrainingJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"G\n\x18WatchTrainingJobResponse\x12+\n\x03job\x18\x01 \x01(\x0b\x32\x1e.recsys.trainer.v1.TrainingJob\"*\n\x18\x43\x61ncelTrainingJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"H\n\x19\x43\x61ncelTrainingJobResponse\x12+\n\x03job\x18\x01 \x01(\x0b\x32\x1e.recsys.trainer.v1.TrainingJob\"-\n\x18ListModelVersionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\"L\n\x19ListModelVersionsResponse\x12/\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.recsys.model.v1.ModelVersion\"-\n\x1aPromoteModelVersionRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"m\n\x1bPromoteModelVersionResponse\x12\x34\n\rmodel_version\x18\x01 \x01(\x0b\x32\x1d.recsys.model.v1.ModelVersion\x12\x18\n\x10previous_version\x18\x02 \x01(\t*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05*\xd5\x01\n\x08JobPhase\x12\x19\n\x15JOB_PHASE_UNSPECIFIED\x10\x00\x12\x16\n\x12JOB_PHASE_SNAPSHOT\x10\x01\x12\x16\n\x12JOB_PHASE_TRAINING\x10\x02\x12\x18\n\x14JOB_PHASE_EVALUATING\x10\x03\x12\x15\n\x11JOB_PHASE_LOGGING\x10\x04\x12\x12\n\x0eJOB_PHASE_DONE\x10\x05\x12 \n\x1cJOB_PHASE_WAITING_FOR_EVENTS\x10\x06\x12\x17\n\x13JOB_PHASE_SEARCHING\x10\x07*x\n\nJobTrigger\x12\x1b\n\x17JOB_TRIGGER_UNSPECIFIED\x10\x00\x12\x17\n\x13JOB_TRIGGER_REQUEST\x10\x01\x12\x1a\n\x16JOB_TRIGGER_NEW_EVENTS\x10\x02\x12\x18\n\x14JOB_TRIGGER_SCHEDULE\x10\x03\x32\xee\x07\n\x0eTrainerService\x12\x88\x01\n\x10StartTrainingJob\x12*.recsys.trainer.v1.StartTrainingJobRequest\x1a+.recsys.trainer.v1.StartTrainingJobResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/v1/trainingJobs:\x01*\x12\x88\x01\n\x0eGetTrainingJob\x12(.recsys.trainer.v1.GetTrainingJobRequest\x1a).recsys.trainer.v1.GetTrainingJobResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/trainingJobs/{job_id}\x12\x85\x01\n\x10ListTrainingJobs\x12*.recsys.trainer.v1.ListTrainingJobsRequest\x1a+.recsys.trainer.v1.ListTrainingJobsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/trainingJobs\x12m\n\x10WatchTrainingJob\x12*.recsys.trainer.v1.WatchTrainingJobRequest\x1a+.recsys.trainer.v1.WatchTrainingJobResponse0\x01\x12\x9b\x01\n\x11\x43\x61ncelTrainingJob\x12+.recsys.trainer.v1.CancelTrainingJobRequest\x1a,.recsys.trainer.v1.CancelTrainingJobResponse\"+\x82\xd3\xe4\x93\x02%\" /v1/trainingJobs/{job_id}:cancel:\x01*\x12\x89\x01\n\x11ListModelVersions\x12+.recsys.trainer.v1.ListModelVersionsRequest\x1a,.recsys.trainer.v1.ListModelVersionsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/modelVersions\x12\xa4\x01\n\x13PromoteModelVersion\x12-.recsys.trainer.v1.PromoteModelVersionRequest\x1a..recsys.trainer.v1.PromoteModelVersionResponse\".\x82\xd3\xe4\x93\x02(\"#/v1/modelVersions/{version}:promote:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,12 +46,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAINERSERVICE'].methods_by_name['ListModelVersions']._serialized_options = b'\202\323\344\223\002\023\022\021/v1/modelVersions'
   _globals['_TRAINERSERVICE'].methods_by_name['PromoteModelVersion']._loaded_options = None
   _globals['_TRAINERSERVICE'].methods_by_name['PromoteModelVersion']._serialized_options = b'\202\323\344\223\002(\"#/v1/modelVersions/{version}:promote:\001*'
-  _globals['_JOBSTATE']._serialized_start=2365
-  _globals['_JOBSTATE']._serialized_end=2519
-  _globals['_JOBPHASE']._serialized_start=2522
-  _globals['_JOBPHASE']._serialized_end=2735
-  _globals['_JOBTRIGGER']._serialized_start=2737
-  _globals['_JOBTRIGGER']._serialized_end=2857
+  _globals['_JOBSTATE']._serialized_start=2438
+  _globals['_JOBSTATE']._serialized_end=2592
+  _globals['_JOBPHASE']._serialized_start=2595
+  _globals['_JOBPHASE']._serialized_end=2808
+  _globals['_JOBTRIGGER']._serialized_start=2810
+  _globals['_JOBTRIGGER']._serialized_end=2930
   _globals['_HYPERPARAMETERS']._serialized_start=147
   _globals['_HYPERPARAMETERS']._serialized_end=380
   _globals['_SEARCHBUDGET']._serialized_start=382
@@ -59,35 +59,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHPROGRESS']._serialized_start=465
   _globals['_SEARCHPROGRESS']._serialized_end=650
   _globals['_TRAININGJOB']._serialized_start=653
-  _globals['_TRAININGJOB']._serialized_end=1372
-  _globals['_STARTTRAININGJOBREQUEST']._serialized_start=1375
-  _globals['_STARTTRAININGJOBREQUEST']._serialized_end=1540
-  _globals['_STARTTRAININGJOBRESPONSE']._serialized_start=1542
-  _globals['_STARTTRAININGJOBRESPONSE']._serialized_end=1613
-  _globals['_GETTRAININGJOBREQUEST']._serialized_start=1615
-  _globals['_GETTRAININGJOBREQUEST']._serialized_end=1654
-  _globals['_GETTRAININGJOBRESPONSE']._serialized_start=1656
-  _globals['_GETTRAININGJOBRESPONSE']._serialized_end=1725
-  _globals['_LISTTRAININGJOBSREQUEST']._serialized_start=1727
-  _globals['_LISTTRAININGJOBSREQUEST']._serialized_end=1771
-  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_start=1773
-  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_end=1845
-  _globals['_WATCHTRAININGJOBREQUEST']._serialized_start=1847
-  _globals['_WATCHTRAININGJOBREQUEST']._serialized_end=1888
-  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_start=1890
-  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_end=1961
-  _globals['_CANCELTRAININGJOBREQUEST']._serialized_start=1963
-  _globals['_CANCELTRAININGJOBREQUEST']._serialized_end=2005
-  _globals['_CANCELTRAININGJOBRESPONSE']._serialized_start=2007
-  _globals['_CANCELTRAININGJOBRESPONSE']._serialized_end=2079
-  _globals['_LISTMODELVERSIONSREQUEST']._serialized_start=2081
-  _globals['_LISTMODELVERSIONSREQUEST']._serialized_end=2126
-  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_start=2128
-  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_end=2204
-  _globals['_PROMOTEMODELVERSIONREQUEST']._serialized_start=2206
-  _globals['_PROMOTEMODELVERSIONREQUEST']._serialized_end=2251
-  _globals['_PROMOTEMODELVERSIONRESPONSE']._serialized_start=2253
-  _globals['_PROMOTEMODELVERSIONRESPONSE']._serialized_end=2362
-  _globals['_TRAINERSERVICE']._serialized_start=2860
-  _globals['_TRAINERSERVICE']._serialized_end=3866
+  _globals['_TRAININGJOB']._serialized_end=1411
+  _globals['_STARTTRAININGJOBREQUEST']._serialized_start=1414
+  _globals['_STARTTRAININGJOBREQUEST']._serialized_end=1613
+  _globals['_STARTTRAININGJOBRESPONSE']._serialized_start=1615
+  _globals['_STARTTRAININGJOBRESPONSE']._serialized_end=1686
+  _globals['_GETTRAININGJOBREQUEST']._serialized_start=1688
+  _globals['_GETTRAININGJOBREQUEST']._serialized_end=1727
+  _globals['_GETTRAININGJOBRESPONSE']._serialized_start=1729
+  _globals['_GETTRAININGJOBRESPONSE']._serialized_end=1798
+  _globals['_LISTTRAININGJOBSREQUEST']._serialized_start=1800
+  _globals['_LISTTRAININGJOBSREQUEST']._serialized_end=1844
+  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_start=1846
+  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_end=1918
+  _globals['_WATCHTRAININGJOBREQUEST']._serialized_start=1920
+  _globals['_WATCHTRAININGJOBREQUEST']._serialized_end=1961
+  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_start=1963
+  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_end=2034
+  _globals['_CANCELTRAININGJOBREQUEST']._serialized_start=2036
+  _globals['_CANCELTRAININGJOBREQUEST']._serialized_end=2078
+  _globals['_CANCELTRAININGJOBRESPONSE']._serialized_start=2080
+  _globals['_CANCELTRAININGJOBRESPONSE']._serialized_end=2152
+  _globals['_LISTMODELVERSIONSREQUEST']._serialized_start=2154
+  _globals['_LISTMODELVERSIONSREQUEST']._serialized_end=2199
+  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_start=2201
+  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_end=2277
+  _globals['_PROMOTEMODELVERSIONREQUEST']._serialized_start=2279
+  _globals['_PROMOTEMODELVERSIONREQUEST']._serialized_end=2324
+  _globals['_PROMOTEMODELVERSIONRESPONSE']._serialized_start=2326
+  _globals['_PROMOTEMODELVERSIONRESPONSE']._serialized_end=2435
+  _globals['_TRAINERSERVICE']._serialized_start=2933
+  _globals['_TRAINERSERVICE']._serialized_end=3939
 # @@protoc_insertion_point(module_scope)

@@ -281,6 +281,8 @@ class TrainingJob(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     SEARCH_FIELD_NUMBER: _builtins.int
     EVENTS_BEHIND_FIELD_NUMBER: _builtins.int
+    WORKERS_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_URI_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: Global___JobState.ValueType
     phase: Global___JobPhase.ValueType
@@ -303,6 +305,14 @@ class TrainingJob(_message.Message):
     events_behind: _builtins.int
     """While JOB_PHASE_WAITING_FOR_EVENTS: events acknowledged before the job started that the
     dataset has not consumed yet.
+    """
+    workers: _builtins.int
+    """Processes that fit the job's models: 1 in the trainer's process, more with
+    torch.distributed on the job's snapshot.
+    """
+    snapshot_uri: _builtins.str
+    """The job's snapshot in object storage (its Parquet manifest, s3://...), once exported;
+    empty when the trainer exports none.
     """
     @_builtins.property
     def hyperparameters(self) -> Global___Hyperparameters:
@@ -348,10 +358,12 @@ class TrainingJob(_message.Message):
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         search: Global___SearchProgress | None = ...,
         events_behind: _builtins.int = ...,
+        workers: _builtins.int = ...,
+        snapshot_uri: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "hyperparameters", b"hyperparameters", "lineage", b"lineage", "metrics", b"metrics", "search", b"search", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "epoch", b"epoch", "epochs", b"epochs", "error", b"error", "eta_seconds", b"eta_seconds", "events_behind", b"events_behind", "finished_at", b"finished_at", "hyperparameters", b"hyperparameters", "job_id", b"job_id", "lineage", b"lineage", "loss", b"loss", "metrics", b"metrics", "mlflow_run_id", b"mlflow_run_id", "model_version", b"model_version", "phase", b"phase", "promoted", b"promoted", "promotion_reason", b"promotion_reason", "search", b"search", "started_at", b"started_at", "state", b"state", "trigger", b"trigger"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "epoch", b"epoch", "epochs", b"epochs", "error", b"error", "eta_seconds", b"eta_seconds", "events_behind", b"events_behind", "finished_at", b"finished_at", "hyperparameters", b"hyperparameters", "job_id", b"job_id", "lineage", b"lineage", "loss", b"loss", "metrics", b"metrics", "mlflow_run_id", b"mlflow_run_id", "model_version", b"model_version", "phase", b"phase", "promoted", b"promoted", "promotion_reason", b"promotion_reason", "search", b"search", "snapshot_uri", b"snapshot_uri", "started_at", b"started_at", "state", b"state", "trigger", b"trigger", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -364,9 +376,16 @@ class StartTrainingJobRequest(_message.Message):
     HYPERPARAMETERS_FIELD_NUMBER: _builtins.int
     SEARCH_FIELD_NUMBER: _builtins.int
     SKIP_WAIT_FOR_EVENTS_FIELD_NUMBER: _builtins.int
+    WORKERS_FIELD_NUMBER: _builtins.int
     skip_wait_for_events: _builtins.bool
     """By default a job first waits (bounded) until the dataset holds every event acknowledged
     before it started; true trains on what the dataset holds now.
+    """
+    workers: _builtins.int
+    """Processes that fit the job's models, 1 to RECSYS_TRAINER_MAX_WORKERS; more than 1 fits
+    them with torch.distributed on the job's snapshot (FAILED_PRECONDITION when the trainer
+    has no snapshot store). Unset: the trainer's default (RECSYS_TRAINER_WORKERS). The
+    hyper-parameter search always runs in the trainer's process.
     """
     @_builtins.property
     def hyperparameters(self) -> Global___Hyperparameters:
@@ -382,12 +401,15 @@ class StartTrainingJobRequest(_message.Message):
         hyperparameters: Global___Hyperparameters | None = ...,
         search: Global___SearchBudget | None = ...,
         skip_wait_for_events: _builtins.bool = ...,
+        workers: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["hyperparameters", b"hyperparameters", "search", b"search"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_workers", b"_workers", "hyperparameters", b"hyperparameters", "search", b"search", "workers", b"workers"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hyperparameters", b"hyperparameters", "search", b"search", "skip_wait_for_events", b"skip_wait_for_events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_workers", b"_workers", "hyperparameters", b"hyperparameters", "search", b"search", "skip_wait_for_events", b"skip_wait_for_events", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__workers: _TypeAlias = _typing.Literal["workers"]  # noqa: Y015
+    _WhichOneofArgType__workers: _TypeAlias = _typing.Literal["_workers", b"_workers"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__workers) -> _WhichOneofReturnType__workers | None: ...
 
 Global___StartTrainingJobRequest: _TypeAlias = StartTrainingJobRequest  # noqa: Y015
 
