@@ -344,10 +344,12 @@ def _config(trial: optuna.Trial, first: TrainConfig, space: dict[str, SearchRang
 
 # Configurations that were the best on the data shapes the project measures (README,
 # "Hyper-parameter search"): tried right after the starting points, so even a small budget
-# covers dense data (ml-100k's optimum) and sparse data (high confidence, weaker scaling).
+# covers dense data (ml-100k's optimum), sparse data (high confidence, weaker scaling) and
+# very sparse data (a few items per user: very high confidence, one strong fixed penalty).
 PORTFOLIO: tuple[Mapping[str, float], ...] = (
     {"factors": 64, "epochs": 8, "alpha": 2.5, "reg_exponent": 1.0, "regularization": 0.02},
     {"factors": 40, "epochs": 9, "alpha": 13.0, "reg_exponent": 0.85, "regularization": 0.13},
+    {"factors": 64, "epochs": 15, "alpha": 100.0, "reg_exponent": 0.0, "regularization": 400.0},
 )
 
 
