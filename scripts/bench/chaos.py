@@ -321,7 +321,7 @@ def run(quiet_s: float, outage_s: float, state: Path) -> tuple[list[Fault], Repo
     stack = start_stack(state)
     try:
         summary = stream_events(SyntheticData(SEED).events(), target=stack.endpoints[
-            "ingest_grpc"], timeout_s=600)
+            "ingest_grpc"], timeout_s=600, tls=stack.tls)
         assert summary.error is None, summary.error
         wait_for(lambda: all(stack.serves(p) for p in REPLICAS), 600,
                  "a champion trained by the trigger, served by both replicas")

@@ -26,6 +26,7 @@ from recsys.events.v1 import interaction_pb2
 from recsys.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from services.cli.common import INGEST, Command, add_target, guarded
 from services.core.client import channel
+from services.core.tls import ClientTLS
 from services.data import loaders
 from services.data.synthetic import SyntheticData, SyntheticSpec
 
@@ -78,13 +79,15 @@ def wait_until_serving(grpc_channel: grpc.Channel, wait_s: float) -> None:
 def stream_events(
     events: Iterable[interaction_pb2.Interaction], *, target: str, chunk_size: int = 1000,
     timeout_s: float = 3600.0, wait_s: float = 0.0, progress: tqdm[Any] | None = None,
+    tls: ClientTLS | None = None,
 ) -> Summary:
     """Send `events` through one StreamInteractions call; never raises for an RPC failure
     (the summary carries it, with what the service reported as published).
 
     Blocking on purpose: grpc.aio's client streams can report a server's early status as
     INTERNAL "Internal error from Core" when a write races the end of the call (grpcio 1.85),
-    losing the IngestFailure detail; the threaded client does not.
+    losing the IngestFailure detail; the threaded client does not. `tls` None: from the
+    environment (services.core.client.channel).
     """
     summary = Summary()
     started = time.perf_counter()
@@ -96,7 +99,7 @@ def stream_events(
                 progress.update(len(chunk))
             yield ingest_pb2.StreamInteractionsRequest(interactions=chunk)
 
-    with channel(target) as grpc_channel:
+    with channel(target, tls=tls) as grpc_channel:
         try:
             if wait_s > 0:
                 wait_until_serving(grpc_channel, wait_s)

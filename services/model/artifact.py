@@ -15,7 +15,12 @@ from typing import Any
 
 import numpy as np
 
-FORMAT_VERSION = 1
+from services.model.top_lists import LENGTH, TopLists
+
+# 2: the trainer's top lists may ride along (`top_rows`, `top_scores`); version 1 files (no
+# lists) still load, and a newer version than this code reads is refused by name.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _ARRAYS = (
     "user_factors",
     "item_factors",
@@ -27,6 +32,7 @@ _ARRAYS = (
     "item_gram",
 )
 _SCALARS = ("regularization", "reg_exponent", "alpha")
+_TOP_LISTS = ("top_rows", "top_scores")
 _HASH_CHUNK_BYTES = 1 << 20
 
 
@@ -53,7 +59,8 @@ class ModelArtifact:
     """Everything serving needs; row i of the factors belongs to ``user_ids[i]``/``item_ids[i]``.
 
     ``item_gram`` (YᵀY), ``regularization``, ``reg_exponent`` and ``alpha`` let ``fold_in``
-    solve the training's user equation for a user the model has not seen.
+    solve the training's user equation for a user the model has not seen. ``top_lists``, when
+    the trainer ranked them, are every user's best items (services.model.top_lists).
     """
 
     user_factors: np.ndarray  # (n_users, factors) float32
@@ -62,11 +69,12 @@ class ModelArtifact:
     item_ids: np.ndarray  # (n_items,) unicode
     item_popularity: np.ndarray  # (n_items,) int64: distinct training users per item
     seen_indptr: np.ndarray  # (n_users + 1,) int64: CSR of each user's training items
-    seen_indices: np.ndarray  # (nnz,) int64
+    seen_indices: np.ndarray  # (nnz,) int32 (the trainer's) or int64
     item_gram: np.ndarray  # (factors, factors) float64
     regularization: float
     reg_exponent: float
     alpha: float
+    top_lists: TopLists | None = None
 
     def __post_init__(self) -> None:
         if self.user_factors.ndim != 2 or len(self.seen_indptr) == 0:
@@ -93,6 +101,13 @@ class ModelArtifact:
             raise ValueError(f"seen_indices: out of range [0, {n_items})")
         if np.any(self.item_popularity < 0):
             raise ValueError("item_popularity: must not be negative")
+        lists = self.top_lists
+        shape = (n_users, min(LENGTH, n_items))
+        if lists is not None and not lists.rows.shape == lists.scores.shape == shape:
+            raise ValueError(f"top lists: shape {lists.rows.shape}, expected {shape}")
+        if lists is not None and lists.rows.size and (
+                lists.rows.min() < 0 or lists.rows.max() >= n_items):
+            raise ValueError(f"top lists: rows out of range [0, {n_items})")
 
     @property
     def n_users(self) -> int:
@@ -158,6 +173,8 @@ class ModelArtifact:
         tmp = target.with_name(f".{target.name}.tmp")
         contents: dict[str, Any] = {"format_version": np.asarray(FORMAT_VERSION)}
         contents.update((name, np.asarray(getattr(self, name))) for name in (*_ARRAYS, *_SCALARS))
+        if self.top_lists is not None:
+            contents.update(top_rows=self.top_lists.rows, top_scores=self.top_lists.scores)
         with tmp.open("wb") as f:
             np.savez(f, **contents)
         tmp.replace(target)
@@ -170,8 +187,12 @@ class ModelArtifact:
             if missing:
                 raise ValueError(f"not a model artifact: missing {', '.join(sorted(missing))}")
             version = int(npz["format_version"])
-            if version != FORMAT_VERSION:
-                raise ValueError(f"artifact format {version} is not {FORMAT_VERSION}")
+            if version not in READABLE_VERSIONS:
+                raise ValueError(f"artifact format {version}: this version reads formats "
+                                 f"{', '.join(map(str, READABLE_VERSIONS))} (a newer trainer "
+                                 "wrote it; upgrade the recommender)")
             fields: dict[str, Any] = {name: npz[name] for name in _ARRAYS}
             fields.update((name, float(npz[name])) for name in _SCALARS)
+            if set(_TOP_LISTS) <= set(npz.files):
+                fields["top_lists"] = TopLists(rows=npz["top_rows"], scores=npz["top_scores"])
         return cls(**fields)

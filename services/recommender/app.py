@@ -62,6 +62,8 @@ class RecommenderApp:
         )
         self._local: LocalAnswers[Recommendation] = LocalAnswers(
             settings.local_cache_size, settings.cache_ttl_s)
+        self._histories: LocalAnswers[tuple[str, ...]] = LocalAnswers(
+            settings.local_cache_size, settings.cache_ttl_s)
         self._cache = RedisCache(
             connect(settings.redis_connection_url, timeout_s=settings.redis_timeout_s,
                     connect_timeout_s=settings.redis_timeout_s),
@@ -88,6 +90,7 @@ class RecommenderApp:
                 backoff=Backoff(longest_s=5.0))
         self.recommender = Recommender(
             self._store, catalog=self.catalog, cache=self._cache, local=self._local,
+            histories=self._histories,
             metrics=self._metrics,
             executor=self._executor, offload_min_items=settings.offload_min_items,
         )
@@ -133,7 +136,7 @@ class RecommenderApp:
         self._health = health
         if self._settings.local_cache_size:
             self._invalidations = self._loop.create_task(follow_invalidations(
-                self._settings.redis_connection_url, self._local,
+                self._settings.redis_connection_url, (self._local, self._histories),
                 retry_s=self._settings.redis_cooldown_s, metrics=self._metrics))
         self._store.start()
         if self._history is not None:

@@ -1,7 +1,14 @@
 """The recommender's core: the served model, the cache tiers and recent history, no gRPC.
 
-A Recommend request reads the model reference once, then tries the in-process tier, then Redis
-(one round trip that also returns the user's recent history on a miss), and only then scores.
+A Recommend request reads the model reference once, then tries the in-process tier of answers.
+A known user whose top list holds the answer (`Scorer.listed`) needs only their recent history:
+taking the list costs what fetching a cached answer would, so such answers are never written to
+Redis, and the history comes from the in-process tier of histories (coherent like the answers)
+when it holds the user, so that request makes no Redis call at all. Everything else, and a
+history the process does not hold, takes one Redis round trip that returns either the cached
+answer or the user's generation and history; what is then scored is written back, since
+scoring (fold-in, the item index, the exact product) costs more than fetching.
+
 Misses are scored in batches (`Batcher`): what arrives while a batch is being scored goes in
 the next one, which shares one matrix product and one top-k. Small catalogues (and large
 ones searched through an item index) are scored on the event loop, where a batch takes tens
@@ -9,10 +16,10 @@ of microseconds and a thread hop would cost more; queries that score `offload_mi
 or more on a worker thread, so that the event loop (cache hits, Redis, gRPC) keeps running
 meanwhile.
 """
-
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +43,8 @@ T = TypeVar("T")
 
 # Queries scored together at most: the batch's scores take 4 bytes x catalogue size each.
 _MAX_SCORING_BATCH = 64
+# The request part of a user's entry in the in-process tier of histories.
+_HISTORY = "history"
 
 _STRATEGY_TO_PROTO = {
     Strategy.PERSONALIZED: recommender_pb2.STRATEGY_PERSONALIZED,
@@ -101,18 +110,23 @@ class Recommender:
     """Answers Recommend and SimilarItems with the model `models` serves at call time."""
 
     def __init__(self, models: ModelSource, *, catalog: CatalogKeeper, cache: RedisCache,
-                 local: LocalAnswers[Recommendation], metrics: RecommenderMetrics,
-                 executor: Executor, offload_min_items: int) -> None:
+                 local: LocalAnswers[Recommendation], histories: LocalAnswers[tuple[str, ...]],
+                 metrics: RecommenderMetrics, executor: Executor, offload_min_items: int
+                 ) -> None:
+        """`local` holds answers and `histories` users' recent item ids (by `_HISTORY`), both
+        kept coherent by the same invalidations."""
         self._models = models
         self._catalog = catalog
         self._cache = cache
         self._local = local
+        self._histories = histories
         self._executor = executor
         self._offload_min_items = offload_min_items
         # Bound once: `labels()` costs microseconds on every request otherwise.
         self._outcomes = {(result, tier): metrics.cache_requests.labels(result, tier)
                           for result, tier in (("hit", "local"), ("hit", "redis"),
-                                               ("miss", "redis"), ("error", "redis"))}
+                                               ("miss", "local"), ("miss", "redis"),
+                                               ("error", "redis"))}
         self._strategies = {s: metrics.strategy.labels(s.value) for s in Strategy}
         self._filtered = {rpc: metrics.filtered.labels(rpc) for rpc in ("recommend", "similar")}
         self._cold_start_answers = metrics.cold_start_answers
@@ -146,25 +160,43 @@ class Recommender:
         answer = self._local.get(user_id, request)
         if answer is not None:
             return self._served(answer, "hit", "local")
-        epoch = self._local.epoch()
+        epoch, history_epoch = self._local.epoch(), self._histories.epoch()
+        query = Query(user_id, k, exclude_seen, exclude_item_ids,
+                      items=catalog.items_for(categories), anonymous=user_id in catalog.forgotten,
+                      popularity=catalog.popularity_for(user_id))
+        history = self._histories.get(user_id, _HISTORY)
+        listed = None if history is None else model.scorer.listed(
+            dataclasses.replace(query, recent_item_ids=history))
+        if listed is not None:  # no Redis call: the history was in process
+            return self._listed(user_id, request, self._answer(model, listed),
+                                epoch=epoch, tier="local")
         lookup = await self._cache.lookup(user_id, request)
         if lookup is not None and lookup.payload is not None:
             answer = Recommendation.from_proto(
                 recommender_pb2.RecommendResponse.FromString(lookup.payload))
             self._local.put(user_id, request, answer, epoch=epoch)
             return self._served(answer, "hit", "redis")
-        strategy, items = await self._queries.submit((model.scorer, Query(
-            user_id, k, exclude_seen, exclude_item_ids,
-            recent_item_ids=lookup.history if lookup is not None else (),
-            items=catalog.items_for(categories), anonymous=user_id in catalog.forgotten,
-            popularity=catalog.popularity_for(user_id))))
-        answer = Recommendation(model.version, strategy, items,
-                                _cold(model.scorer, items))
-        if lookup is None:
-            return self._served(answer, "error", "redis")
+        if lookup is None:  # Redis is out: served without the cache, with what history we hold
+            query = dataclasses.replace(query, recent_item_ids=history or ())
+            result = await self._queries.submit((model.scorer, query))
+            return self._served(self._answer(model, result), "error", "redis")
+        self._histories.put(user_id, _HISTORY, lookup.history, epoch=history_epoch)
+        query = dataclasses.replace(query, recent_item_ids=lookup.history)
+        listed = model.scorer.listed(query)
+        if listed is not None:  # as cheap to take again as to fetch: not written to Redis
+            return self._listed(user_id, request, self._answer(model, listed),
+                                epoch=epoch, tier="redis")
+        answer = self._answer(model, await self._queries.submit((model.scorer, query)))
         self._cache.store(user_id, request, lookup.generation, answer.proto.SerializeToString())
         self._local.put(user_id, request, answer, epoch=epoch)
         return self._served(answer, "miss", "redis")
+
+    def _listed(self, user_id: str, request: str, answer: Recommendation, *, epoch: int,
+                tier: str) -> Recommendation:
+        """An answer from a top list: kept in the in-process tier only; `tier` says whether
+        Redis was asked (for the history)."""
+        self._local.put(user_id, request, answer, epoch=epoch)
+        return self._served(answer, "miss", tier)
 
     async def similar(self, item_id: str, *, k: int, categories: Sequence[str] = ()) -> Similar:
         model = self.model()
@@ -176,6 +208,11 @@ class Recommender:
         items = await self._score(scorer, "similar", lambda: scorer.similar(
             item_id, k=k, items=catalog.items_for(categories), vector=vector))
         return Similar(model.version, items, _cold(scorer, items), vector is not None)
+
+    @staticmethod
+    def _answer(model: LoadedModel, result: tuple[Strategy, Ranked]) -> Recommendation:
+        strategy, items = result
+        return Recommendation(model.version, strategy, items, _cold(model.scorer, items))
 
     def _served(self, answer: Recommendation, result: str, tier: str) -> Recommendation:
         self._outcomes[result, tier].inc()

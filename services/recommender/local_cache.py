@@ -1,8 +1,10 @@
-"""The in-process tier of answers in front of Redis, kept coherent by Redis pub/sub.
+"""In-process tiers (answers, and users' recent histories) in front of Redis, kept coherent by
+Redis pub/sub.
 
 The history consumer publishes the users it touched on `INVALIDATION_CHANNEL`; every replica
-drops those users' answers. Messages can be missed only while the subscription is down, so the
-tier is cleared and bypassed until it is back. Eviction is least-recently-used, within a TTL.
+drops those users' answers and histories. Messages can be missed only while the subscription
+is down, so the tiers are cleared and bypassed until it is back. Eviction is least-recently-
+used, within a TTL.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Generic, TypeVar
 
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -101,12 +103,11 @@ class LocalAnswers(Generic[V]):
             del self._by_user[user_id]
 
 
-
-async def follow_invalidations(url: str, local: LocalAnswers[V], *, retry_s: float,
+async def follow_invalidations(url: str, tiers: Sequence[LocalAnswers[Any]], *, retry_s: float,
                                metrics: RecommenderMetrics) -> None:
-    """Keep `local` coherent with Redis until cancelled.
+    """Keep every tier of `tiers` coherent with Redis until cancelled.
 
-    The tier is coherent only while subscribed: it is cleared and switched off whenever the
+    A tier is coherent only while subscribed: it is cleared and switched off whenever the
     subscription drops (messages may have been missed) and on again once resubscribed.
     """
     client = connect(url, timeout_s=None)
@@ -115,21 +116,26 @@ async def follow_invalidations(url: str, local: LocalAnswers[V], *, retry_s: flo
             try:
                 async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(INVALIDATION_CHANNEL)
-                    local.coherent = True
-                    await _listen(pubsub, local)
+                    _set_coherent(tiers, True)
+                    await _listen(pubsub, tiers)
             except REDIS_ERRORS as exc:
-                if local.coherent:
+                if any(tier.coherent for tier in tiers):
                     log.warning("invalidation subscription lost; in-process cache off",
                                 extra={"error": repr(exc)})
-                local.coherent = False
+                _set_coherent(tiers, False)
                 metrics.redis_errors.labels("subscribe").inc()
                 await asyncio.sleep(retry_s)
     finally:
-        local.coherent = False
+        _set_coherent(tiers, False)
         await client.aclose()
 
 
-async def _listen(pubsub: PubSub, local: LocalAnswers[V]) -> None:
+def _set_coherent(tiers: Sequence[LocalAnswers[Any]], coherent: bool) -> None:
+    for tier in tiers:
+        tier.coherent = coherent
+
+
+async def _listen(pubsub: PubSub, tiers: Sequence[LocalAnswers[Any]]) -> None:
     """Apply invalidation messages; PING when idle, and give up on a silent connection."""
     loop = asyncio.get_running_loop()
     heard = loop.time()
@@ -139,7 +145,9 @@ async def _listen(pubsub: PubSub, local: LocalAnswers[V]) -> None:
         if message is not None:
             heard = now
             if message["type"] == "message":
-                local.invalidate(message["data"].decode().split("\n"))
+                users = message["data"].decode().split("\n")
+                for tier in tiers:
+                    tier.invalidate(users)
         elif now - heard >= 2 * _PING_INTERVAL_S:
             raise RedisConnectionError("no reply to PING on the invalidation subscription")
         else:

@@ -40,8 +40,9 @@ class RecommenderMetrics:
         return cls(
             cache_requests=Counter(
                 "recsys_recommender_cache_requests_total",
-                "Recommend requests by cache outcome: hit (tier local or redis), miss, or error "
-                "(served without the cache).",
+                "Recommend requests by cache outcome: hit (tier local or redis), miss (tier "
+                "local: answered from a top list with the history held in process, no Redis "
+                "call; tier redis: after a Redis lookup), or error (served without the cache).",
                 ("result", "tier"), registry=registry,
             ),
             scoring_seconds=Histogram(

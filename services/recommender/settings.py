@@ -50,8 +50,10 @@ class RecommenderSettings(ServerSettings, KafkaSettings, MlflowSettings):
         "dropped when the user interacts).", check=at_least_one, rule=">= 1")
     local_cache_size: int = env(
         "RECSYS_RECOMMENDER_LOCAL_CACHE_SIZE", 10_000,
-        "Answers kept in process in front of Redis, kept coherent by Redis invalidation "
-        "messages; 0 turns the in-process tier off.", check=non_negative, rule=">= 0")
+        "Answers, and as many users' recent histories (a known user's answer from a top "
+        "list then needs no Redis call), kept in process in front of Redis, coherent through "
+        "Redis invalidation messages; 0 turns the in-process tiers off.", check=non_negative,
+        rule=">= 0")
     history_size: int = env(
         "RECSYS_RECOMMENDER_HISTORY_SIZE", 50,
         "Recent interactions kept per user (excluded from recommendations; used to fold in "

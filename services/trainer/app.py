@@ -79,6 +79,9 @@ class TrainerApp:
                 topic=settings.kafka_topic, type_weights=settings.type_weights,
                 min_ndcg=settings.min_ndcg, gate_tolerance=settings.gate_tolerance,
                 search=settings.search_defaults(),
+                evaluation_max_rows=settings.evaluation_max_rows,
+                evaluation_max_users=settings.evaluation_max_users,
+                top_lists_max_cells=settings.top_lists_max_cells,
                 wait_for_events_s=settings.wait_for_events_s,
                 end_offsets=functools.partial(
                     read_end_offsets, settings.kafka_bootstrap, settings.kafka_topic,

@@ -18,30 +18,28 @@ from services.trainer.settings import TrainerSettings
 log = logging.getLogger(__name__)
 
 _POLL_TIMEOUT_MS = 500
-_TYPE_PREFIX = "INTERACTION_TYPE_"
+# The stored name of each InteractionType: "INTERACTION_TYPE_ADD_TO_CART" -> "add_to_cart".
+_TYPE_NAMES = {number: name.removeprefix("INTERACTION_TYPE_").lower()
+               for name, number in interaction_pb2.InteractionType.items()
+               if number != interaction_pb2.INTERACTION_TYPE_UNSPECIFIED}
 
 
 def stored_event(record: Record[interaction_pb2.Interaction]) -> StoredEvent | None:
-    """The stored form of one record's Interaction; None when it cannot be trained on."""
+    """The stored form of one record's Interaction; None when it cannot be trained on.
+
+    Runs for every consumed event, so it reads fields directly (no per-event helper calls).
+    """
     event = record.message
-    if (event is None or not event.event_id or not event.user_id or not event.item_id
-            or event.type == interaction_pb2.INTERACTION_TYPE_UNSPECIFIED
-            or not event.HasField("occurred_at")):
+    if event is None or not event.HasField("occurred_at"):
         return None
-    try:
-        kind = interaction_pb2.InteractionType.Name(event.type)
-    except ValueError:  # a type added to the contract after this build
+    kind = _TYPE_NAMES.get(event.type)  # None: unspecified, or added after this build
+    if kind is None or not event.event_id or not event.user_id or not event.item_id:
         return None
+    occurred = event.occurred_at
     return StoredEvent(
-        event_id=event.event_id,
-        user_id=event.user_id,
-        item_id=event.item_id,
-        type=kind.removeprefix(_TYPE_PREFIX).lower(),
-        value=event.value if event.HasField("value") else None,
-        occurred_at_us=event.occurred_at.ToMicroseconds(),
-        partition=record.partition,
-        offset=record.offset,
-    )
+        event.event_id, event.user_id, event.item_id, kind,
+        event.value if event.HasField("value") else None,
+        occurred.seconds * 1_000_000 + occurred.nanos // 1000, record.partition, record.offset)
 
 
 class DatasetAppender:

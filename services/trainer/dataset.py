@@ -10,13 +10,12 @@ transaction sees one consistent version of the file while the consumer keeps app
 from __future__ import annotations
 
 import hashlib
-import math
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -32,7 +31,7 @@ CREATE TABLE IF NOT EXISTS events (
     occurred_at_us INTEGER NOT NULL,
     kafka_partition INTEGER NOT NULL,
     kafka_offset INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS offsets (
     topic TEXT NOT NULL,
     kafka_partition INTEGER NOT NULL,
@@ -48,14 +47,27 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at);
 """
 
-# Rows hashed and converted per fetch, so memory stays bounded while a snapshot is read.
-_FETCH_ROWS = 50_000
+# Events read per query while a snapshot is read, so memory stays bounded.
+_CHUNK_ROWS = 100_000
 _SEP = "\x1f"  # ASCII unit separator: cannot occur in validated ids
+# One chunk of events in event_id order, each column as one string that SQLite builds: a
+# Python object per value would cost more than everything else a snapshot does. A value
+# prints with 17 significant digits ('!' lifts SQLite's 16-digit cap), which reads back as
+# the same float64.
+_CHUNK_QUERY = """
+SELECT count(*), group_concat(event_id, char(31)), group_concat(user_id, char(31)),
+       group_concat(item_id, char(31)), group_concat(type, char(31)),
+       group_concat(iif(value IS NULL, 'nan', printf('%!.17g', value)), ','),
+       group_concat(occurred_at_us, ',')
+FROM (SELECT * FROM events WHERE event_id > ? ORDER BY event_id LIMIT ?)
+"""
+# The columns the content hash covers, in the order their digests are combined.
+HASHED_COLUMNS = ("event_id", "user_id", "item_id", "type", "value", "occurred_at_us")
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """One consumed interaction as the dataset keeps it."""
+class StoredEvent(NamedTuple):
+    """One consumed interaction as the dataset keeps it: a row of the events table, in its
+    column order (a tuple, so a batch goes to SQLite as it is)."""
 
     event_id: str
     user_id: str
@@ -83,13 +95,17 @@ class TrainingData:
 
 @dataclass(frozen=True, eq=False)
 class Snapshot:
-    """A consistent copy of the dataset, one entry per event, in event_id order."""
+    """A consistent copy of the dataset, one entry per event in event_id order, its ids and
+    types as indices (a Python string per event would take gigabytes at tens of millions)."""
 
     lineage: Lineage
-    user_ids: np.ndarray  # object (str)
-    item_ids: np.ndarray  # object (str)
-    types: np.ndarray  # object (str)
+    users: np.ndarray  # int32 indices into user_ids
+    items: np.ndarray  # int32 indices into item_ids
+    types: np.ndarray  # int8 indices into type_names
     values: np.ndarray  # float64, NaN where the event has no value
+    user_ids: np.ndarray  # object (str): the distinct ids, in natural order
+    item_ids: np.ndarray  # object (str): the distinct ids, in natural order
+    type_names: tuple[str, ...]
 
     def training_data(self, type_weights: Mapping[str, float]) -> TrainingData:
         """Weigh each event and index its ids; events weighing 0 are left out.
@@ -98,14 +114,16 @@ class Snapshot:
         rating's value is a score, not an amount: like the offline protocol, the trainer
         takes every rating as an implicit positive of the rating type's weight.
         """
-        kinds, kind_index = np.unique(self.types, return_inverse=True)
-        weights = np.array([type_weights.get(k, 0.0) for k in kinds], np.float64)[kind_index]
-        amount = np.where(self.types == "rating", np.nan, self.values)
+        names = self.type_names
+        by_type = np.array([type_weights.get(k, 0.0) for k in names], np.float64)
+        is_rating = np.array([k == "rating" for k in names], bool)
+        weights = by_type[self.types]
+        amount = np.where(is_rating[self.types], np.nan, self.values)
         weights = np.where(np.isnan(amount), weights, weights * amount)
         keep = weights > 0
-        user_ids, users = index_ids(self.user_ids[keep])
-        item_ids, items = index_ids(self.item_ids[keep])
-        return TrainingData(users=users, items=items, weights=weights[keep].astype(np.float64),
+        user_ids, users = _compact(self.user_ids, self.users[keep])
+        item_ids, items = _compact(self.item_ids, self.items[keep])
+        return TrainingData(users=users, items=items, weights=weights[keep],
                             user_ids=user_ids, item_ids=item_ids)
 
 
@@ -149,18 +167,13 @@ class DatasetStore:
         A partition's stored offset never moves backwards, so re-reading old records after a
         crash (before Kafka got the commit) changes nothing.
         """
-        rows = [
-            (e.event_id, e.user_id, e.item_id, e.type, e.value, e.occurred_at_us, e.partition,
-             e.offset)
-            for e in events
-        ]
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
                 before = db.total_changes
                 db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                               rows)
+                               events)
                 added = db.total_changes - before
                 db.executemany(
                     "INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT DO UPDATE"
@@ -209,42 +222,28 @@ class DatasetStore:
     def snapshot(self, topic: str) -> Snapshot:
         """Read every event and the offsets in one read transaction, hashing as it goes.
 
-        The hash is SHA-256 over each event's content (id, user, item, type, value, time) in
-        event_id order: the same events give the same hash however they were partitioned.
+        The content hash (from this version on; earlier ones hashed row by row, so compare
+        hashes made by the same version) is SHA-256 over the SHA-256 digests of the columns
+        in `HASHED_COLUMNS` order, each column taken in event_id order: a text column as its
+        values, each followed by U+001F, in UTF-8; value as little-endian float64 (NaN where
+        absent); occurred_at_us as little-endian int64. The same events give the same hash
+        however they were partitioned or delivered.
         """
         db = self._connect()
+        reader = _ColumnReader()
         try:
             db.execute("BEGIN")
             offsets = self._offsets(db, topic)
-            cursor = db.execute(
-                "SELECT event_id, user_id, item_id, type, value, occurred_at_us FROM events"
-                " ORDER BY event_id"
-            )
-            digest = hashlib.sha256()
-            columns: list[list[Any]] = [[], [], [], []]
-            while chunk := cursor.fetchmany(_FETCH_ROWS):
-                digest.update("".join(_canonical(row) for row in chunk).encode())
-                # user_id, item_id, type and value: the columns after event_id
-                for column, part in zip(columns, list(zip(*chunk, strict=True))[1:5],
-                                        strict=True):
-                    column.extend(part)
+            last = ""
+            while True:
+                count, *columns = db.execute(_CHUNK_QUERY, (last, _CHUNK_ROWS)).fetchone()
+                if not count:
+                    break
+                last = reader.add(columns)
             db.execute("COMMIT")
         finally:
             db.close()
-        # object arrays: a fixed-width str array would pad every id to the longest one
-        user_ids = np.array(columns[0], dtype=object)
-        item_ids = np.array(columns[1], dtype=object)
-        lineage = Lineage(
-            topic=topic,
-            row_count=len(user_ids),
-            content_hash=digest.hexdigest(),
-            partition_offsets=offsets,
-            user_count=len(np.unique(user_ids)),
-            item_count=len(np.unique(item_ids)),
-        )
-        values = np.array([math.nan if v is None else v for v in columns[3]], dtype=np.float64)
-        types = np.array(columns[2], dtype=object)
-        return Snapshot(lineage, user_ids, item_ids, types, values)
+        return reader.snapshot(topic, offsets)
 
     # -- training jobs ---------------------------------------------------------------------
 
@@ -283,19 +282,75 @@ def _natural_key(value: str) -> tuple[int, int, str]:
     return (0, int(value), value) if value.isascii() and value.isdigit() else (1, 0, value)
 
 
-def index_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct ids in natural order, and each entry's index among them.
+class _Codes:
+    """Distinct strings numbered in the order they first come."""
 
-    The order decides which random split the evaluation draws, so the natural one is used:
-    a dataset with numeric ids (MovieLens) is then split exactly as the benchmark splits it.
-    """
-    distinct = sorted(set(ids.tolist()), key=_natural_key)
-    position = {value: n for n, value in enumerate(distinct)}
-    indices = np.fromiter((position[v] for v in ids.tolist()), np.int64, count=len(ids))
-    return np.array(distinct, dtype=object), indices
+    def __init__(self) -> None:
+        self.known: dict[str, int] = {}
+
+    def encode(self, values: list[str]) -> np.ndarray:
+        add, known = self.known.setdefault, self.known
+        return np.array([add(v, len(known)) for v in values], np.int32)
+
+    def natural(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct strings in natural order, and `codes` renumbered to match.
+
+        The order decides which random split the evaluation draws, so the natural one is
+        used: a dataset with numeric ids (MovieLens) is then split as the benchmark splits it.
+        """
+        distinct = list(self.known)
+        order = sorted(range(len(distinct)), key=lambda n: _natural_key(distinct[n]))
+        rank = np.empty(len(distinct), np.int32)
+        rank[order] = np.arange(len(distinct), dtype=np.int32)
+        ids = np.array([distinct[n] for n in order] or [], dtype=object)
+        return ids, rank[codes]
 
 
-def _canonical(row: tuple[Any, ...]) -> str:
-    event_id, user_id, item_id, kind, value, occurred_at_us = row
-    value_text = "" if value is None else repr(float(value))
-    return _SEP.join((event_id, user_id, item_id, kind, value_text, str(occurred_at_us))) + "\n"
+class _ColumnReader:
+    """A snapshot's chunks (each column one separated string) into hashes and arrays."""
+
+    def __init__(self) -> None:
+        self._digests = {name: hashlib.sha256() for name in HASHED_COLUMNS}
+        self._users, self._items, self._types = _Codes(), _Codes(), _Codes()
+        self._parts: dict[str, list[np.ndarray]] = {"users": [], "items": [], "types": [],
+                                                     "values": []}
+
+    def add(self, chunk: Sequence[str]) -> str:
+        """Take one chunk (a string per column of `HASHED_COLUMNS`); returns its last
+        event_id (the next chunk starts after it)."""
+        event_ids, user_ids, item_ids, types, values, times = chunk
+        digests = self._digests
+        for name, text in (("event_id", event_ids), ("user_id", user_ids),
+                           ("item_id", item_ids), ("type", types)):
+            digests[name].update(text.encode() + _SEP.encode())
+        floats = np.fromstring(values, dtype="<f8", sep=",")
+        digests["value"].update(floats.tobytes())
+        digests["occurred_at_us"].update(np.fromstring(times, dtype="<i8", sep=",").tobytes())
+        parts = self._parts
+        parts["users"].append(self._users.encode(user_ids.split(_SEP)))
+        parts["items"].append(self._items.encode(item_ids.split(_SEP)))
+        parts["types"].append(self._types.encode(types.split(_SEP)).astype(np.int8))
+        parts["values"].append(floats)
+        return event_ids.rpartition(_SEP)[2]
+
+    def snapshot(self, topic: str, offsets: Mapping[int, int]) -> Snapshot:
+        users, items, types, values = (
+            np.concatenate(parts) if parts else np.zeros(0, dtype)
+            for parts, dtype in zip(self._parts.values(), (np.int32, np.int32, np.int8, np.float64),
+                                    strict=True))
+        user_ids, users = self._users.natural(users)
+        item_ids, items = self._items.natural(items)
+        combined = hashlib.sha256(b"".join(d.digest() for d in self._digests.values()))
+        lineage = Lineage(topic=topic, row_count=len(users), content_hash=combined.hexdigest(),
+                          partition_offsets=dict(offsets), user_count=len(user_ids),
+                          item_count=len(item_ids))
+        return Snapshot(lineage, users, items, types, values, user_ids, item_ids,
+                        tuple(self._types.known))
+
+
+def _compact(ids: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ids that `codes` uses, in their order, and `codes` renumbered over them (int64)."""
+    present = np.zeros(len(ids), bool)
+    present[codes] = True
+    renumbered = np.cumsum(present) - 1
+    return ids[present], renumbered[codes].astype(np.int64)

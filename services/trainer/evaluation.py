@@ -75,6 +75,39 @@ def stratified_split(
     return _subset(data, in_train), _subset(data, ~in_train)
 
 
+def sample_users(data: Interactions, max_rows: int, rng: np.random.Generator, *,
+                 max_users: int | None = None) -> np.ndarray | None:
+    """A random sample of users whose interactions in `data` add up to at most `max_rows`
+    and who number at most `max_users` (at least one user); None when `data` is within both
+    (nothing to drop)."""
+    if len(data) <= max_rows and (max_users is None or data.n_users <= max_users):
+        return None
+    order = rng.permutation(data.n_users)
+    rows = np.bincount(data.users, minlength=data.n_users)[order]
+    kept = max(1, int(np.searchsorted(np.cumsum(rows), max_rows, "right")))
+    return order[: kept if max_users is None else min(kept, max_users)]
+
+
+def only_users(data: Interactions, kept: np.ndarray) -> Interactions:
+    """The rows of users `kept`, renumbered 0..len(kept)-1 (so fits skip the others)."""
+    renumber = np.full(data.n_users, -1, np.int64)
+    renumber[np.sort(kept)] = np.arange(len(kept))
+    mask = renumber[data.users] >= 0
+    return Interactions(renumber[data.users[mask]], data.items[mask], data.weights[mask],
+                        len(kept), data.n_items)
+
+
+def evaluation_sample(data: Interactions, *, max_rows: int, max_users: int,
+                      seed: int = 42) -> Interactions:
+    """The users the protocol is applied to: all of them while `data` holds at most
+    `max_rows` interactions and `max_users` users (the protocol's figures, exactly); beyond, a
+    seeded random sample of whole users within both, so that the evaluation's fit (which grows
+    with the rows) and its ranking (users x items) stop growing with the data (its figures then
+    estimate the protocol's)."""
+    kept = sample_users(data, max_rows, np.random.default_rng(seed), max_users=max_users)
+    return data if kept is None else only_users(data, kept)
+
+
 def popularity(train: Interactions) -> ScoreFn:
     """The baseline a personal model must beat: every user gets items ranked by how many
     training interactions they have."""
@@ -121,7 +154,9 @@ def evaluate(
         scores[seen_rows, seen_cols] = -torch.inf
         relevant = torch.zeros(len(batch), n_items, dtype=torch.bool)
         relevant[_rows_cols(batch, test_ptr, test.items)] = True
-        n_relevant = relevant.sum(1).double()
+        # Test rows hold distinct items (Interactions sums repeats): a row's length is its
+        # count, which summing the dense mask would find at a cost of users x items.
+        n_relevant = torch.from_numpy((test_ptr[batch + 1] - test_ptr[batch]).astype(np.float64))
         hits = relevant.gather(1, scores.topk(top, dim=1).indices).double()
         n_hits = hits.sum(1)
         capped = n_relevant.clamp(max=top).long()

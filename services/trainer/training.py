@@ -24,7 +24,12 @@ from services.trainer import parquet_snapshot, search
 from services.trainer.catch_up import wait_for_events
 from services.trainer.dataset import DatasetStore, TrainingData
 from services.trainer.distributed import DistributedFits
-from services.trainer.evaluation import evaluate, popularity, stratified_split
+from services.trainer.evaluation import (
+    evaluate,
+    evaluation_sample,
+    popularity,
+    stratified_split,
+)
 from services.trainer.model import FactorModel, Interactions, TrainConfig, TrainingCancelled, fit
 from services.trainer.object_store import ObjectStore
 from services.trainer.packaging import package_model
@@ -58,6 +63,11 @@ class TrainingOptions:
     min_ndcg: float
     gate_tolerance: float
     search: search.Defaults
+    # Interactions the held-out evaluation covers at most (`evaluation.evaluation_sample`).
+    evaluation_max_rows: int
+    evaluation_max_users: int
+    # Users x items up to which the artifact ships every user's top list (`package_model`).
+    top_lists_max_cells: int
     wait_for_events_s: float
     # The end offset of each partition of the topic, read from the broker.
     end_offsets: Callable[[], Mapping[int, int]]
@@ -141,8 +151,12 @@ def run_training(job: Job, *, store: DatasetStore, registry: ModelRegistry,
 
     full = Interactions.from_arrays(data.users, data.items, data.weights,
                                     n_users=len(data.user_ids), n_items=len(data.item_ids))
-    train, test = stratified_split(data.users, data.items, data.weights,
-                                   n_users=len(data.user_ids), n_items=len(data.item_ids))
+    # A snapshot exported for workers marks the protocol's test pairs of every user (their
+    # holdout fit covers them all), so only a job without one samples its evaluation.
+    evaluated = full if options.snapshots is not None else evaluation_sample(
+        full, max_rows=options.evaluation_max_rows, max_users=options.evaluation_max_users)
+    train, test = stratified_split(evaluated.users, evaluated.items, evaluated.weights,
+                                   n_users=evaluated.n_users, n_items=evaluated.n_items)
     exported = None
     if options.snapshots is not None:
         exported = parquet_snapshot.export(options.snapshots, data, lineage=lineage,
@@ -170,6 +184,7 @@ def run_training(job: Job, *, store: DatasetStore, registry: ModelRegistry,
                                  cancelled=cancelled)
     ranking = evaluate(holdout, train, test)
     metrics = {**ranking.as_dict(), "users_evaluated": float(ranking.users_evaluated),
+               "evaluation_user_share": evaluated.n_users / max(full.n_users, 1),
                "popularity_ndcg_at_10": evaluate(popularity(train), train, test).ndcg}
     update(metrics=metrics, phase=Phase.LOGGING, eta_seconds=0.0)
     if cancelled():
@@ -179,7 +194,7 @@ def run_training(job: Job, *, store: DatasetStore, registry: ModelRegistry,
     tags = {"recsys.job_id": job.job_id,
             **{f"recsys.{k}": repr(float(v)) for k, v in weighting.items()}}
     version = _register(model, full, data, registry, run_id=run_id, metrics=metrics,
-                        lineage=lineage, tags=tags)
+                        lineage=lineage, tags=tags, top_lists_max_cells=options.top_lists_max_cells)
     update(model_version=version.version)
     passed, reason = quality_gate(metrics[GATE_METRIC], registry.champion(),
                                   floor=options.min_ndcg, tolerance=options.gate_tolerance)
@@ -273,10 +288,12 @@ def _hyperparameters(config: TrainConfig) -> dict[str, float]:
 
 def _register(model: FactorModel, full: Interactions, data: TrainingData,
               registry: ModelRegistry, *, run_id: str, metrics: Mapping[str, float],
-              lineage: Lineage, tags: Mapping[str, str]) -> VersionInfo:
+              lineage: Lineage, tags: Mapping[str, str], top_lists_max_cells: int
+              ) -> VersionInfo:
     """Save the served model as one .npz and register it as a new version."""
     artifact = package_model(model, full, user_ids=data.user_ids.tolist(),
-                             item_ids=data.item_ids.tolist())
+                             item_ids=data.item_ids.tolist(),
+                             top_lists_max_cells=top_lists_max_cells)
     with tempfile.TemporaryDirectory(prefix="recsys-model-") as tmp:
         path = Path(tmp) / ARTIFACT_FILE
         artifact.save(path)

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from recsys.recommender.v1 import recommender_pb2
+from scripts.localstack.components import MlflowServer, RedisServer
 from services.recommender.cache import Keys
 from tests.support.artifacts import small_artifact
 from tests.support.model_registry import publish
@@ -18,6 +19,8 @@ from tests.support.polling import eventually_async
 from tests.support.recommender_replica import ReplicaFactory
 
 pytestmark = pytest.mark.integration
+
+OUTCOMES = "recsys_recommender_cache_requests_total"
 
 
 async def test_recommend_returns_k_items_none_from_training(
@@ -106,7 +109,9 @@ async def test_a_cached_answer_is_shared_through_redis_until_a_swap(
         tmp_path: Path) -> None:
     uri = servers["mlflow_tracking_uri"]
     first = publish(uri, model_name, small_artifact(seed=0), tmp_path)
-    async with replica(**servers) as a, replica(**servers) as b:
+    # Without top lists every answer is scored, and a scored answer is worth sharing.
+    async with replica(**servers, top_lists_max_cells=0) as a, \
+            replica(**servers, top_lists_max_cells=0) as b:
         await a.wait_for_version(first)
         await b.wait_for_version(first)
         computed = await a.recommend("u5", k=7)
@@ -129,10 +134,52 @@ async def test_a_cached_answer_is_shared_through_redis_until_a_swap(
         assert b.metric("recsys_recommender_cache_requests_total", result="hit") == 2
 
 
-def _written(redis_url: str, user: str) -> bool:
-    """Whether an answer for `user` is in Redis."""
+async def test_a_listed_answer_needs_no_redis_call_once_the_users_history_is_held(
+        replica: ReplicaFactory, mlflow_server: MlflowServer, own_redis: RedisServer,
+        model_name: str, tmp_path: Path) -> None:
+    version = publish(mlflow_server.tracking_uri, model_name, small_artifact(), tmp_path)
+    excluded = (f"i{n}" for n in range(1_000))  # each request a new answer key: never a hit
+    async with replica(mlflow_tracking_uri=mlflow_server.tracking_uri,
+                       redis_url=own_redis.url) as r:
+        await r.wait_for_version(version)
+
+        async def held() -> bool:
+            await r.recommend("u5", k=5, exclude_item_ids=[next(excluded)])
+            return r.metric(OUTCOMES, result="miss", tier="local") == 1
+
+        await eventually_async(held, timeout=10, what="u5's history held in process")
+        calls = _script_calls(own_redis.url)
+        for _ in range(5):
+            reply = await r.recommend("u5", k=5, exclude_item_ids=[next(excluded)])
+            assert reply.strategy == recommender_pb2.STRATEGY_PERSONALIZED
+        assert r.metric(OUTCOMES, result="miss", tier="local") == 6
+        assert _script_calls(own_redis.url) == calls
+        # Listed answers were never written; a scored one (training items kept) is, after them.
+        await r.recommend("u5", k=5, exclude_seen=False)
+        await eventually_async(lambda: _written(own_redis.url, "u5"), timeout=10,
+                               what="the scored answer written to Redis")
+        assert _answer_keys(own_redis.url, "u5") == 1
+
+
+def _script_calls(redis_url: str) -> int:
+    """Calls of Lua scripts Redis has run (each of the cache's round trips is one)."""
     client = redis.Redis.from_url(redis_url)
     try:
-        return bool(client.keys(Keys.answer(user, "*")))
+        stats = client.info("commandstats")
     finally:
         client.close()
+    return sum(int(stats.get(name, {}).get("calls", 0))
+               for name in ("cmdstat_evalsha", "cmdstat_eval"))
+
+
+def _answer_keys(redis_url: str, user: str) -> int:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return len(client.keys(Keys.answer(user, "*")))
+    finally:
+        client.close()
+
+
+def _written(redis_url: str, user: str) -> bool:
+    """Whether an answer for `user` is in Redis."""
+    return _answer_keys(redis_url, user) > 0

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from services.model.artifact import ModelArtifact
+from services.model.top_lists import LENGTH, TopLists
 from services.trainer.model import Interactions, TrainConfig, fit
 from services.trainer.packaging import package_model
 
@@ -34,7 +35,18 @@ def artifact(data: Interactions) -> ModelArtifact:
         data,
         user_ids=[f"user-{u}" for u in range(data.n_users)],
         item_ids=[f"item-é{i}" for i in range(data.n_items)],
+        top_lists_max_cells=data.n_users * data.n_items,
     )
+
+
+def _saved(artifact: ModelArtifact, path: Path, **overrides: object) -> Path:
+    """`artifact` written as `save` does, with some entries replaced or (None) left out."""
+    artifact.save(path)
+    with np.load(path) as npz:
+        contents = {name: npz[name] for name in npz.files}
+    contents.update(overrides)
+    np.savez(path, **{name: value for name, value in contents.items() if value is not None})
+    return path
 
 
 def test_round_trip_is_exact(artifact: ModelArtifact, tmp_path: Path) -> None:
@@ -43,7 +55,10 @@ def test_round_trip_is_exact(artifact: ModelArtifact, tmp_path: Path) -> None:
     loaded = ModelArtifact.load(path)
     for name in _FIELDS:
         original, restored = getattr(artifact, name), getattr(loaded, name)
-        if isinstance(original, np.ndarray):
+        if isinstance(original, TopLists):
+            assert np.array_equal(restored.rows, original.rows)
+            assert np.array_equal(restored.scores, original.scores)
+        elif isinstance(original, np.ndarray):
             assert restored.dtype == original.dtype, name
             assert np.array_equal(restored, original), name
         else:
@@ -106,15 +121,41 @@ def test_load_rejects_other_files(artifact: ModelArtifact, tmp_path: Path) -> No
     np.savez(partial, user_factors=artifact.user_factors)
     with pytest.raises(ValueError, match="missing"):
         ModelArtifact.load(partial)
-    newer = tmp_path / "newer.npz"
-    np.savez(newer, format_version=99, **{name: getattr(artifact, name) for name in _FIELDS})
-    with pytest.raises(ValueError, match="format 99"):
+    newer = _saved(artifact, tmp_path / "newer.npz", format_version=np.asarray(99))
+    with pytest.raises(ValueError, match="format 99: this version reads formats 1, 2"):
         ModelArtifact.load(newer)
+
+
+def test_top_lists_ship_within_the_budget_and_older_files_still_load(
+        artifact: ModelArtifact, data: Interactions, tmp_path: Path) -> None:
+    lists = artifact.top_lists
+    assert lists is not None and lists.rows.shape == (80, min(LENGTH, 110))
+    for user in (0, 41, 79):
+        scores = artifact.item_factors @ artifact.user_factors[user]
+        scores[artifact.seen(user)] = -np.inf
+        best = np.argsort(-scores, kind="stable")[:10]
+        assert lists.rows[user, :10].tolist() == best.tolist()
+        assert not set(lists.rows[user][np.isfinite(lists.scores[user])]) & set(
+            artifact.seen(user).tolist())
+    model = fit(data, TrainConfig(factors=4, epochs=1))
+    assert package_model(model, data, user_ids=artifact.user_ids.tolist(),
+                         item_ids=artifact.item_ids.tolist(),
+                         top_lists_max_cells=data.n_users * data.n_items - 1).top_lists is None
+    # Format 1 (written before lists were shipped) loads without them.
+    older = _saved(artifact, tmp_path / "v1.npz", format_version=np.asarray(1),
+                   top_rows=None, top_scores=None)
+    loaded = ModelArtifact.load(older)
+    assert loaded.top_lists is None
+    assert np.array_equal(loaded.user_factors, artifact.user_factors)
 
 
 def test_inconsistent_shapes_are_rejected(artifact: ModelArtifact) -> None:
     with pytest.raises(ValueError, match="item_ids"):
         dataclasses.replace(artifact, item_ids=artifact.item_ids[:-1])
+    assert artifact.top_lists is not None
+    short = TopLists(rows=artifact.top_lists.rows[:-1], scores=artifact.top_lists.scores[:-1])
+    with pytest.raises(ValueError, match="top lists"):
+        dataclasses.replace(artifact, top_lists=short)
 
 
 @pytest.mark.parametrize(("field", "change", "message"), [
@@ -128,3 +169,10 @@ def test_indices_out_of_range_are_rejected(artifact: ModelArtifact, field: str,
     """Serving indexes arrays with them: a file with such indices is not a model."""
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(artifact, **{field: change(getattr(artifact, field))})
+
+
+def test_top_list_rows_out_of_range_are_rejected(artifact: ModelArtifact) -> None:
+    assert artifact.top_lists is not None
+    beyond = dataclasses.replace(artifact.top_lists, rows=artifact.top_lists.rows + 1)
+    with pytest.raises(ValueError, match="top lists: rows out of range"):
+        dataclasses.replace(artifact, top_lists=beyond)

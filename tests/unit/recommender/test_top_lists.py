@@ -3,12 +3,14 @@ list cannot hold the answer."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from services.model.artifact import ModelArtifact
+from services.model.top_lists import LENGTH
 from services.recommender.scoring import Query, Scorer, Strategy
-from services.recommender.top_lists import LENGTH
 from tests.support.artifacts import clustered_artifact
 
 
@@ -73,3 +75,15 @@ def test_queries_a_list_cannot_answer_are_scored(artifact: ModelArtifact, listed
                              strict=True):
         _same(got, expected)
     assert not set(everything_listed) & {i for i, _ in listed.recommend_many(queries[:1])[0][1]}
+
+
+def test_lists_shipped_in_the_artifact_are_served_without_ranking_at_load(
+        artifact: ModelArtifact, listed: Scorer, scored: Scorer) -> None:
+    assert listed.top_lists is not None
+    shipped = dataclasses.replace(artifact, top_lists=listed.top_lists)
+    scorer = Scorer(shipped)  # no budget to rank lists here: it serves the artifact's
+    assert scorer.top_lists is listed.top_lists
+    queries = [Query(f"u{n}", 10) for n in range(0, 300, 11)]
+    for got, expected in zip(scorer.recommend_many(queries), scored.recommend_many(queries),
+                             strict=True):
+        _same(got, expected)

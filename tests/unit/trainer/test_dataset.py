@@ -1,13 +1,14 @@
 from __future__ import annotations
 
+import hashlib
 import math
 import sqlite3
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from services.trainer import dataset
 from services.trainer.dataset import DatasetStore, StoredEvent
 from services.trainer.settings import DEFAULT_TYPE_WEIGHTS
 
@@ -63,7 +64,7 @@ def test_rows_survive_reopening(tmp_path: Path) -> None:
 
 
 def test_a_failed_append_stores_nothing(store: DatasetStore) -> None:
-    broken = replace(event(9), value=object())  # type: ignore[arg-type]
+    broken = event(9)._replace(value=object())  # type: ignore[arg-type]
     with pytest.raises(sqlite3.Error):
         store.append([event(1), broken], topic="t", next_offsets={0: 2})
     assert store.row_count == 0
@@ -88,7 +89,7 @@ def test_hash_depends_on_content_not_on_arrival_or_partition(tmp_path: Path) -> 
     events = [event(n, user=f"u{n % 3}", item=f"i{n % 5}") for n in range(20)]
     one, two = DatasetStore(tmp_path / "a.db"), DatasetStore(tmp_path / "b.db")
     one.append(events, topic="t", next_offsets={0: 20})
-    moved = [replace(e, partition=2, offset=99 - i) for i, e in enumerate(events)]
+    moved = [e._replace(partition=2, offset=99 - i) for i, e in enumerate(events)]
     two.append(list(reversed(moved)), topic="t", next_offsets={2: 100})
     assert one.snapshot("t").lineage.content_hash == two.snapshot("t").lineage.content_hash
 
@@ -145,3 +146,67 @@ def test_ids_are_indexed_in_natural_order(store: DatasetStore) -> None:
     assert list(data.item_ids) == ["10", "a", "b"]
     assert [data.user_ids[u] + ":" + data.item_ids[i]
             for u, i in zip(data.users, data.items, strict=True)] == ["10:b", "9:a", "x:a", "10:10"]
+
+
+Row = tuple[str, str, str, float | None]
+
+
+def reference_snapshot(path: Path) -> tuple[list[Row], str]:
+    """The events (user, item, type, value) in event_id order, read row by row, and the
+    content hash as its docstring defines it, computed row by row."""
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT event_id, user_id, item_id, type, value, occurred_at_us"
+                          " FROM events ORDER BY event_id").fetchall()
+    columns = list(zip(*rows, strict=True))
+    digests = [hashlib.sha256("".join(f"{v}\x1f" for v in column).encode()).digest()
+               for column in columns[:4]]
+    digests.append(hashlib.sha256(np.array(
+        [math.nan if v is None else v for v in columns[4]], "<f8").tobytes()).digest())
+    digests.append(hashlib.sha256(np.array(columns[5], "<i8").tobytes()).digest())
+    events = [(u, i, t, v) for _, u, i, t, v, _ in rows]
+    return events, hashlib.sha256(b"".join(digests)).hexdigest()
+
+
+def snapshot_events(store: DatasetStore) -> list[Row]:
+    snap = store.snapshot("t")
+    return [(snap.user_ids[u], snap.item_ids[i], snap.type_names[t],
+             None if math.isnan(v) else v)
+            for u, i, t, v in zip(snap.users, snap.items, snap.types, snap.values, strict=True)]
+
+
+def many_events() -> list[StoredEvent]:
+    kinds = ["view", "rating", "purchase", "click"]
+    return [event(n, user=f"{n * 7 % 13}" if n % 3 else f"user-{n % 5}", item=f"i{n % 11}",
+                  kind=kinds[n % 4], value=None if n % 4 in (0, 3) else n / 3,
+                  offset=n) for n in range(200)]
+
+
+def test_snapshot_reads_in_chunks_what_a_row_by_row_read_gives(
+        store: DatasetStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dataset, "_CHUNK_ROWS", 7)  # many chunks, the last one short
+    store.append(many_events()[::-1], topic="t", next_offsets={0: 200})
+    events, content_hash = reference_snapshot(store.path)
+    snap = store.snapshot("t")
+    assert snap.lineage.content_hash == content_hash
+    assert snapshot_events(store) == events
+    assert snap.lineage.user_count == len({u for u, _, _, _ in events})
+    monkeypatch.setattr(dataset, "_CHUNK_ROWS", 1000)  # one chunk: the same hash
+    assert store.snapshot("t").lineage.content_hash == content_hash
+
+
+def test_a_store_with_the_earlier_row_layout_reads_the_same(tmp_path: Path) -> None:
+    old_layout = tmp_path / "old.sqlite3"
+    with sqlite3.connect(old_layout) as db:
+        db.executescript(dataset._SCHEMA.replace(") WITHOUT ROWID;", ");"))
+    old, new = DatasetStore(old_layout), DatasetStore(tmp_path / "new.sqlite3")
+    for store in (old, new):
+        store.append(many_events(), topic="t", next_offsets={0: 200})
+    assert old.snapshot("t").lineage == new.snapshot("t").lineage
+    assert snapshot_events(old) == snapshot_events(new)
+
+
+def test_values_read_back_exactly(store: DatasetStore) -> None:
+    values = [1 / 3, 0.1 + 0.2, 1e-300, 123456789.123456789, 2.5]
+    store.append([event(n, kind="purchase", value=v) for n, v in enumerate(values)],
+                 topic="t", next_offsets={0: 5})
+    assert store.snapshot("t").values.tolist() == values

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 
-from services.trainer.evaluation import RankingMetrics, evaluate, stratified_split
+from services.trainer.evaluation import (
+    RankingMetrics,
+    evaluate,
+    evaluation_sample,
+    stratified_split,
+)
 from services.trainer.model import Interactions
 
 
@@ -143,3 +149,43 @@ def test_split_is_deterministic_per_seed() -> None:
 def test_split_rejects_a_bad_ratio() -> None:
     with pytest.raises(ValueError, match="ratio"):
         stratified_split(np.array([0]), np.array([0]), ratio=1.5)
+
+
+def _random_interactions(n_users: int = 200, n_items: int = 50, seed: int = 3) -> Interactions:
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, n_users, 3000)
+    return Interactions.from_arrays(users, rng.integers(0, n_items, 3000),
+                                    n_users=n_users, n_items=n_items)
+
+
+def test_up_to_its_size_the_evaluation_covers_every_user_exactly() -> None:
+    data = _random_interactions()
+    assert evaluation_sample(data, max_rows=len(data), max_users=data.n_users) is data
+
+
+def test_beyond_its_size_the_evaluation_takes_whole_users_seeded() -> None:
+    data = _random_interactions()
+    sample = evaluation_sample(data, max_rows=len(data) // 4, max_users=data.n_users)
+    assert 0 < len(sample) <= len(data) // 4 and sample.n_items == data.n_items
+    assert sample.n_users == len(np.unique(sample.users)) < data.n_users
+    # Each kept user keeps every one of its rows (users are renumbered: compare item lists).
+    assert Counter(_rows(sample)) <= Counter(_rows(data))
+    again = evaluation_sample(data, max_rows=len(data) // 4, max_users=data.n_users)
+    assert np.array_equal(again.users, sample.users) and np.array_equal(again.items, sample.items)
+
+
+def test_beyond_its_users_the_evaluation_takes_that_many_whole_users() -> None:
+    data = _random_interactions()
+    sample = evaluation_sample(data, max_rows=len(data), max_users=50)
+    assert sample.n_users == len(np.unique(sample.users)) == 50
+    assert Counter(_rows(sample)) <= Counter(_rows(data))
+    # Within both bounds the rows' sample is unchanged by a users' bound it does not reach.
+    by_rows = evaluation_sample(data, max_rows=len(data) // 4, max_users=data.n_users)
+    both = evaluation_sample(data, max_rows=len(data) // 4, max_users=by_rows.n_users)
+    assert np.array_equal(both.users, by_rows.users) and np.array_equal(both.items, by_rows.items)
+
+
+def _rows(data: Interactions) -> list[tuple[int, ...]]:
+    """Each user's items."""
+    indptr = data.indptr()
+    return [tuple(data.items[indptr[u]:indptr[u + 1]].tolist()) for u in range(data.n_users)]

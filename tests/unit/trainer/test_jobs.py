@@ -39,7 +39,9 @@ def manager(store: DatasetStore, registry: FakeRegistry, metrics: TrainerMetrics
     `options` say otherwise; no hyper-parameter search unless `trials`."""
     return JobManager(store, registry, metrics, defaults=SMALL, options=TrainingOptions(**{
         "topic": TOPIC, "type_weights": DEFAULT_TYPE_WEIGHTS, "min_ndcg": min_ndcg,
-        "gate_tolerance": 0.01, "wait_for_events_s": 5.0,
+        "gate_tolerance": 0.01, "wait_for_events_s": 5.0, "evaluation_max_rows": 2_000_000,
+        "evaluation_max_users": 1_000_000,
+        "top_lists_max_cells": 10**10,
         "search": Defaults(trials=trials, trial_multiple=100.0, max_seconds=60.0,
                            max_rows=1_000_000),
         "end_offsets": lambda: store.offsets(TOPIC), **options}))
@@ -212,6 +214,27 @@ async def test_a_job_runs_to_the_end_and_the_first_good_model_becomes_champion(
     assert (await jobs.recent(10))[0] == final
     assert metrics.jobs.labels("succeeded")._value.get() == 1
     assert metrics.last_metric.labels("ndcg_at_10")._value.get() == final.metrics["ndcg_at_10"]
+
+
+async def test_beyond_its_size_the_evaluation_samples_users(
+    filled_store: DatasetStore, fake_registry: FakeRegistry, metrics: TrainerMetrics
+) -> None:
+    exact = manager(filled_store, fake_registry, metrics)
+    await exact.open()
+    whole = await finished(exact, (await exact.start(JobRequest())).job_id)
+    assert whole.metrics["evaluation_user_share"] == 1.0
+    jobs = manager(filled_store, fake_registry, metrics,
+                   evaluation_max_rows=filled_store.row_count // 3)
+    await jobs.open()
+    sampled = await finished(jobs, (await jobs.start(JobRequest())).job_id)
+    assert sampled.state is JobState.SUCCEEDED, sampled.error
+    assert 0 < sampled.metrics["evaluation_user_share"] < 1
+    assert 0 < sampled.metrics["users_evaluated"] < whole.metrics["users_evaluated"]
+    few = manager(filled_store, fake_registry, metrics, evaluation_max_users=5)
+    await few.open()
+    by_users = await finished(few, (await few.start(JobRequest())).job_id)
+    assert by_users.state is JobState.SUCCEEDED, by_users.error
+    assert by_users.metrics["users_evaluated"] <= 5 < whole.metrics["users_evaluated"]
 
 
 async def test_a_worse_model_is_registered_but_not_promoted(

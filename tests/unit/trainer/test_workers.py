@@ -170,7 +170,8 @@ def manager(store: DatasetStore, registry: FakeRegistry, metrics: TrainerMetrics
     """Jobs that may ask for up to 4 workers."""
     return JobManager(store, registry, metrics, defaults=TrainConfig(), options=TrainingOptions(
         topic="interactions", type_weights=DEFAULT_TYPE_WEIGHTS, min_ndcg=0.05,
-        gate_tolerance=0.01, wait_for_events_s=5.0,
+        gate_tolerance=0.01, wait_for_events_s=5.0, evaluation_max_rows=2_000_000,
+        evaluation_max_users=20_000, top_lists_max_cells=10**10,
         search=Defaults(trials=0, trial_multiple=1.0, max_seconds=1.0, max_rows=1_000),
         end_offsets=dict, distributed=distributed, max_workers=4))
 
