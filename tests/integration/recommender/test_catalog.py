@@ -245,6 +245,8 @@ async def test_an_erased_user_leaves_redis_and_is_answered_as_unknown(
         await eventually_async(lambda: r.metric("recsys_recommender_history_events_total") == 3,
                                timeout=20, what="the three events in Redis")
         assert (await r.recommend("u3")).strategy == recommender_pb2.STRATEGY_PERSONALIZED
+        # Filtered, so scored (not from the top list) and cached in Redis.
+        assert (await r.recommend("u3", categories=["c3"])).items
         assert (await r.recommend("stranger")).strategy == recommender_pb2.STRATEGY_FOLD_IN
         assert client.exists(Keys.history("u3"), Keys.generation("u3")) == 2
         assert list(client.scan_iter(match=Keys.answer("u3", "*")))
