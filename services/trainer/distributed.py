@@ -165,7 +165,13 @@ class DistributedFits:
         body = self.store.read_if_exists(f"{run}/{PROGRESS}")
         if body is None:
             return None
-        progress = RunProgress.from_json(body)
+        try:
+            progress = RunProgress.from_json(body)
+        except ValueError:
+            # A read racing worker 0's rewrite can get the old object's length of the new
+            # one (the store reads by size, then the bytes); the next poll reads it whole,
+            # and the last one, after the workers ended, has nothing to race.
+            return None
         for epoch in range(reported.losses + 1, len(progress.losses) + 1):
             on_epoch(epoch, progress.losses[epoch - 1])
         for epoch in range(reported.holdout_epochs + 1, progress.holdout_epochs + 1):

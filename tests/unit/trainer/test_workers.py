@@ -16,7 +16,7 @@ import pytest
 from services.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.core.settings import SettingsError, load
 from services.trainer.dataset import DatasetStore
-from services.trainer.distributed import DistributedFits
+from services.trainer.distributed import DistributedFits, RunProgress, _Reported
 from services.trainer.jobs import JobManager, JobRequest
 from services.trainer.kubernetes_workers import (
     POD_TEMPLATE,
@@ -189,3 +189,28 @@ async def test_a_jobs_workers_are_bounded_and_need_a_snapshot_store(
     await grouped.open()
     with pytest.raises(InvalidArgument, match="must be 1 to 4"):
         await grouped.start(JobRequest(workers=0))
+
+
+@dataclass
+class TornStore:
+    """A store whose progress object is read first as a prefix of itself (a read that raced
+    worker 0's rewrite), then whole."""
+
+    body: bytes
+    reads: int = 0
+
+    def read_if_exists(self, path: str) -> bytes | None:
+        self.reads += 1
+        return self.body[:len(self.body) // 2] if self.reads == 1 else self.body
+
+
+def test_a_torn_progress_read_is_skipped_and_the_next_poll_reports_it() -> None:
+    store = TornStore(RunProgress(losses=(3.0, 2.0)).to_json())
+    fits = DistributedFits(store=store, launcher=None)  # type: ignore[arg-type]
+    epochs: list[int] = []
+    reported = _Reported()
+    assert fits._report("run", reported, lambda e, _: epochs.append(e), lambda _: None) is None
+    assert epochs == []
+    progress = fits._report("run", reported, lambda e, _: epochs.append(e), lambda _: None)
+    assert progress is not None and progress.losses == (3.0, 2.0)
+    assert epochs == [1, 2]
