@@ -65,10 +65,12 @@ async def ingest(kafka: TansuBroker) -> AsyncIterator[Ingest]:
 
 
 @pytest.fixture
-def catalog_settings(servers: dict[str, str], kafka: TansuBroker,
-                     ingest: Ingest) -> dict[str, object]:
-    return {**servers, "catalog_consumer": True, "kafka_bootstrap": kafka.bootstrap,
-            "catalog_topic": ingest.settings.catalog_topic}
+def catalog_settings(servers: dict[str, str], kafka: TansuBroker, ingest: Ingest,
+                     own_redis: RedisServer) -> dict[str, object]:
+    """A replica following the test's catalogue topic, with a Redis of the test's own (no
+    history another test left for the same user ids changes what is left to answer)."""
+    return {**servers, "redis_url": own_redis.url, "catalog_consumer": True,
+            "kafka_bootstrap": kafka.bootstrap, "catalog_topic": ingest.settings.catalog_topic}
 
 
 async def model_info(r: Replica) -> recommender_pb2.GetModelInfoResponse:
@@ -233,7 +235,7 @@ async def test_a_bad_category_filter_is_invalid_argument_naming_the_field(
 async def test_an_erased_user_leaves_redis_and_is_answered_as_unknown(
         replica: ReplicaFactory, catalog_settings: dict[str, object], version: str,
         ingest: Ingest, own_redis: RedisServer) -> None:
-    settings = {**catalog_settings, "redis_url": own_redis.url, "kafka_topic": ingest.topic,
+    settings = {**catalog_settings, "kafka_topic": ingest.topic,
                 "history_consumer": True}
     client = redis.Redis.from_url(own_redis.url)
     async with replica(**settings) as r:
