@@ -306,6 +306,14 @@ class _Codes:
         return ids, rank[codes]
 
 
+def index_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct ids in natural order, and each entry's index among them: a snapshot's
+    numbering, for data that does not come from the store (benchmarks)."""
+    codes = _Codes()
+    distinct, indices = codes.natural(codes.encode([str(v) for v in ids.tolist()]))
+    return distinct, indices.astype(np.int64)
+
+
 class _ColumnReader:
     """A snapshot's chunks (each column one separated string) into hashes and arrays."""
 

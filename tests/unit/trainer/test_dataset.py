@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from services.trainer import dataset
-from services.trainer.dataset import DatasetStore, StoredEvent
+from services.trainer.dataset import DatasetStore, StoredEvent, index_ids
 from services.trainer.settings import DEFAULT_TYPE_WEIGHTS
 
 
@@ -210,3 +210,9 @@ def test_values_read_back_exactly(store: DatasetStore) -> None:
     store.append([event(n, kind="purchase", value=v) for n, v in enumerate(values)],
                  topic="t", next_offsets={0: 5})
     assert store.snapshot("t").values.tolist() == values
+
+
+def test_index_ids_numbers_ids_in_natural_order_as_a_snapshot_does() -> None:
+    ids, indices = index_ids(np.array(["10", "b", "2", "10", "a"], dtype=object))
+    assert ids.tolist() == ["2", "10", "a", "b"]
+    assert indices.tolist() == [1, 3, 0, 1, 2]
