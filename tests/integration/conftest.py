@@ -14,7 +14,6 @@ import pytest
 from scripts.localstack.components import MlflowServer, RedisServer, TansuBroker
 from services.recommender.settings import RecommenderSettings
 from tests.support.ingest_server import Ingest, start_ingest
-from tests.support.polling import eventually_async
 from tests.support.recommender_replica import Replica, ReplicaFactory, running_replica
 from tests.support.trainer_server import (
     TRAINER_EVENTS,
@@ -22,10 +21,7 @@ from tests.support.trainer_server import (
     Trainer,
     TrainerData,
     ingest_synthetic,
-    start_trainer,
-    stop_trainer,
-    store_offsets,
-    trainer_settings,
+    trainer_on_topic,
 )
 
 
@@ -54,16 +50,8 @@ async def trainer(kafka: TansuBroker, mlflow_server: MlflowServer, synthetic_top
     """A trainer whose store holds the whole synthetic topic, with a registered model and an
     experiment of its own: no version, champion or job metric from another test. The store
     is the session's (the first trainer consumes the topic, the next ones find it read)."""
-    started = await start_trainer(trainer_settings(
-        kafka, mlflow_server, synthetic_topic.topic, trainer_data.directory,
-        consumer_group=trainer_data.consumer_group))
-    try:
-        await eventually_async(lambda: store_offsets(trainer_data.directory)
-                               == synthetic_topic.highwater,
-                               timeout=180, what="the synthetic topic consumed")
+    async with trainer_on_topic(kafka, mlflow_server, synthetic_topic, trainer_data) as started:
         yield started
-    finally:
-        await stop_trainer(started)
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
-from contextlib import closing
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from services.data.synthetic import SyntheticData, SyntheticSpec
 from services.trainer.app import TrainerApp
 from services.trainer.settings import TrainerSettings
 from tests.support.ingest_server import start_ingest
+from tests.support.polling import eventually_async
 from tests.support.service_process import LoggedService
 from tests.support.topics import read_topic
 
@@ -163,6 +165,22 @@ async def start_trainer(settings: TrainerSettings) -> Trainer:
 async def stop_trainer(trainer: Trainer) -> None:
     await trainer.channel.close()
     await trainer.running.stop(2.0)
+
+
+@asynccontextmanager
+async def trainer_on_topic(kafka: TansuBroker, mlflow: MlflowServer, topic: Ingested,
+                           data: TrainerData, **overrides: object) -> AsyncIterator[Trainer]:
+    """A trainer on `data`'s store (its group's offsets), yielded once the store holds the
+    whole `topic`: the first one consumes it, the next ones find it read."""
+    started = await start_trainer(trainer_settings(
+        kafka, mlflow, topic.topic, data.directory, consumer_group=data.consumer_group,
+        **overrides))
+    try:
+        await eventually_async(lambda: store_offsets(data.directory) == topic.highwater,
+                               timeout=180, what=f"the topic {topic.topic} consumed")
+        yield started
+    finally:
+        await stop_trainer(started)
 
 
 class TrainerProcess(LoggedService):

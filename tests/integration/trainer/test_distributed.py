@@ -36,10 +36,7 @@ from tests.support.trainer_server import (
     Ingested,
     Trainer,
     TrainerData,
-    start_trainer,
-    stop_trainer,
-    store_offsets,
-    trainer_settings,
+    trainer_on_topic,
 )
 from tests.support.worker_processes import worker_pids
 
@@ -65,19 +62,13 @@ async def trainer(kafka: TansuBroker, mlflow_server: MlflowServer, seaweed: Seaw
     """A trainer on the session's store that exports every job's snapshot to a bucket of its
     own on SeaweedFS (it creates the bucket) and may run 2 workers, with a registered model of
     its own."""
-    started = await start_trainer(trainer_settings(
-        kafka, mlflow_server, synthetic_topic.topic, trainer_data.directory,
-        consumer_group=trainer_data.consumer_group,
-        snapshot_uri=f"s3://snapshots-{uuid.uuid4().hex[:8]}/trainer",
-        s3_endpoint=seaweed.endpoint, s3_region=seaweed.region,
-        s3_access_key=seaweed.access_key, s3_secret_key=seaweed.secret_key, max_workers=2))
-    try:
-        await eventually_async(lambda: store_offsets(trainer_data.directory)
-                               == synthetic_topic.highwater,
-                               timeout=180, what="the synthetic topic consumed")
+    async with trainer_on_topic(
+            kafka, mlflow_server, synthetic_topic, trainer_data,
+            snapshot_uri=f"s3://snapshots-{uuid.uuid4().hex[:8]}/trainer",
+            s3_endpoint=seaweed.endpoint, s3_region=seaweed.region,
+            s3_access_key=seaweed.access_key, s3_secret_key=seaweed.secret_key,
+            max_workers=2) as started:
         yield started
-    finally:
-        await stop_trainer(started)
 
 
 async def start_job(trainer: Trainer, *, workers: int,
