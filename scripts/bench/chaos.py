@@ -61,6 +61,7 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -117,17 +118,17 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str,
 class Stack:
     state: Path
     endpoints: dict[str, str]
-    security: dict[str, str]
+    security: dict[str, Any]
     process: subprocess.Popen[bytes]
 
     @property
     def control(self) -> Supervisor:
         return Supervisor(self.state)
 
-    @functools.cached_property
+    @property
     def tls(self) -> ClientTLS | None:
         """The admin's certificate, for the services' own (mutual TLS) health checks."""
-        return stack_client_tls(self.state / "security.json")
+        return stack_client_tls(self.security)
 
     def serving(self, program: str) -> bool:
         """The replica says SERVING."""

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import re
 import urllib.request
-from pathlib import Path
+from collections.abc import Mapping
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -46,11 +46,10 @@ def healthy_in_envoy(admin_url: str, cluster: str, hosts: int) -> bool:
     return found is not None and int(found.group(1)) == hosts
 
 
-def stack_client_tls(security_json: Path) -> ClientTLS | None:
-    """The admin's client TLS for a local stack's servers, from its <state>/security.json;
-    None when the stack runs with --plaintext."""
-    info = json.loads(security_json.read_text())
-    if not info["mtls"]:
+def stack_client_tls(security: Mapping[str, Any]) -> ClientTLS | None:
+    """The admin's client TLS for a local stack's servers, from its <state>/security.json
+    (as read); None when the stack runs with --plaintext."""
+    if not security["mtls"]:
         return None
-    return ClientTLS(ca_file=info["ca_file"], cert_file=info["client_cert_file"],
-                     key_file=info["client_key_file"])
+    return ClientTLS(ca_file=security["ca_file"], cert_file=security["client_cert_file"],
+                     key_file=security["client_key_file"])

@@ -27,7 +27,7 @@ def wait_serving(stack: Stack, program: str, timeout: float = 120.0) -> None:
     healthy."""
     service = program.split("-", maxsplit=1)[0]
     target = address(stack, program)
-    tls = stack_client_tls(stack.state / "security.json")
+    tls = stack_client_tls(stack.security)
     hosts = replica_count(stack, service)
     eventually(lambda: serving(target, SERVICE_NAMES[service], tls=tls)
                and healthy_in_envoy(stack.endpoints["envoy_admin"], service, hosts),
