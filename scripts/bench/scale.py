@@ -15,11 +15,13 @@ memory://, MLflow, Redis) and the services as deployed (`python -m services.<nam
    whole job; then, for the sizes of `--search-sizes`, a second job with the default search
    budget; trainer peak RSS (VmHWM, consumption included), artifact size;
 4. `python -m services.recommender` started on the champion: seconds to SERVING (process
-   start, download, load) and peak RSS at the end of the load;
+   start, download, load, the catalogue topic read to its end) and peak RSS at the end of
+   the load;
 5. Recommend at concurrency 8 next to an echo server (scripts/bench/serve.py's), rounds
-   interleaved, medians: known users' hits and misses (as serve.py's), and users the model
-   does not know with a history in Redis (fold-in, each request a new key). A category filter
-   is not measured: this build has no catalogue.
+   interleaved, medians: known users' hits and misses (as serve.py's), the same with a
+   category filter (the recommender follows a catalogue topic that puts every 20th item in
+   serve.py's FILTER_CATEGORY), and users the model does not know with a history in Redis
+   (fold-in, each request a new key).
 
 Per-interaction growth lines compare each cost per interaction at the largest size with the
 smallest (1.00: linear). Targets at 20M (issue 17): append >= 50,000 events/s, snapshot <= 60 s,
@@ -61,6 +63,7 @@ from scripts.bench.serve import (
     load,
     median,
     metric_families,
+    publish_catalogue,
 )
 from scripts.localstack.components import MlflowServer, RedisServer, TansuBroker
 from services.core.names import SERVICE_NAMES
@@ -70,12 +73,13 @@ from services.recommender.history import HistoryWriter
 ROOT = Path(__file__).resolve().parents[2]
 USERS, ITEMS = 138_000, 27_000
 TOPIC = "interactions"
+CATALOG_TOPIC = "bench-catalog"  # the recommender's only: the trainer follows its own
 MODEL = "bench-scale"
 CHUNK = 1_000
 CONCURRENCY = 8
 NEWCOMERS = 500
 LOAD_USERS = 500
-MODES = ("echo", "hit", "miss", "fold-in")
+MODES = ("echo", "hit", "miss", "hit-filtered", "miss-filtered", "fold-in")
 GIB = 1 << 30
 
 
@@ -266,13 +270,16 @@ def write_histories(redis_url: str, users: Sequence[str], items: Sequence[str]) 
 def serve_load(step: Step, workdir: Path, recommender: Recommender, echo: Echo, *,
                known: Sequence[str], newcomers: Sequence[str], items: Sequence[str],
                duration: float, rounds: int) -> None:
-    """Recommend at CONCURRENCY: echo, known users' hits and misses, newcomers' fold-ins."""
+    """Recommend at CONCURRENCY: echo, known users' hits and misses (unfiltered and with
+    the category filter), newcomers' fold-ins."""
     files = {}
     for name, users in (("known", known), ("newcomers", newcomers)):
         files[name] = workdir / f"{name}.json"
         files[name].write_text(json.dumps({"users": list(users), "items": list(items)}))
     plan = {"echo": (echo, "hit", "known"), "hit": (recommender, "hit", "known"),
             "miss": (recommender, "miss", "known"),
+            "hit-filtered": (recommender, "hit-filtered", "known"),
+            "miss-filtered": (recommender, "miss-filtered", "known"),
             "fold-in": (recommender, "miss", "newcomers")}
     runs: dict[str, list[Figures]] = {mode: [] for mode in MODES}
     for _ in range(rounds):  # interleaved, so a change in the machine's load hits every mode
@@ -311,9 +318,11 @@ def run_step(events: int, *, search: bool, duration: float, rounds: int) -> Step
                 newcomers = [f"newcomer-{n}" for n in range(NEWCOMERS)]
                 items = [f"i{n}" for n in range(ITEMS)]
                 write_histories(redis.url, newcomers, items)
+                publish_catalogue(broker.bootstrap, CATALOG_TOPIC, items)
                 started = time.perf_counter()
                 with Recommender(workdir / "recommender", mlflow=mlflow.tracking_uri,
-                                 redis=redis.url, model=MODEL, local_cache=True) as recommender:
+                                 redis=redis.url, model=MODEL, local_cache=True,
+                                 catalog=(broker.bootstrap, CATALOG_TOPIC)) as recommender:
                     step.load_s = time.perf_counter() - started
                     step.recommender_rss_gib = peak_rss_gib(recommender.pid)
                     print(f"recommender loaded in {step.load_s:.1f} s, "
@@ -395,6 +404,8 @@ def report(steps: list[Step], command: str, duration: float, rounds: int) -> Non
         "train_s": f"{last.fixed.seconds:.1f}", "trainer_rss_gib": f"{last.trainer_rss_gib:.2f}",
         "load_s": f"{last.load_s:.1f}", "recommender_rss_gib": f"{last.recommender_rss_gib:.2f}",
         "miss_qps_ratio": f"{last.ratio('miss'):.2f}", "hit_qps_ratio": f"{last.ratio('hit'):.2f}",
+        "hit_filtered_qps_ratio": f"{last.ratio('hit-filtered'):.2f}",
+        "miss_filtered_qps_ratio": f"{last.ratio('miss-filtered'):.2f}",
         "fold_in_qps_ratio": f"{last.ratio('fold-in'):.2f}",
         "miss_p99_ratio": f"{last.ratio('miss', 'p99'):.2f}",
         "hit_p99_ratio": f"{last.ratio('hit', 'p99'):.2f}",
