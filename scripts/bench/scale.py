@@ -12,8 +12,9 @@ memory://, MLflow, Redis) and the services as deployed (`python -m services.<nam
    metrics; lag at the end);
 3. a training job with fixed hyper-parameters (`search.trials=0`) through TrainerService,
    followed by WatchTrainingJob: snapshot seconds, training seconds (per epoch), evaluation,
-   whole job; then, for the sizes of `--search-sizes`, a second job with the default search
-   budget; trainer peak RSS (VmHWM, consumption included), artifact size;
+   registration (top lists, the artifact, its upload, the version), whole job; then, for the
+   sizes of `--search-sizes`, a second job with the default search budget; trainer peak RSS
+   (VmHWM, consumption included), artifact size;
 4. `python -m services.recommender` started on the champion: seconds to SERVING (process
    start, download, load, the catalogue topic read to its end) and peak RSS at the end of
    the load;
@@ -23,6 +24,7 @@ memory://, MLflow, Redis) and the services as deployed (`python -m services.<nam
    serve.py's FILTER_CATEGORY), and users the model does not know with a history in Redis
    (fold-in, each request a new key).
 
+Each size's column is printed when it ends (a run cut short keeps it); then the table of all.
 Per-interaction growth lines compare each cost per interaction at the largest size with the
 smallest (1.00: linear). Targets at 20M (issue 17): append >= 50,000 events/s, snapshot <= 60 s,
 fixed-hyper-parameter job <= 180 s, trainer RSS <= 6 GiB, recommender load <= 60 s and RSS
@@ -128,6 +130,7 @@ class Job:
     training_s: float
     epochs: int
     evaluation_s: float
+    logging_s: float  # after the evaluation: top lists, the artifact, its upload, the version
     ndcg: float
 
 
@@ -248,6 +251,7 @@ def train(trainer: Trainer, *, search: bool) -> Job:
         training_s=lasted(trainer_pb2.JOB_PHASE_TRAINING, trainer_pb2.JOB_PHASE_EVALUATING),
         epochs=job.epochs,
         evaluation_s=lasted(trainer_pb2.JOB_PHASE_EVALUATING, trainer_pb2.JOB_PHASE_LOGGING),
+        logging_s=lasted(trainer_pb2.JOB_PHASE_LOGGING, trainer_pb2.JOB_PHASE_DONE),
         ndcg=job.metrics.ndcg_at_10,
     )
 
@@ -349,6 +353,7 @@ def costs(step: Step) -> dict[str, float]:
         "snapshot (s)": step.fixed.snapshot_s,
         "training (s)": step.fixed.training_s,
         "evaluation (s)": step.fixed.evaluation_s,
+        "registration (s)": step.fixed.logging_s,
         "fixed job (s)": step.fixed.seconds,
         "trainer RSS (GiB)": step.trainer_rss_gib,
         "artifact (MiB)": step.artifact_mib,
@@ -357,11 +362,8 @@ def costs(step: Step) -> dict[str, float]:
     }
 
 
-def report(steps: list[Step], command: str, duration: float, rounds: int) -> None:
-    print(f"\nmachine: {platform.platform()}, {os.cpu_count()} CPUs; load average at the end "
-          f"{os.getloadavg()[0]:.2f} (the machine is shared); serving figures are medians of "
-          f"{rounds} runs of {duration:.0f} s at concurrency {CONCURRENCY}")
-    print(f"command: {command}\n")
+def table(steps: list[Step]) -> None:
+    """Every figure of `steps`, a column each."""
     header = f"{'':<26}" + "".join(f"{step.events:>14,}" for step in steps)
     print(header)
 
@@ -372,7 +374,8 @@ def report(steps: list[Step], command: str, duration: float, rounds: int) -> Non
     row("append events/s", [f"{s.append_eps:,.0f}" for s in steps])
     row("lag at the end", [f"{s.lag:.0f}" for s in steps])
     for label, field in (("snapshot s", "snapshot_s"), ("training s", "training_s"),
-                         ("evaluation s", "evaluation_s"), ("fixed job s", "seconds")):
+                         ("evaluation s", "evaluation_s"), ("registration s", "logging_s"),
+                         ("fixed job s", "seconds")):
         row(label, [f"{getattr(s.fixed, field):.1f}" for s in steps])
     row("per epoch s", [f"{s.fixed.training_s / max(s.fixed.epochs, 1):.2f}"
                         for s in steps if s.fixed])
@@ -387,6 +390,14 @@ def report(steps: list[Step], command: str, duration: float, rounds: int) -> Non
                                      for s in steps])
         row(f"{mode} p50/p99 ms", [f"{s.load[mode].p50_ms:.1f}/{s.load[mode].p99_ms:.1f}"
                                    for s in steps])
+
+
+def report(steps: list[Step], command: str, duration: float, rounds: int) -> None:
+    print(f"\nmachine: {platform.platform()}, {os.cpu_count()} CPUs; load average at the end "
+          f"{os.getloadavg()[0]:.2f} (the machine is shared); serving figures are medians of "
+          f"{rounds} runs of {duration:.0f} s at concurrency {CONCURRENCY}")
+    print(f"command: {command}\n")
+    table(steps)
     first, last = steps[0], steps[-1]
     if len(steps) > 1:
         growth = last.events / first.events
@@ -430,9 +441,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="load runs per figure (median)")
     args = parser.parse_args()
     searched = set(sizes(args.search_sizes))
-    steps = [run_step(events, search=events in searched, duration=args.duration,
-                      rounds=args.rounds)
-             for events in sorted(sizes(args.sizes))]
+    steps: list[Step] = []
+    for events in sorted(sizes(args.sizes)):
+        steps.append(run_step(events, search=events in searched, duration=args.duration,
+                              rounds=args.rounds))
+        print(f"load average {os.getloadavg()[0]:.2f}", flush=True)
+        table(steps[-1:])  # now: a run cut short keeps the sizes it finished
     report(steps, " ".join([Path(sys.executable).name, *sys.argv]), args.duration, args.rounds)
 
 
