@@ -190,7 +190,7 @@ class DatasetStore:
 
     def delete_user_events(self, user_id: str, *, before: Mapping[int, int]) -> int:
         """Delete `user_id`'s events read before the offsets `before` (per partition); how
-        many rows went (services.trainer.erasure)."""
+        many rows went (services.trainer.catalog_follower)."""
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
