@@ -1,10 +1,11 @@
 """The recommender's core: the served model, the cache tiers and recent history, no gRPC.
 
 A Recommend request reads the model reference once, then tries the in-process tier of answers.
-A known user whose top list holds the answer (`Scorer.listed`) needs only their recent history:
-taking the list costs what fetching a cached answer would, so such answers are never written to
-Redis, and the history comes from the in-process tier of histories (coherent like the answers)
-when it holds the user, so that request makes no Redis call at all. Everything else, and a
+A known user whose answer is cheap to compute (`Scorer.direct`: their top list, or an exact
+product over a category filter's few items) needs only their recent history: computing it costs
+what fetching a cached answer would, so such answers are never written to Redis, and the history
+comes from the in-process tier of histories (coherent like the answers) when it holds the user,
+so that request makes no Redis call at all. Everything else, and a
 history the process does not hold, takes one Redis round trip that returns either the cached
 answer or the user's generation and history; what is then scored is written back, since
 scoring (fold-in, the item index, the exact product) costs more than fetching.
@@ -165,10 +166,10 @@ class Recommender:
                       items=catalog.items_for(categories), anonymous=user_id in catalog.forgotten,
                       popularity=catalog.popularity_for(user_id))
         history = self._histories.get(user_id, _HISTORY)
-        listed = None if history is None else model.scorer.listed(
+        direct = None if history is None else model.scorer.direct(
             dataclasses.replace(query, recent_item_ids=history))
-        if listed is not None:  # no Redis call: the history was in process
-            return self._listed(user_id, request, self._answer(model, listed),
+        if direct is not None:  # no Redis call: the history was in process
+            return self._direct(user_id, request, self._answer(model, direct),
                                 epoch=epoch, tier="local")
         lookup = await self._cache.lookup(user_id, request)
         if lookup is not None and lookup.payload is not None:
@@ -182,18 +183,18 @@ class Recommender:
             return self._served(self._answer(model, result), "error", "redis")
         self._histories.put(user_id, _HISTORY, lookup.history, epoch=history_epoch)
         query = dataclasses.replace(query, recent_item_ids=lookup.history)
-        listed = model.scorer.listed(query)
-        if listed is not None:  # as cheap to take again as to fetch: not written to Redis
-            return self._listed(user_id, request, self._answer(model, listed),
+        direct = model.scorer.direct(query)
+        if direct is not None:  # as cheap to compute again as to fetch: not written to Redis
+            return self._direct(user_id, request, self._answer(model, direct),
                                 epoch=epoch, tier="redis")
         answer = self._answer(model, await self._queries.submit((model.scorer, query)))
         self._cache.store(user_id, request, lookup.generation, answer.proto.SerializeToString())
         self._local.put(user_id, request, answer, epoch=epoch)
         return self._served(answer, "miss", "redis")
 
-    def _listed(self, user_id: str, request: str, answer: Recommendation, *, epoch: int,
+    def _direct(self, user_id: str, request: str, answer: Recommendation, *, epoch: int,
                 tier: str) -> Recommendation:
-        """An answer from a top list: kept in the in-process tier only; `tier` says whether
+        """An answer computed directly: kept in the in-process tier only; `tier` says whether
         Redis was asked (for the history)."""
         self._local.put(user_id, request, answer, epoch=epoch)
         return self._served(answer, "miss", tier)
