@@ -268,7 +268,9 @@ class Scorer:
         if not k:
             return self._answers(queries, vectors, strategies, [[]] * len(queries),
                                  [[]] * len(queries))
-        scores = vectors.numpy() @ self._artifact.item_factors[only].T
+        # The category's rows gathered (contiguous), then one tall product: the fastest
+        # layout here, and the one multi-threaded BLAS does not slow down.
+        scores = (np.take(self._artifact.item_factors, only, axis=0) @ vectors.numpy().T).T
         popular = self._popular(queries, strategies)
         values: list[list[float]] = []
         rows: list[list[int]] = []
