@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from prometheus_client import CollectorRegistry
+from threadpoolctl import threadpool_limits
 
 from recsys.events.v1.catalog_pb2 import CatalogChange
 from recsys.events.v1.interaction_pb2 import Interaction
@@ -132,6 +133,9 @@ class RecommenderApp:
 
     async def start(self, health: HealthReporter) -> None:
         torch.set_num_threads(self._settings.torch_threads)
+        # numpy's BLAS too: its default (a thread per core) spins against the other requests
+        # on a busy machine (5,000 x 128 factors times one user: 4.6 ms instead of 0.06 ms).
+        threadpool_limits(self._settings.torch_threads, user_api="blas")
         self._loop = asyncio.get_running_loop()
         self._health = health
         if self._settings.local_cache_size:

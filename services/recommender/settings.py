@@ -81,7 +81,7 @@ class RecommenderSettings(ServerSettings, KafkaSettings, MlflowSettings):
         check=positive, rule="> 0")
     torch_threads: int = env(
         "RECSYS_RECOMMENDER_TORCH_THREADS", 1,
-        "Intra-op threads torch uses for scoring (process-wide).",
+        "Intra-op threads torch and numpy's BLAS use for scoring (process-wide).",
         check=at_least_one, rule=">= 1")
     scoring_threads: int = env(
         "RECSYS_RECOMMENDER_SCORING_THREADS", 2,

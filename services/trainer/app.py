@@ -19,10 +19,10 @@ from services.core.health import HealthReporter
 from services.core.kafka import read_end_offsets
 from services.core.server import ServiceBinding
 from services.core.settings import SettingsError
+from services.trainer.catalog_follower import CatalogFollower, catalog_loop
 from services.trainer.consumer import dataset_consumer
 from services.trainer.dataset import DatasetStore
 from services.trainer.distributed import DistributedFits, Launcher
-from services.trainer.erasure import DatasetEraser, catalog_follower
 from services.trainer.jobs import JobManager
 from services.trainer.kubernetes_workers import KubernetesApi, KubernetesLauncher
 from services.trainer.local_workers import LocalLauncher
@@ -51,7 +51,7 @@ class TrainerApp:
         self.store: DatasetStore | None = None
         self._jobs: JobManager | None = None
         self._consumer: ConsumerLoop[Interaction] | None = None
-        self._erasures: ConsumerLoop[CatalogChange] | None = None
+        self._catalog: ConsumerLoop[CatalogChange] | None = None
         self._triggers: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -70,7 +70,8 @@ class TrainerApp:
         settings = self._settings
         store = await asyncio.to_thread(DatasetStore, settings.store_path)
         self.store = store
-        eraser = DatasetEraser(store, topic=settings.kafka_topic, metrics=self._metrics)
+        follower = CatalogFollower(store, topic=settings.kafka_topic,
+                                   catalog_topic=settings.catalog_topic, metrics=self._metrics)
         self._metrics.dataset_rows.set(store.row_count)
         snapshots = settings.object_store()
         jobs = JobManager(
@@ -86,7 +87,7 @@ class TrainerApp:
                 end_offsets=functools.partial(
                     read_end_offsets, settings.kafka_bootstrap, settings.kafka_topic,
                     security=settings.kafka_security()),
-                catalog_topic=settings.catalog_topic, catalog_positions=eraser.applied_through,
+                catalog_topic=settings.catalog_topic,
                 snapshots=snapshots,
                 distributed=(DistributedFits(snapshots, _launcher(settings))
                              if snapshots is not None else None),
@@ -97,8 +98,8 @@ class TrainerApp:
         self._jobs = jobs
         self._consumer = dataset_consumer(store, self._metrics, settings)
         self._consumer.start()
-        self._erasures = catalog_follower(eraser, settings)
-        self._erasures.start()
+        self._catalog = catalog_loop(follower, settings)
+        self._catalog.start()
         if settings.trigger_new_events or settings.trigger_interval_min:
             self._triggers = asyncio.get_running_loop().create_task(jobs.run_triggers(
                 new_events=settings.trigger_new_events,
@@ -129,8 +130,8 @@ class TrainerApp:
             await self._jobs.close()
         if self._consumer is not None:
             await asyncio.to_thread(self._consumer.stop)
-        if self._erasures is not None:
-            await asyncio.to_thread(self._erasures.stop)
+        if self._catalog is not None:
+            await asyncio.to_thread(self._catalog.stop)
         if self.store is not None:
             self.store.close()
 

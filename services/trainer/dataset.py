@@ -1,4 +1,5 @@
-"""The durable dataset store: consumed events, consumer offsets and training jobs in one file.
+"""The durable dataset store: consumed events, the catalogue (services.trainer.dataset_catalog),
+consumer offsets and training jobs in one file.
 
 Why SQLite in WAL mode with synchronous=FULL: a transaction is on disk when `append` returns,
 so it survives kill -9 (and power loss); `event_id` is the primary key, so INSERT OR IGNORE
@@ -20,6 +21,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from services.model.lineage import Lineage
+from services.trainer import dataset_catalog
+from services.trainer.dataset_catalog import CatalogSnapshot, CatalogWrites
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -99,7 +102,8 @@ class TrainingData:
 @dataclass(frozen=True, eq=False)
 class Snapshot:
     """A consistent copy of the dataset, one entry per event in event_id order, its ids and
-    types as indices (a Python string per event would take gigabytes at tens of millions)."""
+    types as indices (a Python string per event would take gigabytes at tens of millions), and
+    the catalogue as it stood then (hidden items' events are in it all the same)."""
 
     lineage: Lineage
     users: np.ndarray  # int32 indices into user_ids
@@ -109,6 +113,7 @@ class Snapshot:
     user_ids: np.ndarray  # object (str): the distinct ids, in natural order
     item_ids: np.ndarray  # object (str): the distinct ids, in natural order
     type_names: tuple[str, ...]
+    catalog: CatalogSnapshot
 
     def training_data(self, type_weights: Mapping[str, float]) -> TrainingData:
         """Weigh each event and index its ids; events weighing 0 are left out.
@@ -148,7 +153,7 @@ class DatasetStore:
         # transactions changed back once.
         self._db.execute(f"PRAGMA cache_size=-{_WRITER_CACHE_KIB}")
         self._db.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(_SCHEMA + dataset_catalog.SCHEMA)
         self._rows = int(self._db.execute("SELECT count(*) FROM events").fetchone()[0])
 
     def _connect(self) -> sqlite3.Connection:
@@ -184,11 +189,7 @@ class DatasetStore:
                 db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                events)
                 added = db.total_changes - before
-                db.executemany(
-                    "INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT DO UPDATE"
-                    " SET next_offset = max(next_offset, excluded.next_offset)",
-                    [(topic, p, o) for p, o in next_offsets.items()],
-                )
+                _save_offsets(db, topic, next_offsets)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -198,7 +199,7 @@ class DatasetStore:
 
     def delete_user_events(self, user_id: str, *, before: Mapping[int, int]) -> int:
         """Delete `user_id`'s events read before the offsets `before` (per partition); how
-        many rows went (services.trainer.erasure)."""
+        many rows went (services.trainer.catalog_follower)."""
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
@@ -216,6 +217,21 @@ class DatasetStore:
             self._rows -= deleted
         return deleted
 
+    def apply_catalog(self, writes: CatalogWrites, *, topic: str,
+                      next_offsets: Mapping[int, int]) -> None:
+        """Store the catalogue's changed rows and the next offset of each partition of its
+        `topic` in one durable transaction (services.trainer.catalog_follower)."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                dataset_catalog.write(db, writes)
+                _save_offsets(db, topic, next_offsets)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
     def offsets(self, topic: str) -> dict[int, int]:
         """The next offset to read per partition, as stored with the rows."""
         with self._lock:
@@ -228,8 +244,9 @@ class DatasetStore:
         )
         return {int(p): int(o) for p, o in rows}
 
-    def snapshot(self, topic: str) -> Snapshot:
-        """Read every event and the offsets in one read transaction, hashing as it goes.
+    def snapshot(self, topic: str, *, catalog_topic: str = "") -> Snapshot:
+        """Read every event, the catalogue and both topics' offsets in one read transaction,
+        hashing as it goes (the catalogue's hash: `dataset_catalog.content_hash`).
 
         The content hash (from this version on; earlier ones hashed row by row, so compare
         hashes made by the same version) is SHA-256 over the SHA-256 digests of the columns
@@ -243,6 +260,8 @@ class DatasetStore:
         try:
             db.execute("BEGIN")
             offsets = self._offsets(db, topic)
+            catalog_offsets = self._offsets(db, catalog_topic)
+            catalog = dataset_catalog.read(db)
             last = ""
             while True:
                 count, *columns = db.execute(_CHUNK_QUERY, (last, _CHUNK_ROWS)).fetchone()
@@ -252,7 +271,8 @@ class DatasetStore:
             db.execute("COMMIT")
         finally:
             db.close()
-        return reader.snapshot(topic, offsets)
+        return reader.snapshot(topic, offsets, catalog=catalog, catalog_topic=catalog_topic,
+                               catalog_offsets=catalog_offsets)
 
     # -- training jobs ---------------------------------------------------------------------
 
@@ -284,6 +304,15 @@ class DatasetStore:
             params.append(limit)
         with self._lock:
             return [str(body) for (body,) in self._db.execute(query, params)]
+
+
+def _save_offsets(db: sqlite3.Connection, topic: str, next_offsets: Mapping[int, int]) -> None:
+    """Record each partition's next offset; a stored one never moves backwards."""
+    db.executemany(
+        "INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT DO UPDATE"
+        " SET next_offset = max(next_offset, excluded.next_offset)",
+        [(topic, p, o) for p, o in next_offsets.items()],
+    )
 
 
 def _natural_key(value: str) -> tuple[int, int, str]:
@@ -350,7 +379,8 @@ class _ColumnReader:
         parts["values"].append(floats)
         return event_ids.rpartition(_SEP)[2]
 
-    def snapshot(self, topic: str, offsets: Mapping[int, int]) -> Snapshot:
+    def snapshot(self, topic: str, offsets: Mapping[int, int], *, catalog: CatalogSnapshot,
+                 catalog_topic: str, catalog_offsets: Mapping[int, int]) -> Snapshot:
         users, items, types, values = (
             np.concatenate(parts) if parts else np.zeros(0, dtype)
             for parts, dtype in zip(self._parts.values(), (np.int32, np.int32, np.int8, np.float64),
@@ -360,9 +390,13 @@ class _ColumnReader:
         combined = hashlib.sha256(b"".join(d.digest() for d in self._digests.values()))
         lineage = Lineage(topic=topic, row_count=len(users), content_hash=combined.hexdigest(),
                           partition_offsets=dict(offsets), user_count=len(user_ids),
-                          item_count=len(item_ids))
+                          item_count=len(item_ids), catalog_topic=catalog_topic,
+                          catalog_offsets=dict(catalog_offsets),
+                          catalog_item_count=len(catalog.items),
+                          catalog_user_count=len(catalog.users),
+                          catalog_content_hash=catalog.content_hash)
         return Snapshot(lineage, users, items, types, values, user_ids, item_ids,
-                        tuple(self._types.known))
+                        tuple(self._types.known), catalog)
 
 
 def _compact(ids: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -100,7 +100,8 @@ class TrainerSettings(ServerSettings, KafkaSettings, MlflowSettings, SnapshotSto
 
     data_dir: str = env(
         "RECSYS_TRAINER_DATA_DIR", "var/trainer",
-        "Directory of the durable dataset store (trainer.sqlite3: events, offsets, jobs).")
+        "Directory of the durable dataset store (trainer.sqlite3: events, the catalogue, offsets,"
+        " jobs).")
     consumer_group: str = env("RECSYS_TRAINER_CONSUMER_GROUP", "trainer",
                               "Kafka consumer group that feeds the dataset.")
     consumer_batch: int = env(

@@ -8,7 +8,6 @@ held-out metrics are what MLflow shows and what the quality gate compares.
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -71,11 +70,10 @@ class TrainingOptions:
     wait_for_events_s: float
     # The end offset of each partition of the topic, read from the broker.
     end_offsets: Callable[[], Mapping[int, int]]
-    # The catalogue topic, and per partition the offset before which every erasure has been
-    # applied to the dataset (services.trainer.erasure): recorded in the lineage, so serving
-    # knows which erasures a version postdates.
+    # The catalogue topic: its offsets in the store (services.trainer.catalog_follower) go to
+    # the lineage with the catalogue's counts and hash, so serving knows which erasures a
+    # version postdates.
     catalog_topic: str = ""
-    catalog_positions: Callable[[], Mapping[int, int]] = dict
     # Where each job exports its snapshot as Parquet (None: no export).
     snapshots: ObjectStore | None = None
     # Fits on a group of workers, for jobs with more than one (needs `snapshots`).
@@ -136,11 +134,8 @@ def run_training(job: Job, *, store: DatasetStore, registry: ModelRegistry,
                         timeout_s=options.wait_for_events_s,
                         report=lambda behind: update(events_behind=behind))
     update(phase=Phase.SNAPSHOT)
-    # Read before the snapshot: every erasure before these positions was applied before it.
-    erased_through = dict(options.catalog_positions())
-    snapshot = store.snapshot(options.topic)
-    lineage = dataclasses.replace(snapshot.lineage, catalog_topic=options.catalog_topic,
-                                  catalog_offsets=erased_through)
+    snapshot = store.snapshot(options.topic, catalog_topic=options.catalog_topic)
+    lineage = snapshot.lineage
     if lineage.row_count == 0:
         raise FailedPrecondition("the dataset is empty: no interaction events have been "
                                  "consumed yet")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
@@ -124,6 +125,16 @@ def store_user_rows(data_dir: Path) -> dict[str, int]:
         data_dir, "SELECT user_id, count(*) FROM events GROUP BY user_id")}
 
 
+def store_catalog(data_dir: Path) -> dict[str, object]:
+    """A trainer store's catalogue: "item:<id>" -> (categories, labels, hidden) and
+    "user:<id>" -> labels."""
+    items = _query(data_dir, "SELECT item_id, categories, labels, hidden FROM catalog_items")
+    users = _query(data_dir, "SELECT user_id, labels FROM catalog_users")
+    return {**{f"item:{item}": (json.loads(categories), json.loads(labels), bool(hidden))  # type: ignore[arg-type]
+               for item, categories, labels, hidden in items},
+            **{f"user:{user}": json.loads(labels) for user, labels in users}}  # type: ignore[arg-type]
+
+
 def store_event_ids(data_dir: Path) -> list[str]:
     return [str(row[0]) for row in _query(data_dir, "SELECT event_id FROM events")]
 
@@ -165,6 +176,17 @@ async def start_trainer(settings: TrainerSettings) -> Trainer:
 async def stop_trainer(trainer: Trainer) -> None:
     await trainer.channel.close()
     await trainer.running.stop(2.0)
+
+
+async def run_job(trainer: Trainer, hyperparameters: trainer_pb2.Hyperparameters | None = None,
+                  *, search: trainer_pb2.SearchBudget | None = None
+                  ) -> list[trainer_pb2.TrainingJob]:
+    """Start a job and follow WatchTrainingJob to its end; every state seen."""
+    started = await trainer.stub.StartTrainingJob(trainer_pb2.StartTrainingJobRequest(
+        hyperparameters=hyperparameters, search=search), timeout=10)
+    stream = trainer.stub.WatchTrainingJob(
+        trainer_pb2.WatchTrainingJobRequest(job_id=started.job.job_id), timeout=300)
+    return [update.job async for update in stream]
 
 
 @asynccontextmanager

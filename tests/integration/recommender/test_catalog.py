@@ -247,11 +247,13 @@ async def test_an_erased_user_leaves_redis_and_is_answered_as_unknown(
         await eventually_async(lambda: r.metric("recsys_recommender_history_events_total") == 3,
                                timeout=20, what="the three events in Redis")
         assert (await r.recommend("u3")).strategy == recommender_pb2.STRATEGY_PERSONALIZED
-        # Filtered, so scored (not from the top list) and cached in Redis.
-        assert (await r.recommend("u3", categories=["c3"])).items
+        # Training items kept, so scored over the catalogue (not from the top list) and
+        # cached in Redis.
+        assert (await r.recommend("u3", exclude_seen=False)).items
         assert (await r.recommend("stranger")).strategy == recommender_pb2.STRATEGY_FOLD_IN
         assert client.exists(Keys.history("u3"), Keys.generation("u3")) == 2
-        assert list(client.scan_iter(match=Keys.answer("u3", "*")))
+        await eventually_async(lambda: bool(list(client.scan_iter(match=Keys.answer("u3", "*")))),
+                               timeout=10, what="u3's scored answer written to Redis")
 
         await ingest.catalog.EraseUser(catalog_pb2.EraseUserRequest(
             user_id="u3", requested_by="test"), timeout=10)

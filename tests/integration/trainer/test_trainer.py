@@ -34,6 +34,7 @@ from tests.support.trainer_server import (
     Ingested,
     Trainer,
     copy_store,
+    run_job,
     start_trainer,
     stop_trainer,
     store_offsets,
@@ -46,16 +47,6 @@ pytestmark = pytest.mark.integration
 SUCCEEDED = trainer_pb2.JOB_STATE_SUCCEEDED
 # A model that cannot be as good as the default one.
 WORSE = trainer_pb2.Hyperparameters(factors=1, epochs=1)
-
-
-async def run_job(trainer: Trainer, hyperparameters: trainer_pb2.Hyperparameters | None = None
-                  ) -> list[trainer_pb2.TrainingJob]:
-    """Start a job and follow WatchTrainingJob to its end; every state seen."""
-    started = await trainer.stub.StartTrainingJob(
-        trainer_pb2.StartTrainingJobRequest(hyperparameters=hyperparameters), timeout=10)
-    stream = trainer.stub.WatchTrainingJob(
-        trainer_pb2.WatchTrainingJobRequest(job_id=started.job.job_id), timeout=300)
-    return [update.job async for update in stream]
 
 
 async def champion_and_worse(trainer: Trainer) -> tuple[trainer_pb2.TrainingJob,

@@ -1,4 +1,4 @@
-"""Scoring against numpy: exclusions, strategies, k, cosine similarity."""
+"""Scoring against numpy: exclusions, strategies, k, category filters, cosine similarity."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from services.core.errors import NotFound
 from services.model.artifact import ModelArtifact
-from services.recommender.scoring import Query, Scorer, Strategy
+from services.recommender.scoring import DIRECT_MAX_CELLS, ItemFilter, Query, Scorer, Strategy
 from tests.support.artifacts import small_artifact
 
 
@@ -126,3 +126,37 @@ def test_a_batch_ranks_each_query_as_if_alone(scorer: Scorer) -> None:
             assert _ids(together) == _ids(single)
         np.testing.assert_allclose([s for _, s in together], [s for _, s in single],
                                    rtol=1e-5)
+
+
+def _category(rows: list[int]) -> ItemFilter:
+    return ItemFilter(frozenset(), np.empty(0, np.int64), only=np.asarray(rows, np.int64))
+
+
+def test_a_category_filter_ranks_only_its_items_directly_and_in_batches(
+        artifact: ModelArtifact, scorer: Scorer) -> None:
+    only = list(range(0, artifact.n_items, 3))
+    _, top = scorer.recommend("u3", k=1, exclude_seen=True)
+    query = Query("u3", 5, exclude_item_ids=_ids(top), recent_item_ids=["i3"],
+                  items=_category(only))
+    scores = np.full(artifact.n_items, -np.inf)
+    scores[only] = artifact.item_factors[only] @ artifact.user_factors[3]
+    scores[[*artifact.seen(3), artifact.item_ids.tolist().index(_ids(top)[0]), 3]] = -np.inf
+    expected = [str(artifact.item_ids[i]) for i in np.argsort(-scores, kind="stable")[:5]]
+    direct = scorer.direct(query)
+    assert direct is not None
+    (strategy, batched), = scorer.recommend_many([query])
+    assert (direct[0], strategy) == (Strategy.PERSONALIZED, Strategy.PERSONALIZED)
+    assert _ids(direct[1]) == _ids(batched) == expected
+    np.testing.assert_allclose([s for _, s in direct[1]], np.sort(scores)[::-1][:5], rtol=1e-5)
+
+
+def test_only_a_known_users_top_list_or_small_category_is_computed_directly(
+        artifact: ModelArtifact, scorer: Scorer) -> None:
+    few = _category([0, 1, 2])
+    assert scorer.direct(Query("u3", 2)) == scorer.listed(Query("u3", 2))
+    assert scorer.direct(Query("u3", 2, items=few)) is not None
+    assert scorer.direct(Query("u3", 2, items=few, anonymous=True)) is None  # erased user
+    assert scorer.direct(Query("stranger", 2, items=few)) is None
+    factors = artifact.user_factors.shape[1]
+    many = _category(list(range(DIRECT_MAX_CELLS // factors + 1)))
+    assert scorer.direct(Query("u3", 2, items=many)) is None

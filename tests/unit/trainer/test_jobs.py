@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from services.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.model.versions import CHAMPION
 from services.trainer.dataset import DatasetStore
+from services.trainer.dataset_catalog import CatalogUser, CatalogWrites
 from services.trainer.hyperparameters import SEARCH_SPACE
 from services.trainer.jobs import (
     RESTARTED,
@@ -190,7 +191,9 @@ async def test_a_job_without_the_broker_fails_unless_it_skips_the_wait(
 async def test_a_job_runs_to_the_end_and_the_first_good_model_becomes_champion(
     filled_store: DatasetStore, fake_registry: FakeRegistry, metrics: TrainerMetrics
 ) -> None:
-    jobs = manager(filled_store, fake_registry, metrics)
+    filled_store.apply_catalog(CatalogWrites(users={"u1": CatalogUser("u1", ("de",))}),
+                               topic="catalog", next_offsets={0: 1})
+    jobs = manager(filled_store, fake_registry, metrics, catalog_topic="catalog")
     await jobs.open()
     job = await jobs.start(JobRequest(pinned={"epochs": 4}))
     assert job.state is JobState.QUEUED
@@ -202,6 +205,8 @@ async def test_a_job_runs_to_the_end_and_the_first_good_model_becomes_champion(
     assert (final.epoch, final.epochs) == (4, 4)
     assert final.metrics["ndcg_at_10"] > 0.2
     assert final.lineage is not None and final.lineage.row_count == filled_store.row_count
+    assert (final.lineage.catalog_offsets, final.lineage.catalog_user_count) == ({0: 1}, 1)
+    assert fake_registry.versions[0].lineage == final.lineage
     assert final.promoted and final.model_version == "1"
     assert fake_registry.champion_version == "1"
     run = fake_registry.runs[final.mlflow_run_id]
