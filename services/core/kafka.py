@@ -111,6 +111,9 @@ def consumer_config(bootstrap: str, *, group_id: str | None, client_id: str,
         "session_timeout_ms": 6_000,
         "heartbeat_interval_ms": 1_000,
         "max_poll_interval_ms": 300_000,
+        # Up to ~80,000 events per partition per fetch, so one poll can fill a batch as large
+        # as the trainer's (the default 1 MiB stops at ~10,000).
+        "max_partition_fetch_bytes": 8 << 20,
         "request_timeout_ms": 10_000,
         "retry_backoff_ms": 200,
         "reconnect_backoff_max_ms": 2_000,

@@ -105,7 +105,7 @@ class TrainerSettings(ServerSettings, KafkaSettings, MlflowSettings, SnapshotSto
     consumer_group: str = env("RECSYS_TRAINER_CONSUMER_GROUP", "trainer",
                               "Kafka consumer group that feeds the dataset.")
     consumer_batch: int = env(
-        "RECSYS_TRAINER_CONSUMER_BATCH", 5000,
+        "RECSYS_TRAINER_CONSUMER_BATCH", 50_000,
         "Most events appended (and fsynced) per transaction before offsets are committed.",
         check=at_least_one, rule=">= 1")
     type_weights: Mapping[str, float] = env(
