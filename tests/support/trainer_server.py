@@ -102,13 +102,13 @@ def trainer_settings(kafka: TansuBroker, mlflow: MlflowServer, topic: str, data_
     return TrainerSettings(**values)  # type: ignore[arg-type]
 
 
-def _query(data_dir: Path, sql: str) -> list[tuple[object, ...]]:
+def _query(data_dir: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
     path = Path(data_dir) / "trainer.sqlite3"
     if not path.exists():
         return []
     with closing(sqlite3.connect(path, timeout=10)) as db:
         try:
-            return db.execute(sql).fetchall()
+            return db.execute(sql, params).fetchall()
         except sqlite3.OperationalError:  # the schema is not created yet
             return []
 
@@ -139,11 +139,18 @@ def store_event_ids(data_dir: Path) -> list[str]:
     return [str(row[0]) for row in _query(data_dir, "SELECT event_id FROM events")]
 
 
-def store_offsets(data_dir: Path) -> dict[int, int]:
-    """Per partition, the next offset the store says it read to (written with its rows, in the
-    same transaction: once it reaches the topic's end, so have the rows)."""
+def store_offsets(data_dir: Path, topic: str) -> dict[int, int]:
+    """Per partition of `topic`, the next offset the store says it read to (written with its
+    rows, in the same transaction: once it reaches the topic's end, so have the rows). The
+    store keeps the catalogue topic's offsets in the same table."""
     return {int(p): int(o)  # type: ignore[call-overload]
-            for p, o in _query(data_dir, "SELECT kafka_partition, next_offset FROM offsets")}
+            for p, o in _query(data_dir, "SELECT kafka_partition, next_offset FROM offsets"
+                                         " WHERE topic = ?", (topic,))}
+
+
+def consumed(data_dir: Path, topic: Ingested) -> bool:
+    """Whether the store has read `topic` to its end."""
+    return store_offsets(data_dir, topic.topic) == topic.highwater
 
 
 def copy_store(source: Path, target: Path) -> None:
@@ -198,7 +205,7 @@ async def trainer_on_topic(kafka: TansuBroker, mlflow: MlflowServer, topic: Inge
         kafka, mlflow, topic.topic, data.directory, consumer_group=data.consumer_group,
         **overrides))
     try:
-        await eventually_async(lambda: store_offsets(data.directory) == topic.highwater,
+        await eventually_async(lambda: consumed(data.directory, topic),
                                timeout=180, what=f"the topic {topic.topic} consumed")
         yield started
     finally:

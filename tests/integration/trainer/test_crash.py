@@ -20,8 +20,8 @@ from tests.support.trainer_server import (
     NO_SEARCH,
     Ingested,
     TrainerProcess,
+    consumed,
     store_event_ids,
-    store_offsets,
     store_rows,
 )
 
@@ -65,7 +65,7 @@ def test_kill_during_consumption_and_training(
     process.start().wait_ready(60)
     # The offsets commit with the rows: once they reach the topic's end, every record has
     # been read, and anything read twice has been stored (or ignored) by then.
-    eventually(lambda: store_offsets(process.store_dir) == synthetic_topic.highwater,
+    eventually(lambda: consumed(process.store_dir, synthetic_topic),
                timeout=120, what="consuming the rest after the restart")
     ids = store_event_ids(process.store_dir)
     assert len(ids) == synthetic_topic.events
@@ -122,7 +122,7 @@ def test_kill_between_registering_a_version_and_promoting_it(
             kafka, gate.url, synthetic_topic.topic))
         try:
             trainer.start().wait_ready(60)
-            eventually(lambda: store_offsets(trainer.store_dir) == synthetic_topic.highwater,
+            eventually(lambda: consumed(trainer.store_dir, synthetic_topic),
                        timeout=120, what="the synthetic topic consumed")
             first = train(trainer.target, epochs=2)
             assert first.state == trainer_pb2.JOB_STATE_SUCCEEDED and first.promoted

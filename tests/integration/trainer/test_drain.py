@@ -16,7 +16,7 @@ from scripts.localstack.components import MlflowServer, TansuBroker
 from services.core.client import channel
 from tests.support.polling import eventually
 from tests.support.service_process import NOT_SERVING, SERVING, HealthWatch
-from tests.support.trainer_server import NO_SEARCH, Ingested, TrainerProcess, store_offsets
+from tests.support.trainer_server import NO_SEARCH, Ingested, TrainerProcess, consumed
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ def test_sigterm_during_a_job_cancels_it_and_moves_no_alias(
         "RECSYS_TRAINER_CONSUMER_GROUP": f"trainer-drain-{suffix}"})
     trainer.start().wait_ready(60)
     try:
-        eventually(lambda: store_offsets(trainer.store_dir) == synthetic_topic.highwater,
+        eventually(lambda: consumed(trainer.store_dir, synthetic_topic),
                    timeout=120, what="the synthetic topic consumed")
         with channel(trainer.target) as chan:
             stub = trainer_pb2_grpc.TrainerServiceStub(chan)

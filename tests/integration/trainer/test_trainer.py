@@ -33,6 +33,7 @@ from tests.support.trainer_server import (
     SEARCH_TRIALS,
     Ingested,
     Trainer,
+    consumed,
     copy_store,
     run_job,
     start_trainer,
@@ -283,7 +284,7 @@ async def test_health_and_metrics(kafka: TansuBroker, mlflow_server: MlflowServe
         answer = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME),
                                     timeout=5)
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
-        await eventually_async(lambda: store_offsets(tmp_path) == synthetic_topic.highwater,
+        await eventually_async(lambda: consumed(tmp_path, synthetic_topic),
                                timeout=180, what="the synthetic topic consumed")
         for hyperparameters in (WORSE, WORSE):
             assert (await run_job(fresh, hyperparameters))[-1].state == SUCCEEDED
@@ -368,7 +369,8 @@ async def test_the_consumer_waits_for_kafka_and_stores_duplicates_once(
             end = await asyncio.to_thread(produce, broker.bootstrap, "trainer-late-topic",
                                           [*range(30), 3, 7])  # two events sent twice
             # Every record read, the repeats included: nothing more can be stored after this.
-            await eventually_async(lambda: store_offsets(tmp_path / "store") == end,
+            await eventually_async(
+                lambda: store_offsets(tmp_path / "store", "trainer-late-topic") == end,
                                    timeout=90, what="consuming after Kafka came up")
             assert store_rows(tmp_path / "store") == 30
             duplicates = ("recsys_trainer_events_consumed_total", (("result", "duplicate"),))
