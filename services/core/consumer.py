@@ -1,7 +1,9 @@
 """The one Kafka consumer loop: poll, decode, hand the batch to a handler, then commit.
 
-kafka-python blocks, so each loop runs in a thread of its own that owns its consumer. A batch's
-offsets are committed only after its handler returned, so a crash re-reads what was not done.
+The client is confluent-kafka's `Consumer` (librdkafka). Each loop runs in a thread of its own
+that owns its consumer and serves its callbacks (librdkafka's log lines and reported errors)
+from its polls. A batch's offsets are committed synchronously, only after its handler
+returned, so a crash re-reads what was not done.
 
 One rule for every failure (connecting, polling, the handler raising anything at all, the
 commit): count it through `on_error`, log it once per streak of failures, wait (`Backoff`:
@@ -10,13 +12,18 @@ that follows a poll, the consumer seeks back to the batch's first offsets; when 
 batch, or the seek fails, it is closed and a new one resumes from the group's committed
 offsets. Delivery is at least once, in order per partition: handlers must tolerate repeats.
 
+Errors librdkafka reports on its own (a broker it cannot reach, a failed authentication) are
+counted through `on_error` and logged once until records flow again; the client reconnects by
+itself, so they are no failure of the loop. A subscribed topic that does not exist yet is
+nothing to read either: the client looks for it again (and never creates it).
+
 Without a consumer group (`Subscription.group_id` None) a loop follows the topic instead: it
 reads every partition from its start each time it connects, and commits nothing. That is how a
 service rebuilds a view of a topic (the catalogue) in memory; its handler skips what it has
 already applied, and `caught_up` tells when it has read what the topic held.
 
-Lag is the high watermark that fetch responses carry minus the position, never
-`end_offsets()`: the local broker (Tansu) answers ListOffsets(latest) wrongly.
+Lag is the high watermark that fetch responses carry minus the position, never a ListOffsets
+answer: the local broker (Tansu) answers ListOffsets(latest) wrongly.
 """
 
 from __future__ import annotations
@@ -27,13 +34,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, TypeVar, overload
 
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from google.protobuf.message import DecodeError, Message
-from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata
 
 from recsys.events.v1.interaction_pb2 import Interaction
-from services.core.kafka import PLAINTEXT, KafkaSecurity, consumer_config
+from services.core.kafka import PLAINTEXT, KafkaSecurity, consumer_config, topic_partitions
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +118,15 @@ class Backoff:
 
 RETRY_BACKOFF = Backoff()
 
+CALL_TIMEOUT_S = 10.0  # the longest a metadata request may take
+
 
 class ConsumerLoop(Generic[M]):
     """A consumer-group thread; `start()` returns at once, `stop()` ends it.
 
     `handler` gets each batch of `message`s (Interaction unless told otherwise); `on_error` is
     called with every failure, for the service's metrics; exceptions of the `outages` types
-    (and KafkaError) mean a dependency is down and are logged without a traceback.
+    (and KafkaException) mean a dependency is down and are logged without a traceback.
     """
 
     @overload
@@ -135,9 +148,10 @@ class ConsumerLoop(Generic[M]):
         self._handler = handler
         self._message = message
         self._on_error = on_error
-        self._outages = (KafkaError, *outages)
+        self._outages: tuple[type[Exception], ...] = (KafkaException, *outages)
         self._backoff = backoff
         self._failures = 0  # in a row; 0 while the loop works
+        self._client_error_logged = False  # since records last came
         #: Records in the topic not consumed yet, over the assigned partitions (0 until known).
         self.lag = 0
         #: For a follower: it has read every partition up to the high watermark of a fetch (or
@@ -167,7 +181,7 @@ class ConsumerLoop(Generic[M]):
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        consumer: KafkaConsumer | None = None
+        consumer: Consumer | None = None
         while not self._stopping.is_set():
             batch: Batch[Any] | None = None
             try:
@@ -192,57 +206,81 @@ class ConsumerLoop(Generic[M]):
         if consumer is not None:
             _close(consumer)
 
-    def _connect(self) -> KafkaConsumer:
+    def _connect(self) -> Consumer:
         sub = self._subscription
-        # A follower assigns itself the partitions (`_poll`): subscribing to a topic that does
-        # not exist yet would make some brokers (Tansu) create it, without its writer's settings.
-        topics = () if sub.group_id is None else (sub.topic,)
-        return KafkaConsumer(
-            *topics,
+        consumer = Consumer({
             **consumer_config(sub.bootstrap, group_id=sub.group_id, client_id=sub.name,
                               security=sub.security),
-            max_poll_records=sub.max_records,
-            fetch_max_wait_ms=sub.fetch_max_wait_ms,
-        )
+            "fetch.wait.max.ms": sub.fetch_max_wait_ms,
+            "error_cb": self._client_error,
+        })
+        if sub.group_id is not None:
+            consumer.subscribe([sub.topic])
+        return consumer
 
-    def _poll(self, consumer: KafkaConsumer) -> Batch[Any]:
+    def _poll(self, consumer: Consumer) -> Batch[Any]:
         sub = self._subscription
         if sub.group_id is None and not consumer.assignment():
-            partitions = consumer.partitions_for_topic(sub.topic)
+            partitions = topic_partitions(consumer, sub.topic, timeout_s=CALL_TIMEOUT_S)
             if not partitions:  # no topic yet: nothing to read, look again after a while
                 self._at_end = True
                 self._stopping.wait(sub.poll_timeout_ms / 1000)
                 return Batch([])
-            consumer.assign([TopicPartition(sub.topic, p) for p in sorted(partitions)])
-        polled = consumer.poll(timeout_ms=sub.poll_timeout_ms)
-        self.lag = _lag(consumer)
+            consumer.assign([TopicPartition(sub.topic, p, OFFSET_BEGINNING) for p in partitions])
+        polled = consumer.consume(num_messages=sub.max_records,
+                                  timeout=sub.poll_timeout_ms / 1000)
+        records: list[Record[Any]] = []
+        for message in polled:
+            if (error := message.error()) is None:
+                # A record without an error always has its partition and offset.
+                records.append(Record(message.partition(), message.offset(),  # type: ignore[arg-type]
+                                      decode(self._message, message.value())))
+            elif error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:  # that one: not made yet
+                raise KafkaException(error)
+        if records:
+            self._client_error_logged = False
+        assigned = consumer.assignment()
+        self.lag = _lag(consumer, assigned)
         if sub.group_id is None:
-            self._at_end = _caught_up(consumer)
-        return Batch([Record(tp.partition, record.offset, decode(self._message, record.value))
-                      for tp, records in polled.items() for record in records])
+            self._at_end = _caught_up(consumer, assigned)
+        return Batch(records)
 
-    def _commit(self, consumer: KafkaConsumer, batch: Batch[Any]) -> None:
+    def _commit(self, consumer: Consumer, batch: Batch[Any]) -> None:
         if self._subscription.group_id is None:  # a follower keeps no offsets
             return
         topic = self._subscription.topic
-        consumer.commit({TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
-                         for partition, offset in batch.next_offsets().items()})
+        committed = consumer.commit(
+            offsets=[TopicPartition(topic, partition, offset)
+                     for partition, offset in batch.next_offsets().items()],
+            asynchronous=False)
+        for tp in committed or ():
+            if tp.error is not None:
+                raise KafkaException(tp.error)
 
-    def _rewind(self, consumer: KafkaConsumer, batch: Batch[Any] | None) -> bool:
+    def _rewind(self, consumer: Consumer, batch: Batch[Any] | None) -> bool:
         """Seek back to `batch`'s first offsets (on the partitions still assigned: the others'
         new owner reads them from the committed offsets); False when that is not possible."""
         if batch is None:
             return False
         topic = self._subscription.topic
         try:
-            assigned = consumer.assignment()
+            assigned = {tp.partition for tp in consumer.assignment()}
             for partition, offset in batch.first_offsets().items():
-                tp = TopicPartition(topic, partition)
-                if tp in assigned:
-                    consumer.seek(tp, offset)
+                if partition in assigned:
+                    consumer.seek(TopicPartition(topic, partition, offset))
         except Exception:  # a consumer that cannot seek is replaced
             return False
         return True
+
+    def _client_error(self, error: KafkaError) -> None:
+        """librdkafka's `error_cb`, called from this loop's polls: counted, logged once until
+        records come again; the client retries by itself."""
+        self._on_error(KafkaException(error))
+        if not self._client_error_logged:
+            self._client_error_logged = True
+            log.warning("Kafka client error: %s", error.str(),
+                        extra={"consumer": self._subscription.name,
+                               "topic": self._subscription.topic})
 
     def _failed(self, exc: Exception) -> float:
         """Count and (once per streak) log `exc`; the seconds to wait before the retry."""
@@ -265,25 +303,29 @@ class ConsumerLoop(Generic[M]):
         self._failures = 0
 
 
-def _lag(consumer: KafkaConsumer) -> int:
+def _lag(consumer: Consumer, assigned: list[TopicPartition]) -> int:
     lag = 0
-    for tp in consumer.assignment():
-        highwater = consumer.highwater(tp)
-        position = consumer.position(tp)
-        if highwater is not None and position is not None:
-            lag += max(highwater - position, 0)
+    for tp in consumer.position(assigned):
+        high = consumer.get_watermark_offsets(tp, cached=True)[1]
+        if high >= 0 and tp.offset >= 0:  # both known: a fetch answered, a record was read
+            lag += max(high - tp.offset, 0)
     return lag
 
 
-def _caught_up(consumer: KafkaConsumer) -> bool:
-    return all((mark := consumer.highwater(tp)) is not None and consumer.position(tp) >= mark
-               for tp in consumer.assignment())
+def _caught_up(consumer: Consumer, assigned: list[TopicPartition]) -> bool:
+    """Every assigned partition read up to its high watermark; a partition that held nothing
+    when it was assigned (no position yet) is read when its low and high watermarks meet."""
+    for tp in consumer.position(assigned):
+        low, high = consumer.get_watermark_offsets(tp, cached=True)
+        if high < 0 or (tp.offset < high if tp.offset >= 0 else low != high):
+            return False
+    return True
 
 
-def _close(consumer: KafkaConsumer) -> None:
-    """Leave the group if the broker answers, committing nothing; a failure here must not end
-    the thread."""
+def _close(consumer: Consumer) -> None:
+    """Leave the group if the broker answers, committing nothing (auto-commit is off); a
+    failure here must not end the thread."""
     try:
-        consumer.close(autocommit=False)
+        consumer.close()
     except Exception:
         log.warning("closing the consumer failed", exc_info=True)

@@ -1,4 +1,9 @@
-"""kafka-python client settings shared by every producer and consumer in the mesh.
+"""Kafka client settings shared by every producer and consumer in the mesh.
+
+Two clients: producers and admin clients are kafka-python's (`producer_config`,
+`KafkaSecurity.client_options`); consumers are confluent-kafka's, librdkafka in C
+(`consumer_config`, `KafkaSecurity.librdkafka_options`), which costs about a third of
+kafka-python's CPU per consumed event.
 
 The values come from DESIGN.md's known traps: the local broker (Tansu) holds a group join
 for session_timeout/2, so sessions are short; ListOffsets(latest) is wrong there, so nothing
@@ -12,15 +17,19 @@ password from a Secret) or SSL with client certificates.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from kafka import KafkaConsumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from services.core.settings import SettingsError
 
 CLIENT_ID_PREFIX = "recsys"
+
+#: Where librdkafka's own log lines go (a consumer's `logger` property), not raw stderr.
+LIBRDKAFKA_LOG = logging.getLogger(__name__).getChild("librdkafka")
 
 Protocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 Mechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -73,8 +82,29 @@ class KafkaSecurity:
                         "sasl_plain_password": self.sasl_password}
         return options
 
+    def librdkafka_options(self) -> dict[str, Any]:
+        """The same, as librdkafka properties (confluent-kafka's Consumer)."""
+        options: dict[str, Any] = {"security.protocol": self.protocol}
+        if self.protocol.endswith("SSL"):
+            options["ssl.endpoint.identification.algorithm"] = "https"
+            for option, path in (("ssl.ca.location", self.ssl_ca_file),
+                                 ("ssl.certificate.location", self.ssl_cert_file),
+                                 ("ssl.key.location", self.ssl_key_file)):
+                if path:
+                    options[option] = path
+        if self.protocol.startswith("SASL_"):
+            options |= {"sasl.mechanism": self.sasl_mechanism,
+                        "sasl.username": self.sasl_username,
+                        "sasl.password": self.sasl_password}
+        return options
+
 
 PLAINTEXT = KafkaSecurity()
+
+# Consumer settings (DESIGN.md's known traps: Tansu holds a join for session_timeout/2).
+SESSION_TIMEOUT_MS = 6_000
+HEARTBEAT_INTERVAL_MS = 1_000
+PARTITION_FETCH_BYTES = 8 << 20
 
 
 def producer_config(bootstrap: str, *, client_id: str,
@@ -99,24 +129,37 @@ def producer_config(bootstrap: str, *, client_id: str,
 
 def consumer_config(bootstrap: str, *, group_id: str | None, client_id: str,
                     security: KafkaSecurity = PLAINTEXT) -> dict[str, Any]:
-    """A group consumer that commits offsets itself, only after its work is durable (without a
-    group, None: a consumer that reads from the start and commits nothing)."""
+    """A librdkafka group consumer that commits offsets itself, only after its work is durable
+    (without a group, None: one that assigns itself partitions and commits nothing; librdkafka
+    wants a group.id all the same, so it gets its client id, and never joins it).
+
+    Nothing here reaches beyond the brokers the bootstrap and their advertised listeners name:
+    no topic is created by asking for it, no metrics are pushed (KIP-714), and the SASL
+    mechanisms offered never fetch tokens (no OAUTHBEARER/OIDC endpoint).
+    """
+    client = f"{CLIENT_ID_PREFIX}-{client_id}"
     return {
-        **security.client_options(),
-        "bootstrap_servers": bootstrap,
-        "group_id": group_id,
-        "client_id": f"{CLIENT_ID_PREFIX}-{client_id}",
-        "enable_auto_commit": False,
-        "auto_offset_reset": "earliest",
-        "session_timeout_ms": 6_000,
-        "heartbeat_interval_ms": 1_000,
-        "max_poll_interval_ms": 300_000,
+        **security.librdkafka_options(),
+        "bootstrap.servers": bootstrap,
+        "group.id": group_id or client,
+        "client.id": client,
+        "logger": LIBRDKAFKA_LOG,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "allow.auto.create.topics": False,
+        "enable.metrics.push": False,
+        "session.timeout.ms": SESSION_TIMEOUT_MS,
+        "heartbeat.interval.ms": HEARTBEAT_INTERVAL_MS,
+        "max.poll.interval.ms": 300_000,
         # Up to ~80,000 events per partition per fetch, so one poll can fill a batch as large
-        # as the trainer's (the default 1 MiB stops at ~10,000).
-        "max_partition_fetch_bytes": 8 << 20,
-        "request_timeout_ms": 10_000,
-        "retry_backoff_ms": 200,
-        "reconnect_backoff_max_ms": 2_000,
+        # as the trainer's; at most 32 MiB fetched ahead of the handler.
+        "max.partition.fetch.bytes": PARTITION_FETCH_BYTES,
+        "queued.max.messages.kbytes": 32 * 1024,
+        # A subscribed topic that does not exist yet is looked for again this often.
+        "topic.metadata.refresh.interval.ms": 5_000,
+        "socket.timeout.ms": 10_000,
+        "retry.backoff.ms": 200,
+        "reconnect.backoff.max.ms": 2_000,
     }
 
 
@@ -128,36 +171,56 @@ def read_end_offsets(bootstrap: str, topic: str, *, security: KafkaSecurity = PL
     Not ListOffsets(latest) alone: the local broker (Tansu) answers it with the last batch's
     base offset + 1 (DESIGN.md's known traps). That answer is still an offset inside the last
     batch (and exact on Apache Kafka), so a fetch from there is small and brings the true end.
-    Raises KafkaError or TimeoutError when the broker does not answer within `timeout_s`.
+    Raises KafkaException or TimeoutError when the broker does not answer within `timeout_s`.
     """
     config = consumer_config(bootstrap, group_id=None, client_id="offsets", security=security)
-    consumer = KafkaConsumer(**config, fetch_max_wait_ms=100)
+    consumer = Consumer({**config, "fetch.wait.max.ms": 100})
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
-        for tp, offset in consumer.end_offsets(assigned).items():
-            consumer.seek(tp, max(offset - 1, 0))
+        partitions = topic_partitions(consumer, topic, timeout_s=timeout_s)
+        listed = [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1]
+                  for p in partitions]
+        consumer.assign([TopicPartition(topic, p, max(end - 1, 0))
+                         for p, end in zip(partitions, listed, strict=True)])
         deadline = time.monotonic() + timeout_s
-        while (missing := [tp for tp in assigned if consumer.highwater(tp) is None]):
+        while (missing := [p for p in partitions if _cached_end(consumer, topic, p) < 0]):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no fetch answer for {topic} partitions "
-                                   f"{[tp.partition for tp in missing]} in {timeout_s:g} s")
-            consumer.poll(timeout_ms=200)
-        return {tp.partition: int(consumer.highwater(tp)) for tp in assigned}
+                raise TimeoutError(f"no fetch answer for {topic} partitions {missing} in "
+                                   f"{timeout_s:g} s")
+            consumer.consume(num_messages=1_000, timeout=0.2)
+        return {p: _cached_end(consumer, topic, p) for p in partitions}
     finally:
-        consumer.close(autocommit=False)
+        consumer.close()
 
 
 def read_committed_offsets(bootstrap: str, topic: str, group_id: str, *,
-                           security: KafkaSecurity = PLAINTEXT) -> dict[int, int]:
+                           security: KafkaSecurity = PLAINTEXT,
+                           timeout_s: float = 10.0) -> dict[int, int]:
     """The offset consumer group `group_id` has committed on each partition of `topic` (those
     without a commit are left out), read without joining the group."""
-    consumer = KafkaConsumer(**consumer_config(bootstrap, group_id=group_id,
-                                               client_id="committed", security=security))
+    config = consumer_config(bootstrap, group_id=group_id, client_id="committed",
+                             security=security)
+    consumer = Consumer(config)
     try:
-        committed = {p: consumer.committed(TopicPartition(topic, p))
-                     for p in sorted(consumer.partitions_for_topic(topic) or ())}
-        return {p: int(offset) for p, offset in committed.items() if offset is not None}
+        partitions = topic_partitions(consumer, topic, timeout_s=timeout_s)
+        committed = consumer.committed([TopicPartition(topic, p) for p in partitions],
+                                       timeout=timeout_s)
+        return {tp.partition: tp.offset for tp in committed if tp.offset >= 0}
     finally:
-        consumer.close(autocommit=False)
+        consumer.close()
+
+
+def topic_partitions(consumer: Consumer, topic: str, *, timeout_s: float) -> list[int]:
+    """`topic`'s partitions from the brokers' metadata; none when it does not exist (asking
+    does not create it: `allow.auto.create.topics` is off)."""
+    metadata = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
+    if metadata.error is not None:
+        if metadata.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            return []
+        raise KafkaException(metadata.error)
+    return sorted(metadata.partitions)
+
+
+def _cached_end(consumer: Consumer, topic: str, partition: int) -> int:
+    """The high watermark of the partition's last fetch response; negative while unknown."""
+    return int(consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                              cached=True)[1])

@@ -34,9 +34,9 @@ from scripts.localstack.components import (
     minimal_prometheus_config,
     tcp_open,
 )
-from services.core.kafka import consumer_config, producer_config
+from services.core.kafka import producer_config
 from tests.support.polling import eventually
-from tests.support.topics import at_end
+from tests.support.topics import at_end, reader_options
 
 pytestmark = pytest.mark.integration
 
@@ -72,8 +72,7 @@ def test_kafka_produce_and_consume_in_a_group(kafka: TansuBroker) -> None:
     sent = [f"event-{i}".encode() for i in range(50)]
     produce(kafka.bootstrap, topic, sent)
 
-    consumer = KafkaConsumer(topic, **consumer_config(kafka.bootstrap, group_id=topic,
-                                                      client_id="test"))
+    consumer = KafkaConsumer(topic, **reader_options(kafka.bootstrap, group_id=topic))
     try:
         got = consume(consumer)
     finally:

@@ -1,4 +1,5 @@
-"""The core consumer loop against a fake KafkaConsumer: retries, decoding, commits, stop, lag."""
+"""The core consumer loop against a fake confluent-kafka Consumer: retries, decoding, commits,
+stop, lag, followers."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from kafka.errors import CommitFailedError, KafkaTimeoutError
+from confluent_kafka import KafkaError, KafkaException
 
 from recsys.events.v1 import interaction_pb2
 from recsys.model.v1 import model_pb2
@@ -57,10 +58,15 @@ class Handler:
             raise self.error()
 
 
+def code(error: Exception) -> int | None:
+    """The librdkafka error code of a KafkaException (None for anything else)."""
+    return error.args[0].code() if isinstance(error, KafkaException) else None
+
+
 @pytest.fixture
 def broker(monkeypatch: pytest.MonkeyPatch) -> FakeBroker:
     broker = FakeBroker(TOPIC, partitions=2)
-    monkeypatch.setattr(consumer_module, "KafkaConsumer", broker)
+    monkeypatch.setattr(consumer_module, "Consumer", broker)
     return broker
 
 
@@ -171,7 +177,8 @@ def test_broker_and_commit_failures_are_retried_and_logged_without_a_traceback(
     handler = Handler(broker)
     run(handler)
     expect_committed(broker, {0: 1})
-    assert [type(e) for e in errors] == [KafkaTimeoutError, KafkaTimeoutError, CommitFailedError]
+    assert [code(e) for e in errors] == [KafkaError._TRANSPORT, KafkaError._TRANSPORT,
+                                         KafkaError.REBALANCE_IN_PROGRESS]
     assert handler.seen == [[(0, 0, "e1")]] * 2  # handled again after the failed commit
     assert len(broker.consumers) == 1
     failed = [r for r in caplog.records if r.name == consumer_module.__name__
@@ -233,6 +240,36 @@ def test_a_follower_of_a_topic_not_made_yet_has_read_everything_and_reads_it_onc
     eventually(lambda: handler.seen == [[(0, 0, "e1")]], timeout=10,
                what="the topic's first record, once the topic exists")
     assert loop.caught_up
+
+
+def test_a_follower_has_read_a_partition_that_holds_nothing(
+        broker: FakeBroker, run: Callable[..., Loop]) -> None:
+    broker.produce(1, interaction(1))  # partition 0 stays empty: no position is ever read there
+    handler = Handler(broker)
+    loop = run(handler, group_id=None)
+    eventually(lambda: loop.caught_up, timeout=10, what="the follower caught up")
+    assert handler.seen == [[(1, 0, "e1")]]
+
+
+def test_errors_the_client_reports_are_counted_and_logged_once_until_records_come(
+        broker: FakeBroker, run: Callable[..., Loop], errors: list[Exception],
+        caplog: pytest.LogCaptureFixture) -> None:
+    handler = Handler(broker)
+    run(handler)
+    for _ in range(3):  # a broker down: librdkafka reports it and reconnects by itself
+        broker.report(KafkaError(KafkaError._TRANSPORT, "connection refused"))
+    eventually(lambda: len(errors) == 3, timeout=10, what="three reported errors counted")
+    broker.produce(0, interaction(1))
+    expect_committed(broker, {0: 1})
+    broker.report(KafkaError(KafkaError._ALL_BROKERS_DOWN, "all brokers down"))
+    eventually(lambda: len(errors) == 4, timeout=10, what="the next outage counted")
+    assert {code(e) for e in errors} == {KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN}
+    warned = [r.getMessage() for r in caplog.records
+              if r.name == consumer_module.__name__ and r.levelno == logging.WARNING]
+    assert warned == ["Kafka client error: connection refused",
+                      "Kafka client error: all brokers down"]
+    assert len(broker.consumers) == 1  # no failure of the loop: the same client goes on
+    assert handler.seen == [[(0, 0, "e1")]]
 
 
 def test_the_backoff_doubles_up_to_its_longest_wait() -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from confluent_kafka import Consumer
+from kafka import KafkaAdminClient, KafkaProducer
 
 from services.core.config import KafkaSettings, ServerSettings
-from services.core.kafka import PLAINTEXT, consumer_config, producer_config
+from services.core.kafka import PLAINTEXT, KafkaSecurity, consumer_config, producer_config
 from services.core.settings import SettingsError, load
 
 
@@ -30,22 +31,39 @@ def test_plaintext_by_default() -> None:
     security = Settings().kafka_security()
     assert security == PLAINTEXT
     assert producer_config("b:9092", client_id="x")["security_protocol"] == "PLAINTEXT"
+    assert consumer_config("b:9092", group_id="g",
+                           client_id="x")["security.protocol"] == "PLAINTEXT"
 
 
 def test_sasl_ssl_reaches_producers_and_consumers() -> None:
     security = load(Settings, SASL_SSL).kafka_security()
-    expected = {"security_protocol": "SASL_SSL", "ssl_check_hostname": True,
-                "ssl_cafile": "/etc/kafka-ca/ca.crt", "sasl_mechanism": "SCRAM-SHA-256",
-                "sasl_plain_username": "recsys-ingest",
-                "sasl_plain_password": SASL_SSL["RECSYS_KAFKA_SASL_PASSWORD"]}
+    password = SASL_SSL["RECSYS_KAFKA_SASL_PASSWORD"]
     producer = producer_config("b:9092", client_id="x", security=security)
+    assert {"security_protocol": "SASL_SSL", "ssl_check_hostname": True,
+            "ssl_cafile": "/etc/kafka-ca/ca.crt", "sasl_mechanism": "SCRAM-SHA-256",
+            "sasl_plain_username": "recsys-ingest",
+            "sasl_plain_password": password}.items() <= producer.items()
     consumer = consumer_config("b:9092", group_id="g", client_id="x", security=security)
-    for config in (producer, consumer):
-        assert expected.items() <= config.items()
-    # Every option is one kafka-python knows, for each kind of client.
-    for client, config in ((KafkaProducer, producer), (KafkaConsumer, consumer),
+    assert {"security.protocol": "SASL_SSL", "ssl.endpoint.identification.algorithm": "https",
+            "ssl.ca.location": "/etc/kafka-ca/ca.crt", "sasl.mechanism": "SCRAM-SHA-256",
+            "sasl.username": "recsys-ingest",
+            "sasl.password": password}.items() <= consumer.items()
+    # Every option is one kafka-python knows, for each kind of kafka-python client.
+    for client, config in ((KafkaProducer, producer),
                            (KafkaAdminClient, security.client_options())):
         assert set(config) <= set(client.DEFAULT_CONFIG), client
+
+
+def test_librdkafka_accepts_every_consumer_property() -> None:
+    """librdkafka refuses an unknown property or value when the client is made (made here on a
+    closed loopback port: it connects nowhere else)."""
+    security = KafkaSecurity(protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-512",
+                             sasl_username="u",
+                             sasl_password="p")  # pragma: allowlist secret - a test value
+    for group_id in ("g", None):
+        config = consumer_config("127.0.0.1:1", group_id=group_id, client_id="x",
+                                 security=security)
+        Consumer(config).close()
 
 
 def test_client_certificates() -> None:
@@ -55,6 +73,9 @@ def test_client_certificates() -> None:
     assert security.client_options() == {
         "security_protocol": "SSL", "ssl_check_hostname": True, "ssl_certfile": "/c.crt",
         "ssl_keyfile": "/c.key"}
+    assert security.librdkafka_options() == {
+        "security.protocol": "SSL", "ssl.endpoint.identification.algorithm": "https",
+        "ssl.certificate.location": "/c.crt", "ssl.key.location": "/c.key"}
 
 
 def test_the_password_is_never_printed() -> None:

@@ -49,9 +49,17 @@ class Recorder:
 
 
 def assert_secured(options: dict[str, Any]) -> None:
+    """kafka-python's options (the producers and admin clients)."""
     assert options["security_protocol"] == "SASL_PLAINTEXT"
     assert options["sasl_mechanism"] == "SCRAM-SHA-512"
     assert options["sasl_plain_username"] == "recsys"
+
+
+def assert_secured_consumer(config: dict[str, Any]) -> None:
+    """librdkafka's properties (the consumers)."""
+    assert config["security.protocol"] == "SASL_PLAINTEXT"
+    assert config["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert config["sasl.username"] == "recsys"
 
 
 async def test_ingest_admin_client(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,9 +74,9 @@ async def test_ingest_admin_client(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def connected_options(monkeypatch: pytest.MonkeyPatch, loop: ConsumerLoop[Any]) -> dict[str, Any]:
-    """The options `loop` gave its KafkaConsumer, through the fake broker."""
+    """The configuration `loop` gave its Consumer, through the fake broker."""
     broker = FakeBroker("t")
-    monkeypatch.setattr(consumer_module, "KafkaConsumer", broker)
+    monkeypatch.setattr(consumer_module, "Consumer", broker)
     loop.start()
     try:
         eventually(lambda: bool(broker.consumers), timeout=10, what="a consumer connected")
@@ -80,10 +88,10 @@ def connected_options(monkeypatch: pytest.MonkeyPatch, loop: ConsumerLoop[Any]) 
 def test_trainer_consumer(monkeypatch: pytest.MonkeyPatch) -> None:
     loop = dataset_consumer(None, TrainerMetrics.create(CollectorRegistry()),  # type: ignore[arg-type]
                             TrainerSettings(**SECURITY_SETTINGS))
-    assert_secured(connected_options(monkeypatch, loop))
+    assert_secured_consumer(connected_options(monkeypatch, loop))
 
 
 def test_recommender_history_consumer(monkeypatch: pytest.MonkeyPatch) -> None:
     loop = history_consumer(None, RecommenderMetrics.create(CollectorRegistry()),  # type: ignore[arg-type]
                             RecommenderSettings(**SECURITY_SETTINGS))
-    assert_secured(connected_options(monkeypatch, loop))
+    assert_secured_consumer(connected_options(monkeypatch, loop))

@@ -51,7 +51,7 @@ class FlakyWriter(HistoryWriter):
 def test_a_redis_error_is_counted_and_the_batch_written_again(
         monkeypatch: pytest.MonkeyPatch) -> None:
     broker = FakeBroker("interactions")
-    monkeypatch.setattr(consumer_module, "KafkaConsumer", broker)
+    monkeypatch.setattr(consumer_module, "Consumer", broker)
     registry = CollectorRegistry()
     writer = FlakyWriter(failures=1)
     loop = history_consumer(writer, RecommenderMetrics.create(registry),
@@ -69,5 +69,5 @@ def test_a_redis_error_is_counted_and_the_batch_written_again(
     assert registry.get_sample_value("recsys_recommender_history_errors_total") == 1
     assert registry.get_sample_value("recsys_recommender_history_events_total") == 1
     # The freshness budget: the broker answers a fetch within 50 ms, 1000 records at most.
-    options = broker.consumers[0].options
-    assert (options["fetch_max_wait_ms"], options["max_poll_records"]) == (50, 1000)
+    consumer = broker.consumers[0]
+    assert (consumer.options["fetch.wait.max.ms"], consumer.num_messages[0]) == (50, 1000)
