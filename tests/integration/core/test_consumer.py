@@ -3,15 +3,17 @@ group's offsets move only after the handler succeeded."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 
 import pytest
+from confluent_kafka import KafkaException
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 
 from recsys.events.v1 import interaction_pb2
-from scripts.localstack.components import TansuBroker
+from scripts.localstack.components import TansuBroker, free_port
 from services.core.consumer import Batch, ConsumerLoop, Subscription
 from services.core.kafka import producer_config
 from tests.support.polling import eventually
@@ -107,3 +109,65 @@ def test_a_handler_that_fails_once_sees_every_record_in_order_and_commits_after(
         assert list(dict.fromkeys(seen)) == records  # every record, in order, at least once
     assert committed() == end
     assert loop.lag == 0
+
+
+def interactions(n: int) -> list[bytes]:
+    return [interaction_pb2.Interaction(event_id=f"e{i}", user_id="u1",
+                                        item_id=f"i{i}").SerializeToString() for i in range(n)]
+
+
+def send(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    producer = KafkaProducer(**producer_config(bootstrap, client_id="consumer-loop-test"))
+    try:
+        for value in values:
+            producer.send(topic, value=value).get(timeout=10)
+    finally:
+        producer.close()
+
+
+@pytest.mark.parametrize("group", ["member", None])
+def test_a_loop_started_before_its_topic_exists_does_not_create_it_and_reads_it_once_made(
+        kafka: TansuBroker, admins: tuple[KafkaAdminClient, KafkaAdminClient],
+        group: str | None) -> None:
+    admin, _ = admins
+    topic = f"later-{uuid.uuid4().hex[:8]}"
+    seen: list[str] = []
+    errors: list[Exception] = []
+    loop = ConsumerLoop(
+        Subscription(bootstrap=kafka.bootstrap, topic=topic, group_id=group and topic,
+                     name=topic),
+        lambda batch: seen.extend(r.message.event_id for r in batch.records if r.message),
+        on_error=errors.append)
+    loop.start()
+    try:
+        if group is None:  # a follower: nothing to read is having read everything
+            eventually(lambda: loop.caught_up, timeout=30, what="caught up with no topic")
+        eventually(lambda: topic not in admin.list_topics(), timeout=10, what="no topic")
+        admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+        send(kafka.bootstrap, topic, interactions(3))
+        eventually(lambda: sorted(seen) == ["e0", "e1", "e2"], timeout=60,
+                   what="the records of the topic made later")
+    finally:
+        loop.stop()
+    assert errors == []  # a topic not made yet is no failure
+
+
+def test_librdkafka_logs_and_errors_go_to_logging_and_on_error_not_to_stderr(
+        capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    bootstrap = f"127.0.0.1:{free_port()}"  # nothing listens there
+    errors: list[Exception] = []
+    loop = ConsumerLoop(Subscription(bootstrap=bootstrap, topic="t", group_id="g", name="down"),
+                        lambda batch: None, on_error=errors.append)
+    loop.start()
+    try:
+        eventually(lambda: errors, timeout=30, what="the unreachable broker reported")
+        eventually(lambda: any(r.name == "services.core.kafka.librdkafka"
+                               for r in caplog.records), timeout=30,
+                   what="librdkafka's log line about the failed connection")
+    finally:
+        loop.stop()
+    assert all(isinstance(e, KafkaException) for e in errors)
+    assert capfd.readouterr().err == ""
+    warned = [r for r in caplog.records
+              if r.name == "services.core.consumer" and r.levelno >= logging.WARNING]
+    assert len(warned) == 1  # once, however often librdkafka reported it
