@@ -274,7 +274,10 @@ class ConsumerLoop(Generic[M]):
 
     def _client_error(self, error: KafkaError) -> None:
         """librdkafka's `error_cb`, called from this loop's polls: counted, logged once until
-        records come again; the client retries by itself."""
+        records come again; the client retries by itself. A fatal one (the client is unusable)
+        is raised from the poll: a failure, and a new client."""
+        if error.fatal():
+            raise KafkaException(error)
         self._on_error(KafkaException(error))
         if not self._client_error_logged:
             self._client_error_logged = True

@@ -272,6 +272,18 @@ def test_errors_the_client_reports_are_counted_and_logged_once_until_records_com
     assert handler.seen == [[(0, 0, "e1")]]
 
 
+def test_a_fatal_client_error_is_a_failure_and_the_client_is_replaced(
+        broker: FakeBroker, run: Callable[..., Loop], errors: list[Exception]) -> None:
+    handler = Handler(broker)
+    run(handler)
+    eventually(lambda: broker.consumers, timeout=10, what="a consumer")
+    broker.report(KafkaError(KafkaError._FENCED, "fenced", fatal=True))
+    broker.produce(0, interaction(1))
+    expect_committed(broker, {0: 1})
+    assert [code(e) for e in errors] == [KafkaError._FENCED]
+    assert [c.closed for c in broker.consumers] == [True, False]
+
+
 def test_the_backoff_doubles_up_to_its_longest_wait() -> None:
     backoff = Backoff(first_s=0.5, longest_s=30.0)
     assert [backoff.delay_s(n) for n in range(1, 9)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
