@@ -67,7 +67,7 @@ class KafkaSecurity:
                 f"sasl_mechanism={self.sasl_mechanism!r}, sasl_username={self.sasl_username!r})")
 
     def client_options(self) -> dict[str, Any]:
-        """The kafka-python arguments (KafkaProducer, KafkaConsumer, KafkaAdminClient)."""
+        """The kafka-python arguments (KafkaProducer, KafkaAdminClient)."""
         options: dict[str, Any] = {"security_protocol": self.protocol}
         if self.protocol.endswith("SSL"):
             options["ssl_check_hostname"] = True
