@@ -206,7 +206,9 @@ async def test_a_restarted_replica_rebuilds_the_same_catalogue(
         answers = [await first.recommend(user, k=10, categories=["c1"]) for user in USERS]
     async with replica(**catalog_settings) as second:
         # SERVING only once the topic is read to its end: the first answer already knows.
+        # (GetModelInfo answers as soon as the model is loaded, before that: wait for health.)
         await second.wait_for_version(version)
+        await eventually_async(second.serving, timeout=30, what="SERVING after the catalogue")
         info = await model_info(second)
         assert (info.catalog.version, info.catalog.items, info.catalog.blocked_items) == \
             (seen, 119, 1)
