@@ -2,15 +2,24 @@
 consumer offsets and training jobs in one file.
 
 Why SQLite in WAL mode with synchronous=FULL: a transaction is on disk when `append` returns,
-so it survives kill -9 (and power loss); `event_id` is the primary key, so INSERT OR IGNORE
-deduplicates for free; the rows and each partition's next offset commit in the same
-transaction, so the offsets recorded with a snapshot describe exactly its rows; and a reader's
-transaction sees one consistent version of the file while the consumer keeps appending.
+so it survives kill -9 (and power loss); the rows and each partition's next offset commit in
+the same transaction, so the offsets recorded with a snapshot describe exactly its rows; and a
+reader's transaction sees one consistent version of the file while the consumer keeps
+appending.
+
+Rows are stored in the order they arrive (`seq`), so an append writes only the table's last
+pages. Event ids are random: a table keyed by them dirtied a page per event once it outgrew
+the page cache, which capped the store near 25,000 events/s past a few million rows. Each id
+is stored once all the same: records before the stored offsets are skipped (a re-read after a
+crash), and every other id is looked up in an in-memory index of the ids' 64-bit keys
+(`services.trainer.event_keys`; a key found is confirmed against the row's id).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,10 +33,15 @@ import numpy as np
 from services.model.lineage import Lineage
 from services.trainer import dataset_catalog
 from services.trainer.dataset_catalog import CatalogSnapshot, CatalogWrites
+from services.trainer.event_keys import EventKeyIndex, event_key, event_keys
 
-_SCHEMA = """
+log = logging.getLogger(__name__)
+
+_EVENTS_TABLE = """
 CREATE TABLE IF NOT EXISTS events (
-    event_id TEXT PRIMARY KEY,
+    seq INTEGER PRIMARY KEY,  -- the order rows were stored in
+    event_key INTEGER NOT NULL,  -- services.trainer.event_keys.event_key(event_id)
+    event_id TEXT NOT NULL,
     user_id TEXT NOT NULL,
     item_id TEXT NOT NULL,
     type TEXT NOT NULL,
@@ -35,7 +49,10 @@ CREATE TABLE IF NOT EXISTS events (
     occurred_at_us INTEGER NOT NULL,
     kafka_partition INTEGER NOT NULL,
     kafka_offset INTEGER NOT NULL
-) WITHOUT ROWID;
+)"""
+_EVENT_COLUMNS = ("event_id, user_id, item_id, type, value, occurred_at_us, kafka_partition,"
+                  " kafka_offset")
+_SCHEMA = """
 CREATE TABLE IF NOT EXISTS offsets (
     topic TEXT NOT NULL,
     kafka_partition INTEGER NOT NULL,
@@ -51,25 +68,27 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at);
 """
 
-# The writing connection's page cache and WAL pages between checkpoints (see DatasetStore).
-_WRITER_CACHE_KIB = 256 << 10
+# WAL pages between the writer's checkpoints: 64 MiB, so a 50,000-event append is not split
+# by a checkpoint's fsyncs (SQLite's default is 4 MiB).
 _CHECKPOINT_PAGES = 16_384
-# Events read per query while a snapshot is read, so memory stays bounded.
+# Rows read per query while a snapshot or the key index is read, so memory stays bounded.
 _CHUNK_ROWS = 100_000
 _SEP = "\x1f"  # ASCII unit separator: cannot occur in validated ids
-# One chunk of events in event_id order, each column as one string that SQLite builds: a
-# Python object per value would cost more than everything else a snapshot does. A value
-# prints with 17 significant digits ('!' lifts SQLite's 16-digit cap), which reads back as
-# the same float64.
+# One chunk of events in stored order, each column as one string that SQLite builds: a Python
+# object per value would cost more than everything else a snapshot does. A value prints with
+# 17 significant digits ('!' lifts SQLite's 16-digit cap), which reads back as the same
+# float64.
 _CHUNK_QUERY = """
-SELECT count(*), group_concat(event_id, char(31)), group_concat(user_id, char(31)),
+SELECT count(*), max(seq), group_concat(event_key, ','), group_concat(user_id, char(31)),
        group_concat(item_id, char(31)), group_concat(type, char(31)),
        group_concat(iif(value IS NULL, 'nan', printf('%!.17g', value)), ','),
        group_concat(occurred_at_us, ',')
-FROM (SELECT * FROM events WHERE event_id > ? ORDER BY event_id LIMIT ?)
+FROM (SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?)
 """
-# The columns the content hash covers, in the order their digests are combined.
-HASHED_COLUMNS = ("event_id", "user_id", "item_id", "type", "value", "occurred_at_us")
+_KEYS_QUERY = """
+SELECT count(*), max(seq), group_concat(event_key, ','), group_concat(seq, ',')
+FROM (SELECT seq, event_key FROM events WHERE seq > ? ORDER BY seq LIMIT ?)
+"""
 
 
 class StoredEvent(NamedTuple):
@@ -102,9 +121,11 @@ class TrainingData:
 
 @dataclass(frozen=True, eq=False)
 class Snapshot:
-    """A consistent copy of the dataset, one entry per event in event_id order, its ids and
-    types as indices (a Python string per event would take gigabytes at tens of millions), and
-    the catalogue as it stood then (hidden items' events are in it all the same)."""
+    """A consistent copy of the dataset, one entry per event in event key order (ties, a
+    64-bit collision, in stored order): the same events give the same order however they
+    arrived. Ids and types are indices (a Python string per event would take gigabytes at tens
+    of millions); the catalogue is as it stood then (hidden items' events are in it all the
+    same)."""
 
     lineage: Lineage
     users: np.ndarray  # int32 indices into user_ids
@@ -113,7 +134,7 @@ class Snapshot:
     values: np.ndarray  # float64, NaN where the event has no value
     user_ids: np.ndarray  # object (str): the distinct ids, in natural order
     item_ids: np.ndarray  # object (str): the distinct ids, in natural order
-    type_names: tuple[str, ...]
+    type_names: tuple[str, ...]  # in natural order
     catalog: CatalogSnapshot
 
     def training_data(self, type_weights: Mapping[str, float]) -> TrainingData:
@@ -148,14 +169,14 @@ class DatasetStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = self._connect()
-        # The writer's own tuning. Event ids are random, so each appended row lands on a page
-        # of its own in the events B-tree: a large page cache keeps those pages read once,
-        # and a checkpoint every 64 MiB of WAL (not 4) writes a page that several
-        # transactions changed back once.
-        self._db.execute(f"PRAGMA cache_size=-{_WRITER_CACHE_KIB}")
         self._db.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
+        _migrate_events(self._db)
+        self._db.execute(_EVENTS_TABLE)
         self._db.executescript(_SCHEMA + dataset_catalog.SCHEMA)
-        self._rows = int(self._db.execute("SELECT count(*) FROM events").fetchone()[0])
+        rows, last = self._db.execute("SELECT count(*), max(seq) FROM events").fetchone()
+        self._rows = int(rows)
+        self._last_seq = int(last or 0)
+        self._keys: EventKeyIndex | None = None  # read at the first append
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
@@ -176,27 +197,67 @@ class DatasetStore:
     def append(
         self, events: Sequence[StoredEvent], *, topic: str, next_offsets: Mapping[int, int]
     ) -> int:
-        """Store `events` (ignoring known event_ids) and the next offset of each partition in
-        one durable transaction; return how many events were new.
+        """Store `events` and the next offset of each partition in one durable transaction;
+        return how many events were new.
 
-        A partition's stored offset never moves backwards, so re-reading old records after a
-        crash (before Kafka got the commit) changes nothing.
+        An event is left out when its record comes before its partition's stored offset (a
+        re-read after a crash, before Kafka got the commit; a stored offset never moves
+        backwards) or its event_id is stored already or earlier in `events`.
         """
         with self._lock:
-            db = self._db
+            db, keys = self._db, self._key_index()
             db.execute("BEGIN IMMEDIATE")
             try:
-                before = db.total_changes
-                db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                               events)
-                added = db.total_changes - before
+                fresh = self._unstored(db, events, topic, keys)
+                seqs = np.arange(self._last_seq + 1, self._last_seq + 1 + len(fresh))
+                fresh_keys = event_keys(e.event_id for e in fresh)
+                db.executemany(
+                    f"INSERT INTO events (seq, event_key, {_EVENT_COLUMNS})"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(seq, key, *e) for seq, key, e in zip(seqs.tolist(), fresh_keys.tolist(),
+                                                           fresh, strict=True)])
                 _save_offsets(db, topic, next_offsets)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            self._rows += added
-        return added
+            keys.add(fresh_keys, seqs)
+            self._last_seq += len(fresh)
+            self._rows += len(fresh)
+        return len(fresh)
+
+    def _unstored(self, db: sqlite3.Connection, events: Sequence[StoredEvent], topic: str,
+                  keys: EventKeyIndex) -> list[StoredEvent]:
+        """`events` not stored yet, each id once (its first record)."""
+        stored_offsets = self._offsets(db, topic)
+        firsts: dict[str, StoredEvent] = {}
+        for event in events:
+            if event.offset >= stored_offsets.get(event.partition, 0):
+                firsts.setdefault(event.event_id, event)
+        candidates = keys.candidates(event_keys(firsts))
+        if not candidates:
+            return list(firsts.values())
+        seqs = [seq for found in candidates.values() for seq in found]
+        stored = {event_id for (event_id,) in db.execute(
+            "SELECT event_id FROM events WHERE seq IN (SELECT value FROM json_each(?))",
+            (json.dumps(seqs),))}
+        return [event for event in firsts.values() if event.event_id not in stored]
+
+    def _key_index(self) -> EventKeyIndex:
+        """The index of stored ids' keys, read from the table the first time."""
+        if self._keys is None:
+            keys, seqs, last = [], [], 0
+            while True:
+                count, last, chunk_keys, chunk_seqs = self._db.execute(
+                    _KEYS_QUERY, (last, _CHUNK_ROWS)).fetchone()
+                if not count:
+                    break
+                keys.append(np.fromstring(chunk_keys, dtype=np.int64, sep=","))
+                seqs.append(np.fromstring(chunk_seqs, dtype=np.int64, sep=","))
+            self._keys = EventKeyIndex()
+            if keys:
+                self._keys.add(np.concatenate(keys), np.concatenate(seqs))
+        return self._keys
 
     def delete_user_events(self, user_id: str, *, before: Mapping[int, int]) -> int:
         """Delete `user_id`'s events read before the offsets `before` (per partition); how
@@ -246,16 +307,8 @@ class DatasetStore:
         return {int(p): int(o) for p, o in rows}
 
     def snapshot(self, topic: str, *, catalog_topic: str = "") -> Snapshot:
-        """Read every event, the catalogue and both topics' offsets in one read transaction,
-        hashing as it goes (the catalogue's hash: `dataset_catalog.content_hash`).
-
-        The content hash (from this version on; earlier ones hashed row by row, so compare
-        hashes made by the same version) is SHA-256 over the SHA-256 digests of the columns
-        in `HASHED_COLUMNS` order, each column taken in event_id order: a text column as its
-        values, each followed by U+001F, in UTF-8; value as little-endian float64 (NaN where
-        absent); occurred_at_us as little-endian int64. The same events give the same hash
-        however they were partitioned or delivered.
-        """
+        """Read every event, the catalogue and both topics' offsets in one read transaction
+        (the catalogue's hash: `dataset_catalog.content_hash`; the events': `content_hash`)."""
         db = self._connect()
         reader = _ColumnReader()
         # SQLite builds the next chunk (it releases the GIL meanwhile) while a worker thread
@@ -267,12 +320,12 @@ class DatasetStore:
                 offsets = self._offsets(db, topic)
                 catalog_offsets = self._offsets(db, catalog_topic)
                 catalog = dataset_catalog.read(db)
-                last = ""
+                last = 0
                 while True:
-                    count, *columns = db.execute(_CHUNK_QUERY, (last, _CHUNK_ROWS)).fetchone()
+                    count, last, *columns = db.execute(_CHUNK_QUERY,
+                                                       (last, _CHUNK_ROWS)).fetchone()
                     if not count:
                         break
-                    last = columns[0].rpartition(_SEP)[2]
                     if taken is not None:
                         taken.result()
                     taken = worker.submit(reader.add, columns)
@@ -363,41 +416,43 @@ def index_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _ColumnReader:
-    """A snapshot's chunks (each column one separated string) into hashes and arrays."""
+    """A snapshot's chunks (each column one separated string) into arrays."""
 
     def __init__(self) -> None:
-        self._digests = {name: hashlib.sha256() for name in HASHED_COLUMNS}
         self._users, self._items, self._types = _Codes(), _Codes(), _Codes()
-        self._parts: dict[str, list[np.ndarray]] = {"users": [], "items": [], "types": [],
-                                                     "values": []}
+        self._parts: dict[str, list[np.ndarray]] = {
+            "keys": [], "users": [], "items": [], "types": [], "values": [], "times": []}
 
     def add(self, chunk: Sequence[str]) -> None:
-        """Take one chunk (a string per column of `HASHED_COLUMNS`), chunks in event_id
-        order."""
-        event_ids, user_ids, item_ids, types, values, times = chunk
-        digests = self._digests
-        for name, text in (("event_id", event_ids), ("user_id", user_ids),
-                           ("item_id", item_ids), ("type", types)):
-            digests[name].update(text.encode() + _SEP.encode())
-        floats = np.fromstring(values, dtype="<f8", sep=",")
-        digests["value"].update(floats.tobytes())
-        digests["occurred_at_us"].update(np.fromstring(times, dtype="<i8", sep=",").tobytes())
+        """Take one chunk (event_key, user_id, item_id, type, value and occurred_at_us, each
+        as one string), chunks in stored order."""
+        keys, user_ids, item_ids, types, values, times = chunk
         parts = self._parts
+        parts["keys"].append(np.fromstring(keys, dtype=np.int64, sep=","))
         parts["users"].append(self._users.encode(user_ids.split(_SEP)))
         parts["items"].append(self._items.encode(item_ids.split(_SEP)))
         parts["types"].append(self._types.encode(types.split(_SEP)).astype(np.int8))
-        parts["values"].append(floats)
+        parts["values"].append(np.fromstring(values, dtype=np.float64, sep=","))
+        parts["times"].append(np.fromstring(times, dtype=np.int64, sep=","))
 
     def snapshot(self, topic: str, offsets: Mapping[int, int], *, catalog: CatalogSnapshot,
                  catalog_topic: str, catalog_offsets: Mapping[int, int]) -> Snapshot:
-        users, items, types, values = (
+        keys, users, items, types, values, times = (
             np.concatenate(parts) if parts else np.zeros(0, dtype)
-            for parts, dtype in zip(self._parts.values(), (np.int32, np.int32, np.int8, np.float64),
+            for parts, dtype in zip(self._parts.values(), (np.int64, np.int32, np.int32,
+                                                           np.int8, np.float64, np.int64),
                                     strict=True))
-        user_ids, users = self._users.natural(users)
-        item_ids, items = self._items.natural(items)
-        combined = hashlib.sha256(b"".join(d.digest() for d in self._digests.values()))
-        lineage = Lineage(topic=topic, row_count=len(users), content_hash=combined.hexdigest(),
+        self._parts.clear()  # each column is held once while it is put in order
+        order = np.argsort(keys, kind="stable")
+        keys, values, times = keys[order], values[order], times[order]
+        user_ids, users = self._users.natural(users[order])
+        item_ids, items = self._items.natural(items[order])
+        type_names, types = self._types.natural(types[order])
+        types = types.astype(np.int8)
+        lineage = Lineage(topic=topic, row_count=len(users),
+                          content_hash=content_hash(
+                              keys, users=(user_ids, users), items=(item_ids, items),
+                              types=(type_names, types), values=values, times=times),
                           partition_offsets=dict(offsets), user_count=len(user_ids),
                           item_count=len(item_ids), catalog_topic=catalog_topic,
                           catalog_offsets=dict(catalog_offsets),
@@ -405,7 +460,54 @@ class _ColumnReader:
                           catalog_user_count=len(catalog.users),
                           catalog_content_hash=catalog.content_hash)
         return Snapshot(lineage, users, items, types, values, user_ids, item_ids,
-                        tuple(self._types.known), catalog)
+                        tuple(type_names.tolist()), catalog)
+
+
+Indexed = tuple[np.ndarray, np.ndarray]  # distinct strings in natural order, and an index each
+
+
+def content_hash(keys: np.ndarray, *, users: Indexed, items: Indexed, types: Indexed,
+                 values: np.ndarray, times: np.ndarray) -> str:
+    """The events' content hash: SHA-256 over the SHA-256 digests of, in this order, the event
+    keys (little-endian int64), the user ids (each followed by U+001F, UTF-8) then each
+    event's index among them (little-endian int32), the same for items (int32) and types
+    (int8), the values (little-endian float64, NaN where absent) and occurred_at_us
+    (little-endian int64); every per-event array in the snapshot's order, ids in natural
+    order. The same events give the same hash however they were partitioned or delivered.
+    (Hashes before the store kept rows in arrival order covered the event ids' text in id
+    order: compare hashes made by the same version.)"""
+    def text(ids: np.ndarray) -> bytes:
+        return "".join(f"{v}{_SEP}" for v in ids.tolist()).encode()
+
+    def little(values: np.ndarray, dtype: str) -> bytes:
+        return np.ascontiguousarray(values, dtype).tobytes()
+
+    parts = [little(keys, "<i8")]
+    for (ids, index), dtype in ((users, "<i4"), (items, "<i4"), (types, "<i1")):
+        parts += [text(ids), little(index, dtype)]
+    parts += [little(values, "<f8"), little(times, "<i8")]
+    return hashlib.sha256(b"".join(hashlib.sha256(p).digest() for p in parts)).hexdigest()
+
+
+def _migrate_events(db: sqlite3.Connection) -> None:
+    """Rows of the earlier layout (keyed by event_id) into this one, once, in topic order."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(events)")}
+    if not columns or "event_key" in columns:
+        return
+    log.info("moving the dataset's events to the arrival-order layout (once)")
+    db.create_function("event_key", 1, event_key, deterministic=True)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("ALTER TABLE events RENAME TO events_by_id")
+        db.execute(_EVENTS_TABLE)
+        db.execute(f"INSERT INTO events (event_key, {_EVENT_COLUMNS})"
+                   f" SELECT event_key(event_id), {_EVENT_COLUMNS} FROM events_by_id"
+                   " ORDER BY kafka_partition, kafka_offset")
+        db.execute("DROP TABLE events_by_id")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def _compact(ids: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

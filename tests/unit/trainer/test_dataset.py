@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import math
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from services.trainer import dataset
 from services.trainer.dataset import DatasetStore, StoredEvent, index_ids
+from services.trainer.event_keys import event_key
 from services.trainer.settings import DEFAULT_TYPE_WEIGHTS
 
 
@@ -137,29 +139,40 @@ def test_nan_never_reaches_the_weights(store: DatasetStore) -> None:
     assert not any(math.isnan(w) for w in data.weights)
 
 
-def test_ids_are_indexed_in_natural_order(store: DatasetStore) -> None:
-    store.append([event(1, user="10", item="b"), event(2, user="9", item="a"),
-                  event(3, user="x", item="a"), event(4, user="10", item="10")],
-                 topic="t", next_offsets={0: 5})
+def test_ids_are_indexed_in_natural_order_events_in_key_order(store: DatasetStore) -> None:
+    events = [event(1, user="10", item="b"), event(2, user="9", item="a"),
+              event(3, user="x", item="a"), event(4, user="10", item="10")]
+    store.append(events, topic="t", next_offsets={0: 5})
     data = store.snapshot("t").training_data(DEFAULT_TYPE_WEIGHTS)
     assert list(data.user_ids) == ["9", "10", "x"]
     assert list(data.item_ids) == ["10", "a", "b"]
+    by_key = sorted(events, key=lambda e: event_key(e.event_id))
     assert [data.user_ids[u] + ":" + data.item_ids[i]
-            for u, i in zip(data.users, data.items, strict=True)] == ["10:b", "9:a", "x:a", "10:10"]
+            for u, i in zip(data.users, data.items, strict=True)] == [
+        f"{e.user_id}:{e.item_id}" for e in by_key]
+    assert [e.event_id for e in by_key] != [e.event_id for e in events]  # the order is tested
 
 
 Row = tuple[str, str, str, float | None]
 
 
 def reference_snapshot(path: Path) -> tuple[list[Row], str]:
-    """The events (user, item, type, value) in event_id order, read row by row, and the
-    content hash as its docstring defines it, computed row by row."""
+    """The events (user, item, type, value) in event key order, read row by row, and the
+    content hash as `dataset.content_hash` defines it, computed row by row."""
     with sqlite3.connect(path) as db:
-        rows = db.execute("SELECT event_id, user_id, item_id, type, value, occurred_at_us"
-                          " FROM events ORDER BY event_id").fetchall()
+        rows = db.execute("SELECT event_key, user_id, item_id, type, value, occurred_at_us"
+                          " FROM events ORDER BY event_key, seq").fetchall()
     columns = list(zip(*rows, strict=True))
-    digests = [hashlib.sha256("".join(f"{v}\x1f" for v in column).encode()).digest()
-               for column in columns[:4]]
+
+    def natural(value: str) -> tuple[int, int, str]:
+        return (0, int(value), value) if value.isdigit() else (1, 0, value)
+
+    digests = [hashlib.sha256(np.array(columns[0], "<i8").tobytes()).digest()]
+    for column, dtype in zip(columns[1:4], ("<i4", "<i4", "<i1"), strict=True):
+        ids = sorted(set(column), key=natural)
+        digests.append(hashlib.sha256("".join(f"{v}\x1f" for v in ids).encode()).digest())
+        digests.append(hashlib.sha256(np.array([ids.index(v) for v in column], dtype)
+                                      .tobytes()).digest())
     digests.append(hashlib.sha256(np.array(
         [math.nan if v is None else v for v in columns[4]], "<f8").tobytes()).digest())
     digests.append(hashlib.sha256(np.array(columns[5], "<i8").tobytes()).digest())
@@ -194,22 +207,69 @@ def test_snapshot_reads_in_chunks_what_a_row_by_row_read_gives(
     assert store.snapshot("t").lineage.content_hash == content_hash
 
 
-def test_a_store_with_the_earlier_row_layout_reads_the_same(tmp_path: Path) -> None:
-    old_layout = tmp_path / "old.sqlite3"
-    with sqlite3.connect(old_layout) as db:
-        db.executescript(dataset._SCHEMA.replace(") WITHOUT ROWID;", ");"))
-    old, new = DatasetStore(old_layout), DatasetStore(tmp_path / "new.sqlite3")
-    for store in (old, new):
-        store.append(many_events(), topic="t", next_offsets={0: 200})
-    assert old.snapshot("t").lineage == new.snapshot("t").lineage
-    assert snapshot_events(old) == snapshot_events(new)
+# The events table before rows were kept in arrival order (keyed by event_id; an earlier
+# version without WITHOUT ROWID).
+EARLIER_EVENTS = """CREATE TABLE events (event_id TEXT PRIMARY KEY, user_id TEXT NOT NULL,
+    item_id TEXT NOT NULL, type TEXT NOT NULL, value REAL, occurred_at_us INTEGER NOT NULL,
+    kafka_partition INTEGER NOT NULL, kafka_offset INTEGER NOT NULL)"""
+
+
+@pytest.mark.parametrize("layout", [EARLIER_EVENTS + " WITHOUT ROWID", EARLIER_EVENTS])
+def test_a_store_with_an_earlier_row_layout_is_moved_and_reads_the_same(
+        tmp_path: Path, layout: str) -> None:
+    earlier = tmp_path / "earlier.sqlite3"
+    with closing(sqlite3.connect(earlier)) as db, db:
+        db.execute(layout)
+        db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", many_events())
+    moved, new = DatasetStore(earlier), DatasetStore(tmp_path / "new.sqlite3")
+    new.append(many_events(), topic="t", next_offsets={0: 200})
+    assert moved.row_count == 200
+    assert moved.snapshot("t").lineage.content_hash == new.snapshot("t").lineage.content_hash
+    assert snapshot_events(moved) == snapshot_events(new)
+    assert moved.append([event(1, offset=300)], topic="t", next_offsets={0: 301}) == 0
+    assert moved.append([event(500, offset=301)], topic="t", next_offsets={0: 302}) == 1
+
+
+def test_an_id_stored_before_reopening_is_not_stored_again(tmp_path: Path) -> None:
+    path = tmp_path / "trainer.sqlite3"
+    DatasetStore(path).append([event(1), event(2)], topic="t", next_offsets={0: 3})
+    again = DatasetStore(path)
+    assert again.append([event(2, offset=7), event(3, offset=8)], topic="t",
+                        next_offsets={0: 9}) == 1
+    assert again.row_count == 3
+
+
+def test_a_batch_keeps_the_first_record_of_an_id(store: DatasetStore) -> None:
+    assert store.append([event(1, item="first"), event(1, item="second", offset=2)],
+                        topic="t", next_offsets={0: 3}) == 1
+    assert store.snapshot("t").item_ids.tolist() == ["first"]
+
+
+def test_ids_whose_keys_collide_are_both_stored(store: DatasetStore,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dataset, "event_keys",
+                        lambda ids: np.zeros(len(list(ids)), np.int64))  # every key equal
+    assert store.append([event(1), event(2)], topic="t", next_offsets={0: 3}) == 2
+    assert store.append([event(2, offset=3), event(3, offset=4)], topic="t",
+                        next_offsets={0: 5}) == 1
+    assert store.row_count == 3
+
+
+def test_a_re_read_before_the_stored_offsets_adds_nothing_even_after_an_erasure(
+        store: DatasetStore) -> None:
+    store.append([event(1, user="gone"), event(2, user="kept")], topic="t",
+                 next_offsets={0: 3})
+    store.delete_user_events("gone", before={0: 3})
+    assert store.append([event(1, user="gone"), event(2, user="kept")], topic="t",
+                        next_offsets={0: 3}) == 0
+    assert store.snapshot("t").lineage.user_count == 1
 
 
 def test_values_read_back_exactly(store: DatasetStore) -> None:
     values = [1 / 3, 0.1 + 0.2, 1e-300, 123456789.123456789, 2.5]
     store.append([event(n, kind="purchase", value=v) for n, v in enumerate(values)],
                  topic="t", next_offsets={0: 5})
-    assert store.snapshot("t").values.tolist() == values
+    assert sorted(store.snapshot("t").values.tolist()) == sorted(values)
 
 
 def test_index_ids_numbers_ids_in_natural_order_as_a_snapshot_does() -> None:
