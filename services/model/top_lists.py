@@ -100,15 +100,16 @@ class TopLists:
             start = end
         return cls(rows=rows, scores=scores)
 
-    def pick(self, user: int, k: int, excluded: Collection[int]
-             ) -> list[tuple[int, float]] | None:
-        """The user's best k (row, score) without `excluded`, or None when the list holds
-        fewer than k such items (the caller must score). Only the first k + len(excluded)
-        entries can hold the answer, so only they are read."""
-        end = k + len(excluded)
+    def pick(self, user: int, k: int, excluded: Collection[int],
+             blocked: Collection[int] = frozenset()) -> list[tuple[int, float]] | None:
+        """The user's best k (row, score) in neither `excluded` nor `blocked` (two containers,
+        so that a large shared one is not copied per request), or None when the list holds
+        fewer than k such items (the caller must score). Only the first k + len(excluded) +
+        len(blocked) entries can hold the answer, so only they are read."""
+        end = k + len(excluded) + len(blocked)
         rows, scores = self.rows[user, :end].tolist(), self.scores[user, :end].tolist()
         picked = [(row, score) for row, score in zip(rows, scores, strict=True)
-                  if row not in excluded][:k]
+                  if row not in excluded and row not in blocked][:k]
         # Scores are sorted, -inf past the last allowed item: the last pick shows a short list.
         if len(picked) < k or (picked and picked[-1][1] == float("-inf")):
             return None

@@ -26,10 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Protocol, TypeVar
-
-from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from recsys.recommender.v1 import recommender_pb2
 from services.core.errors import FailedPrecondition
@@ -60,27 +57,17 @@ _STRATEGY_FROM_PROTO = {v: k for k, v in _STRATEGY_TO_PROTO.items()}
 
 @dataclass(frozen=True, eq=False)
 class Recommendation:
-    model_version: str
-    strategy: Strategy
-    items: Ranked
-    cold_start: frozenset[str] = frozenset()  # items the model does not know (catalogue)
+    """An answer as served: an answer from the in-process tier sends its `proto` again as is
+    (never mutate it)."""
 
-    @cached_property
-    def proto(self) -> recommender_pb2.RecommendResponse:
-        """Built once: an answer from the in-process tier is sent again as is (never mutate)."""
-        response = recommender_pb2.RecommendResponse(
-            model_version=self.model_version, strategy=_STRATEGY_TO_PROTO[self.strategy])
-        _add_items(response.items, self.items, self.cold_start)
-        return response
+    proto: recommender_pb2.RecommendResponse
+    strategy: Strategy
+    cold_start: bool  # some of its items are unknown to the model (catalogue)
 
     @classmethod
     def from_proto(cls, message: recommender_pb2.RecommendResponse) -> Recommendation:
-        return cls(
-            model_version=message.model_version,
-            strategy=_STRATEGY_FROM_PROTO[message.strategy],
-            items=tuple((item.item_id, item.score) for item in message.items),
-            cold_start=frozenset(item.item_id for item in message.items if item.cold_start),
-        )
+        return cls(message, _STRATEGY_FROM_PROTO[message.strategy],
+                   any(item.cold_start for item in message.items))
 
 
 @dataclass(frozen=True)
@@ -94,20 +81,10 @@ class Similar:
     def proto(self) -> recommender_pb2.SimilarItemsResponse:
         response = recommender_pb2.SimilarItemsResponse(
             model_version=self.model_version, cold_start=self.anchor_cold_start)
-        _add_items(response.items, self.items, self.cold_start)
+        add = response.items.add  # in place: half the cost of building ScoredItems to pass in
+        for item_id, score in self.items:
+            add(item_id=item_id, score=score, cold_start=item_id in self.cold_start)
         return response
-
-
-def _add_items(field: RepeatedCompositeFieldContainer[recommender_pb2.ScoredItem],
-               items: Ranked, cold_start: frozenset[str]) -> None:
-    """`items` appended to `field` in place: half the cost of building ScoredItem messages
-    and passing them in (a miss builds its answer on every request)."""
-    add = field.add
-    for item_id, score in items:
-        if item_id in cold_start:
-            add(item_id=item_id, score=score, cold_start=True)
-        else:
-            add(item_id=item_id, score=score)
 
 
 class ModelSource(Protocol):
@@ -223,7 +200,8 @@ class Recommender:
         """`result` as served; only the filter's extra items can be unknown to the model."""
         strategy, ranked = result
         cold = _cold(model.scorer, ranked) if items.extra_ids else frozenset()
-        return Recommendation(model.version, strategy, ranked, cold)
+        return Recommendation(model.responses.recommend(_STRATEGY_TO_PROTO[strategy], ranked,
+                                                        cold), strategy, bool(cold))
 
     def _served(self, answer: Recommendation, result: str, tier: str) -> Recommendation:
         self._outcomes[result, tier].inc()

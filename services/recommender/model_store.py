@@ -17,7 +17,7 @@ import logging
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -26,6 +26,7 @@ from services.model.artifact import ArtifactRefused, ModelArtifact
 from services.model.lineage import Lineage
 from services.model.versions import CHAMPION, VersionInfo
 from services.recommender.metrics import RecommenderMetrics
+from services.recommender.responses import ResponseWriter
 from services.recommender.scoring import Scorer
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,11 @@ class LoadedModel:
     item_count: int
     factors: int
     scorer: Scorer
+    responses: ResponseWriter = field(init=False)  # built with the model, off the event loop
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "responses", ResponseWriter(self.version,
+                                                              self.scorer.item_ids))
 
     @property
     def cache_tag(self) -> str:

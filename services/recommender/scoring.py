@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
-from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,24 +86,6 @@ class Query:
     items: ItemFilter = NO_FILTER
     anonymous: bool = False
     popularity: np.ndarray | None = None
-
-
-class _Excluded:
-    """A query's excluded rows and its filter's blocked ones, as one container."""
-
-    __slots__ = ("_blocked", "_rows")
-
-    def __init__(self, rows: set[int], blocked: Set[int]) -> None:
-        self._rows, self._blocked = rows, blocked
-
-    def __contains__(self, row: object) -> bool:
-        return row in self._rows or row in self._blocked
-
-    def __len__(self) -> int:  # at most: a row may be in both
-        return len(self._rows) + len(self._blocked)
-
-    def __iter__(self) -> Iterator[int]:
-        return itertools.chain(self._rows, self._blocked)
 
 
 class Scorer:
@@ -204,14 +186,15 @@ class Scorer:
         if (self.top_lists is None or row is None or not query.exclude_seen
                 or query.items.only is not None):
             return None
-        excluded = set(self._indices(query.exclude_item_ids))
-        excluded.update(self._indices(query.recent_item_ids))
-        picked = self.top_lists.pick(row, min(query.k, self.n_items),
-                                     _Excluded(excluded, query.items.blocked))
+        index = self._item_index
+        excluded = {index[item] for item in itertools.chain(
+            query.exclude_item_ids, query.recent_item_ids) if item in index}
+        picked = self.top_lists.pick(row, min(query.k, self.n_items), excluded,
+                                     query.items.blocked)
         if picked is None:
             return None
         ids = self.item_ids
-        ranked = tuple((ids[item], score) for item, score in picked)
+        ranked = tuple([(ids[item], score) for item, score in picked])
         return Strategy.PERSONALIZED, self._with_extras(query, self._users[row], ranked)
 
     def direct(self, query: Query) -> tuple[Strategy, Ranked] | None:
