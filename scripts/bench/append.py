@@ -49,7 +49,7 @@ from services.core.consumer import Record
 from services.core.kafka import producer_config
 from services.data.synthetic import SyntheticData, SyntheticSpec
 from services.ingest.validation import derive_event_id
-from services.trainer.consumer import dataset_consumer, stored_event
+from services.trainer.consumer import dataset_consumer, stored_event, tune_garbage_collector
 from services.trainer.dataset import DatasetStore, StoredEvent
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.settings import TrainerSettings
@@ -163,6 +163,7 @@ def main() -> None:
     command = " ".join(["scripts/bench/append.py", *sys.argv[1:]])
     print(f"{command}\n{machine()}\nload average {load()}", flush=True)
     derived_ids = args.ids == "derived"
+    tune_garbage_collector()  # as `python -m services.trainer` does
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     with tempfile.TemporaryDirectory(prefix="bench-append-") as tmp:
         if args.store_only:

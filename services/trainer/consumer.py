@@ -7,6 +7,7 @@ records that the store already holds, and their event_ids make that a no-op.
 
 from __future__ import annotations
 
+import gc
 import logging
 
 from recsys.events.v1 import interaction_pb2
@@ -18,6 +19,8 @@ from services.trainer.settings import TrainerSettings
 log = logging.getLogger(__name__)
 
 _POLL_TIMEOUT_MS = 500
+# The cyclic collector's thresholds for the trainer's process (see tune_garbage_collector).
+_GC_THRESHOLDS = (50_000, 20, 20)
 # The stored name of each InteractionType: "INTERACTION_TYPE_ADD_TO_CART" -> "add_to_cart".
 _TYPE_NAMES = {number: name.removeprefix("INTERACTION_TYPE_").lower()
                for name, number in interaction_pb2.InteractionType.items()
@@ -33,12 +36,12 @@ def stored_event(record: Record[interaction_pb2.Interaction]) -> StoredEvent | N
     if event is None or not event.HasField("occurred_at"):
         return None
     kind = _TYPE_NAMES.get(event.type)  # None: unspecified, or added after this build
-    if kind is None or not event.event_id or not event.user_id or not event.item_id:
+    event_id, user_id, item_id = event.event_id, event.user_id, event.item_id
+    if kind is None or not event_id or not user_id or not item_id:
         return None
     occurred = event.occurred_at
     return StoredEvent(
-        event.event_id, event.user_id, event.item_id, kind,
-        event.value if event.HasField("value") else None,
+        event_id, user_id, item_id, kind, event.value if event.HasField("value") else None,
         occurred.seconds * 1_000_000 + occurred.nanos // 1000, record.partition, record.offset)
 
 
@@ -83,3 +86,14 @@ def dataset_consumer(store: DatasetStore, metrics: TrainerMetrics,
     )
     metrics.consumer_lag.set_function(lambda: loop.lag)
     return loop
+
+
+def tune_garbage_collector() -> None:
+    """A young-generation collection every 50,000 allocations instead of 700, for the process.
+
+    A 50,000-event batch makes a few hundred thousand short-lived tuples and messages, and with
+    the default threshold the collector ran over them again and again: 1M events through
+    scripts/bench/append.py took 15.2 µs of CPU per event with it, 11.4 µs without it (65,000
+    -> 86,000 events/s). The trainer keeps few other Python objects (its data are arrays).
+    """
+    gc.set_threshold(*_GC_THRESHOLDS)

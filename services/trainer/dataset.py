@@ -208,9 +208,8 @@ class DatasetStore:
             db, keys = self._db, self._key_index()
             db.execute("BEGIN IMMEDIATE")
             try:
-                fresh = self._unstored(db, events, topic, keys)
+                fresh, fresh_keys = self._unstored(db, events, topic, keys)
                 seqs = np.arange(self._last_seq + 1, self._last_seq + 1 + len(fresh))
-                fresh_keys = event_keys(e.event_id for e in fresh)
                 db.executemany(
                     f"INSERT INTO events (seq, event_key, {_EVENT_COLUMNS})"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -227,21 +226,23 @@ class DatasetStore:
         return len(fresh)
 
     def _unstored(self, db: sqlite3.Connection, events: Sequence[StoredEvent], topic: str,
-                  keys: EventKeyIndex) -> list[StoredEvent]:
-        """`events` not stored yet, each id once (its first record)."""
+                  keys: EventKeyIndex) -> tuple[list[StoredEvent], np.ndarray]:
+        """`events` not stored yet, each id once (its first record), and their keys."""
         stored_offsets = self._offsets(db, topic)
         firsts: dict[str, StoredEvent] = {}
         for event in events:
             if event.offset >= stored_offsets.get(event.partition, 0):
                 firsts.setdefault(event.event_id, event)
-        candidates = keys.candidates(event_keys(firsts))
+        fresh, fresh_keys = list(firsts.values()), event_keys(firsts)
+        candidates = keys.candidates(fresh_keys)
         if not candidates:
-            return list(firsts.values())
+            return fresh, fresh_keys
         seqs = [seq for found in candidates.values() for seq in found]
         stored = {event_id for (event_id,) in db.execute(
             "SELECT event_id FROM events WHERE seq IN (SELECT value FROM json_each(?))",
             (json.dumps(seqs),))}
-        return [event for event in firsts.values() if event.event_id not in stored]
+        new = np.array([event.event_id not in stored for event in fresh], bool)
+        return [event for event, keep in zip(fresh, new, strict=True) if keep], fresh_keys[new]
 
     def _key_index(self) -> EventKeyIndex:
         """The index of stored ids' keys, read from the table the first time."""

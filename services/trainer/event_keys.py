@@ -11,8 +11,8 @@ Memory: 16 bytes per stored event (and, while the largest runs merge, that again
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
+from hashlib import blake2b
 
 import numpy as np
 
@@ -20,12 +20,14 @@ import numpy as np
 def event_key(event_id: str) -> int:
     """The id's key: the first 8 bytes of its BLAKE2b digest as a signed integer (SQLite's
     INTEGER), the same in every process and version."""
-    digest = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
+    digest = blake2b(event_id.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little", signed=True)
 
 
 def event_keys(event_ids: Iterable[str]) -> np.ndarray:
-    return np.fromiter((event_key(e) for e in event_ids), np.int64)
+    """`event_key` of each id, as int64 (one call per id, the bytes read at once)."""
+    return np.frombuffer(b"".join(blake2b(e.encode(), digest_size=8).digest()
+                                  for e in event_ids), "<i8").astype(np.int64)
 
 
 class EventKeyIndex:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -7,10 +8,10 @@ from prometheus_client import CollectorRegistry
 
 from recsys.events.v1 import interaction_pb2
 from services.core.consumer import Batch, Record, decode
-from services.trainer.consumer import DatasetAppender, stored_event
+from services.trainer.consumer import DatasetAppender, stored_event, tune_garbage_collector
 from services.trainer.dataset import DatasetStore, StoredEvent
 from services.trainer.metrics import TrainerMetrics
-from services.trainer.settings import INTERACTION_TYPES
+from services.trainer.settings import INTERACTION_TYPES, TrainerSettings
 
 
 def interaction(**fields: object) -> bytes:
@@ -84,3 +85,12 @@ def test_a_batch_is_stored_with_its_next_offsets_and_invalid_events_counted(
     assert (consumed("stored"), consumed("duplicate"), consumed("invalid")) == (2, 1, 1)
     assert registry.get_sample_value("recsys_trainer_dataset_rows") == 2
     store.close()
+
+
+def test_the_trainer_collects_young_objects_once_a_batch_not_every_700() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_garbage_collector()
+        assert gc.get_threshold()[0] >= TrainerSettings().consumer_batch
+    finally:
+        gc.set_threshold(*before)
