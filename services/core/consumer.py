@@ -41,6 +41,7 @@ from confluent_kafka import (
     KafkaException,
     TopicPartition,
 )
+from confluent_kafka import Message as KafkaMessage
 from google.protobuf.message import DecodeError, Message
 
 from recsys.events.v1.interaction_pb2 import Interaction
@@ -227,8 +228,7 @@ class ConsumerLoop(Generic[M]):
                 self._stopping.wait(sub.poll_timeout_ms / 1000)
                 return Batch([])
             consumer.assign([TopicPartition(sub.topic, p, OFFSET_BEGINNING) for p in partitions])
-        polled = consumer.consume(num_messages=sub.max_records,
-                                  timeout=sub.poll_timeout_ms / 1000)
+        polled = _take(consumer, sub.max_records, timeout_s=sub.poll_timeout_ms / 1000)
         records: list[Record[Any]] = []
         for message in polled:
             if (error := message.error()) is None:
@@ -304,6 +304,18 @@ class ConsumerLoop(Generic[M]):
             log.info("consumer recovered", extra={"consumer": self._subscription.name,
                                                   "failures": self._failures})
         self._failures = 0
+
+
+def _take(consumer: Consumer, most: int, *, timeout_s: float) -> list[KafkaMessage]:
+    """Up to `most` records, as soon as any are there. librdkafka's `consume` waits for a full
+    batch or the timeout, which would hold a follower's lone record (a hide, an event its
+    answers should reflect) for the whole timeout."""
+    taken = consumer.consume(num_messages=most, timeout=0)  # what the client holds already
+    if not taken:
+        taken = consumer.consume(num_messages=1, timeout=timeout_s)
+        if taken and most > 1:
+            taken += consumer.consume(num_messages=most - 1, timeout=0)
+    return taken
 
 
 def _lag(consumer: Consumer, assigned: list[TopicPartition]) -> int:

@@ -127,15 +127,16 @@ class FakeConsumer:
     def _next(self, partition: int) -> int:
         return max(self._positions[partition], 0)
 
-    def _pending(self) -> bool:
-        return bool(self._broker.reported) or any(
-            len(self._broker.log[p]) > self._next(p) for p in self._positions)
+    def _pending(self) -> int:
+        return sum(max(len(self._broker.log[p]) - self._next(p), 0) for p in self._positions)
 
     def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
-        """Up to `num_messages` records from the positions on; waits for some if none."""
+        """Up to `num_messages` records from the positions on; as librdkafka's, it waits for
+        `num_messages` of them (or a reported error) until the timeout."""
         self.num_messages.append(num_messages)
         with self._broker.changed:
-            self._broker.changed.wait_for(self._pending, timeout)
+            self._broker.changed.wait_for(
+                lambda: self._broker.reported or self._pending() >= num_messages, timeout)
             reported, self._broker.reported = self._broker.reported, []
             budget = num_messages
             polled: list[FakeMessage] = []

@@ -4,6 +4,7 @@ stop, lag, followers."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -82,10 +83,10 @@ def run(broker: FakeBroker, errors: list[Exception]) -> Iterator[Callable[..., L
 
     def start(handler: Callable[[Batch[interaction_pb2.Interaction]], None], *,
               backoff: Backoff | None = None, max_records: int = 10,
-              group_id: str | None = "g") -> Loop:
+              group_id: str | None = "g", poll_timeout_ms: int = 50) -> Loop:
         loop = ConsumerLoop(
             Subscription(bootstrap="fake:9092", topic=TOPIC, group_id=group_id, name="test",
-                         max_records=max_records, poll_timeout_ms=50),
+                         max_records=max_records, poll_timeout_ms=poll_timeout_ms),
             handler, on_error=errors.append, backoff=backoff or RecordingBackoff())
         loops.append(loop)
         loop.start()
@@ -288,3 +289,16 @@ def test_the_backoff_doubles_up_to_its_longest_wait() -> None:
     backoff = Backoff(first_s=0.5, longest_s=30.0)
     assert [backoff.delay_s(n) for n in range(1, 9)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
     assert backoff.delay_s(100_000) == 30.0  # an outage of days does not overflow
+
+
+def test_a_record_is_handed_over_as_soon_as_it_is_there_not_when_a_batch_is_full(
+        broker: FakeBroker, run: Callable[..., Loop]) -> None:
+    handler = Handler(broker)
+    loop = run(handler, max_records=1000, poll_timeout_ms=60_000)  # a poll far longer than
+    broker.produce(0, interaction(1))                               # the wait below
+    expect_committed(broker, {0: 1})
+    waking = threading.Timer(0.05, broker.produce, (0, interaction(2)))  # ends the last poll
+    waking.start()
+    loop.stop()
+    waking.join()
+    assert handler.seen[0] == [(0, 0, "e1")]
