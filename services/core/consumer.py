@@ -239,10 +239,10 @@ class ConsumerLoop(Generic[M]):
                 raise KafkaException(error)
         if records:
             self._client_error_logged = False
-        assigned = consumer.assignment()
-        self.lag = _lag(consumer, assigned)
+        marks = _marks(consumer)
+        self.lag = _lag(marks)
         if sub.group_id is None:
-            self._at_end = _caught_up(consumer, assigned)
+            self._at_end = _caught_up(marks)
         return Batch(records)
 
     def _commit(self, consumer: Consumer, batch: Batch[Any]) -> None:
@@ -318,23 +318,29 @@ def _take(consumer: Consumer, most: int, *, timeout_s: float) -> list[KafkaMessa
     return taken
 
 
-def _lag(consumer: Consumer, assigned: list[TopicPartition]) -> int:
-    lag = 0
-    for tp in consumer.position(assigned):
-        high = consumer.get_watermark_offsets(tp, cached=True)[1]
-        if high >= 0 and tp.offset >= 0:  # both known: a fetch answered, a record was read
-            lag += max(high - tp.offset, 0)
-    return lag
+class _Mark(NamedTuple):
+    """Where an assigned partition stands: the position (-1 before a record was read) and the
+    watermarks cached from fetch responses (-1 until a fetch answered)."""
+
+    position: int
+    low: int
+    high: int
 
 
-def _caught_up(consumer: Consumer, assigned: list[TopicPartition]) -> bool:
+def _marks(consumer: Consumer) -> list[_Mark]:
+    return [_Mark(tp.offset, *consumer.get_watermark_offsets(tp, cached=True))
+            for tp in consumer.position(consumer.assignment())]
+
+
+def _lag(marks: list[_Mark]) -> int:
+    return sum(max(m.high - m.position, 0) for m in marks if m.high >= 0 and m.position >= 0)
+
+
+def _caught_up(marks: list[_Mark]) -> bool:
     """Every assigned partition read up to its high watermark; a partition that held nothing
     when it was assigned (no position yet) is read when its low and high watermarks meet."""
-    for tp in consumer.position(assigned):
-        low, high = consumer.get_watermark_offsets(tp, cached=True)
-        if high < 0 or (tp.offset < high if tp.offset >= 0 else low != high):
-            return False
-    return True
+    return all(m.high >= 0 and (m.position >= m.high if m.position >= 0 else m.low == m.high)
+               for m in marks)
 
 
 def _close(consumer: Consumer) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -68,35 +68,42 @@ class KafkaSecurity:
 
     def client_options(self) -> dict[str, Any]:
         """The kafka-python arguments (KafkaProducer, KafkaAdminClient)."""
-        options: dict[str, Any] = {"security_protocol": self.protocol}
-        if self.protocol.endswith("SSL"):
-            options["ssl_check_hostname"] = True
-            for option, path in (("ssl_cafile", self.ssl_ca_file),
-                                 ("ssl_certfile", self.ssl_cert_file),
-                                 ("ssl_keyfile", self.ssl_key_file)):
-                if path:
-                    options[option] = path
-        if self.protocol.startswith("SASL_"):
-            options |= {"sasl_mechanism": self.sasl_mechanism,
-                        "sasl_plain_username": self.sasl_username,
-                        "sasl_plain_password": self.sasl_password}
-        return options
+        return self._options(_KAFKA_PYTHON)
 
     def librdkafka_options(self) -> dict[str, Any]:
         """The same, as librdkafka properties (confluent-kafka's Consumer)."""
-        options: dict[str, Any] = {"security.protocol": self.protocol}
+        return self._options(_LIBRDKAFKA)
+
+    def _options(self, names: _OptionNames) -> dict[str, Any]:
+        options: dict[str, Any] = {names.protocol: self.protocol}
         if self.protocol.endswith("SSL"):
-            options["ssl.endpoint.identification.algorithm"] = "https"
-            for option, path in (("ssl.ca.location", self.ssl_ca_file),
-                                 ("ssl.certificate.location", self.ssl_cert_file),
-                                 ("ssl.key.location", self.ssl_key_file)):
-                if path:
-                    options[option] = path
+            options.update([names.hostname_check])
+            files = (self.ssl_ca_file, self.ssl_cert_file, self.ssl_key_file)
+            options |= {name: path for name, path in zip(names.files, files, strict=True)
+                        if path}
         if self.protocol.startswith("SASL_"):
-            options |= {"sasl.mechanism": self.sasl_mechanism,
-                        "sasl.username": self.sasl_username,
-                        "sasl.password": self.sasl_password}
+            options |= dict(zip(names.sasl, (self.sasl_mechanism, self.sasl_username,
+                                             self.sasl_password), strict=True))
         return options
+
+
+class _OptionNames(NamedTuple):
+    """What one client calls the security settings."""
+
+    protocol: str
+    hostname_check: tuple[str, Any]  # the option and value that verify the broker's name
+    files: tuple[str, str, str]  # CA, client certificate, client key
+    sasl: tuple[str, str, str]  # mechanism, username, password
+
+
+_KAFKA_PYTHON = _OptionNames(
+    "security_protocol", ("ssl_check_hostname", True),
+    ("ssl_cafile", "ssl_certfile", "ssl_keyfile"),
+    ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password"))
+_LIBRDKAFKA = _OptionNames(
+    "security.protocol", ("ssl.endpoint.identification.algorithm", "https"),
+    ("ssl.ca.location", "ssl.certificate.location", "ssl.key.location"),
+    ("sasl.mechanism", "sasl.username", "sasl.password"))
 
 
 PLAINTEXT = KafkaSecurity()
